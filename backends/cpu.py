@@ -1,0 +1,198 @@
+"""`CPUBackend`: ART's `Backend` protocol on a CPU, with a real model that really learns.
+
+It mirrors `art.local.LocalBackend`: the same directory layout (`<path>/<project>/models/<name>/`, checkpoints
+as PEFT adapter folders under `checkpoints/NNNN`), the step = newest checkpoint, an OpenAI-compatible endpoint
+for rollouts, and a `train()` whose keywords mean what LocalBackend's mean. Every `train()` call advances the
+step by one, even when no group had a reward spread to learn from (LocalBackend does the same), so the step
+counter and the checkpoints never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from art.backend import AnyModel, AnyTrainableModel
+from art.local.checkpoints import delete_checkpoints
+from art.types import TrainResult
+from art.utils.get_model_step import get_step_from_dir
+from art.utils.output_dirs import get_model_dir, get_step_checkpoint_dir
+
+from backends.openai_server import ServerThread, build_app, new_api_key
+from backends.policy import LoraPolicy, LoraSettings, TrainSettings
+
+# Keywords of LocalBackend.train() that have no effect here; accepted with their defaults, refused otherwise.
+_IGNORED_DEFAULTS: dict[str, Any] = {
+    "loss_fn_config": None,
+    "adam_params": None,
+    "kl_penalty_coef": 0.0,
+    "kl_penalty_reference_step": None,
+    "kl_ref_adapter_path": None,
+    "max_negative_advantage_importance_sampling_weight": None,
+    "mask_prob_ratio": False,
+    "kimi_k2_tau": None,
+    "precalculate_logprobs": False,
+    "plot_tensors": False,
+    "truncated_importance_sampling": None,
+    "scale_learning_rate_by_reward_std_dev": False,
+    "logprob_calculation_chunk_size": 1024,
+    "packed_sequence_length": None,
+    "num_trajectories_learning_rate_multiplier_power": 0.0,
+    "verbose": False,
+}
+
+
+@dataclass
+class CPUBackendSettings:
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    seed: int = 0
+    max_seq_length: int = 2048
+    host: str = "127.0.0.1"
+    default_max_tokens: int = 256
+    rows_per_gradient_step: int = 8
+
+
+@dataclass
+class _Served:
+    policy: LoraPolicy
+    server: ServerThread | None = None
+    api_key: str = field(default_factory=new_api_key)
+
+
+class CPUBackend:
+    def __init__(self, *, path: str = ".art", settings: CPUBackendSettings | None = None):
+        self._path = path
+        self.settings = settings or CPUBackendSettings()
+        self._models: dict[str, _Served] = {}
+        os.makedirs(path, exist_ok=True)
+
+    # ---- protocol ------------------------------------------------------------------------------------------
+
+    async def register(self, model: AnyModel) -> None:
+        model.base_path = self._path
+        output_dir = Path(get_model_dir(model=model, art_path=self._path))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "model.json").write_text(json.dumps(model.safe_model_dump(mode="json")))
+        if not model.trainable or model.name in self._models:
+            return
+        policy = await asyncio.to_thread(
+            LoraPolicy,
+            model.base_model,  # type: ignore[attr-defined]
+            self.settings.lora,
+            seed=self.settings.seed,
+            max_seq_length=self.settings.max_seq_length,
+        )
+        step = get_step_from_dir(str(output_dir))
+        latest = Path(get_step_checkpoint_dir(str(output_dir), step))
+        if (latest / "adapter_model.safetensors").exists():
+            await asyncio.to_thread(policy.load, latest)
+        else:  # checkpoint 0 is the initial adapter, so a resume before step 1 starts from the same weights
+            await asyncio.to_thread(self._save_checkpoint, policy, output_dir, step)
+        self._models[model.name] = _Served(policy)
+
+    def _model_inference_name(self, model: AnyModel, step: int | None = None) -> str:
+        if step is None:
+            step = get_step_from_dir(get_model_dir(model=model, art_path=self._path)) if model.trainable else 0
+        return f"{model.name}@{step}"
+
+    async def _get_step(self, model: AnyTrainableModel) -> int:
+        return get_step_from_dir(get_model_dir(model=model, art_path=self._path))
+
+    async def _prepare_backend_for_training(self, model: AnyTrainableModel, config: Any = None) -> tuple[str, str]:
+        served = self._served(model)
+        if served.server is None:
+            names = lambda: {model.name, self._model_inference_name(model), model.base_model}  # noqa: E731
+            app = build_app(served.policy, served.api_key, names, self.settings.default_max_tokens)
+            port = ((config or {}).get("server_args") or {}).get("port")
+            served.server = ServerThread(app, host=self.settings.host, port=port)
+            served.server.start()
+        return served.server.base_url, served.api_key
+
+    async def train(
+        self,
+        model: AnyTrainableModel,
+        trajectory_groups: Iterable[Any],
+        *,
+        learning_rate: float = 5e-6,
+        loss_fn: str = "cispo",
+        normalize_advantages: bool = True,
+        epsilon: float | None = None,
+        epsilon_high: float | None = None,
+        advantage_balance: float = 0.0,
+        scale_rewards: bool = True,
+        importance_sampling_level: str = "token",
+        allow_training_without_logprobs: bool = False,
+        save_checkpoint: bool = True,
+        **kwargs: Any,
+    ) -> TrainResult:
+        for key, value in kwargs.items():
+            if key not in _IGNORED_DEFAULTS:
+                raise TypeError(f"CPUBackend.train() got an unknown keyword {key!r}")
+            if value != _IGNORED_DEFAULTS[key]:
+                raise NotImplementedError(f"CPUBackend.train() does not support {key}={value!r}")
+        if loss_fn not in {"cispo", "ppo"}:
+            raise ValueError("CPUBackend supports loss_fn='cispo' or 'ppo' (as LocalBackend does)")
+        settings = TrainSettings(
+            learning_rate=learning_rate,
+            advantage_balance=advantage_balance,
+            scale_rewards=scale_rewards and normalize_advantages,
+            loss_fn=loss_fn,
+            epsilon=epsilon,
+            epsilon_high=epsilon_high,
+            importance_sampling_level=importance_sampling_level,
+            allow_training_without_logprobs=allow_training_without_logprobs,
+            rows_per_gradient_step=self.settings.rows_per_gradient_step,
+        )
+        served = self._served(model)
+        groups = list(trajectory_groups)
+        metrics = await asyncio.to_thread(served.policy.train_step, groups, settings)
+        output_dir = Path(get_model_dir(model=model, art_path=self._path))
+        step = get_step_from_dir(str(output_dir)) + 1
+        if save_checkpoint:
+            await asyncio.to_thread(self._save_checkpoint, served.policy, output_dir, step)
+        return TrainResult(step=step, metrics={f"train/{k}": v for k, v in metrics.items()})
+
+    async def _delete_checkpoint_files(self, model: AnyTrainableModel, steps_to_keep: list[int]) -> None:
+        delete_checkpoints(get_model_dir(model=model, art_path=self._path), steps_to_keep)
+
+    async def close(self) -> None:
+        for served in self._models.values():
+            if served.server is not None:
+                served.server.stop()
+                served.server = None
+        self._models.clear()
+
+    def _train_sft(self, model: AnyTrainableModel, trajectories: Any, config: Any, dev_config: Any,
+                   verbose: bool = False) -> AsyncIterator[dict[str, float]]:
+        raise NotImplementedError("CPUBackend trains with RL (GRPO) only; run SFT with --backend local on a GPU")
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+
+    def _served(self, model: AnyModel) -> _Served:
+        if model.name not in self._models:
+            raise RuntimeError(f"model {model.name!r} is not registered with this CPUBackend")
+        return self._models[model.name]
+
+    def policy(self, model: AnyModel) -> LoraPolicy:
+        return self._served(model).policy
+
+    @staticmethod
+    def _save_checkpoint(policy: LoraPolicy, output_dir: Path, step: int) -> None:
+        """Write to a hidden temp dir, then rename: a kill mid-save never leaves a half checkpoint."""
+        final = Path(get_step_checkpoint_dir(str(output_dir), step))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{step:04d}-", dir=final.parent))
+        try:
+            policy.save(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,66 @@
+"""Run one step's groups: every rollout of every group concurrently, under one semaphore and one rate limit.
+
+ART's own gather helpers do the bookkeeping (progress bar, per-rollout exceptions recorded on their group,
+the exception bound); this module only adds the shared limits and the timing each rollout reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import art
+from asyncio_throttle import Throttler
+
+from envs.scenario import Scenario
+from rollouts.context import RolloutContext
+from rollouts.registry import RolloutFn
+
+
+@dataclass
+class GatherLimits:
+    """Shared by all rollouts of a run: `max_concurrent` in flight, at most `rate` starts per second."""
+
+    semaphore: asyncio.Semaphore
+    throttler: Throttler
+
+    @classmethod
+    def create(cls, max_concurrent: int, rate_per_second: float) -> GatherLimits:
+        # asyncio-throttle counts whole starts per period: express fractional rates as N per N/rate seconds.
+        rate_limit = max(int(rate_per_second), 1)
+        throttler = Throttler(rate_limit=rate_limit, period=rate_limit / rate_per_second)
+        return cls(asyncio.Semaphore(max_concurrent), throttler)
+
+
+async def _limited(rollout: RolloutFn, ctx: RolloutContext, scenario: Scenario, limits: GatherLimits) -> art.Trajectory:
+    async with limits.semaphore:
+        async with limits.throttler:
+            pass
+        started = time.monotonic()
+        trajectory = await rollout(ctx, scenario)
+        trajectory.metrics["rollout_seconds"] = time.monotonic() - started
+        return trajectory
+
+
+async def gather_step(
+    scenarios: list[Scenario],
+    rollout: RolloutFn,
+    ctx: RolloutContext,
+    rollouts_per_group: int,
+    limits: GatherLimits,
+    max_failed_share: float,
+    desc: str = "gather",
+) -> list[art.TrajectoryGroup]:
+    """A rollout that raises is kept as an exception on its group; the step fails only past `max_failed_share`."""
+    groups = [
+        art.TrajectoryGroup(
+            (_limited(rollout, ctx, scenario, limits) for _ in range(rollouts_per_group)),
+            metadata={"scenario_id": scenario.id},
+        )
+        for scenario in scenarios
+    ]
+    total = len(scenarios) * rollouts_per_group
+    # ART reads a bound below 1 as a share of all rollouts; max_failed_share == 1 means "never fail the step".
+    bound: float = max_failed_share if max_failed_share < 1 else float(total)
+    return await art.gather_trajectory_groups(groups, pbar_desc=desc, max_exceptions=bound, max_metrics=1)

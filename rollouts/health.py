@@ -1,0 +1,118 @@
+"""`HealthMonitor`: a daemon thread that watches what long agentic runs leak, and never stops training.
+
+Sandboxed code can leave processes behind, fill the disk under the rollout root, or leave work dirs when a
+rollout dies hard. Each check logs a warning and updates figures that the loop adds to the step's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger("health")
+
+
+@dataclass(frozen=True)
+class HealthLimits:
+    interval_s: float = 30.0
+    max_child_processes: int = 64
+    max_tmp_usage_gb: float = 10.0
+    stale_after_s: float = 3600.0
+
+
+class HealthMonitor:
+    def __init__(self, rollout_root: str | os.PathLike[str], limits: HealthLimits | None = None):
+        self.rollout_root = Path(rollout_root)
+        self.limits = limits or HealthLimits()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._figures: dict[str, float] = {}
+        self._warnings = 0
+        self._thread = threading.Thread(target=self._run, name="health-monitor", daemon=True)
+
+    def start(self) -> HealthMonitor:
+        self.rollout_root.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> HealthMonitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def figures(self) -> dict[str, float]:
+        """The latest figures, named for the step metrics (`health/...`)."""
+        with self._lock:
+            return {f"health/{k}": v for k, v in self._figures.items()} | {"health/warnings": float(self._warnings)}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception:  # a broken check must not take the trainer down
+                log.exception("health check failed")
+            self._stop.wait(self.limits.interval_s)
+
+    def check(self) -> dict[str, float]:
+        children = len(psutil.Process().children(recursive=True))
+        tmp_gb = _dir_size(self.rollout_root) / 1e9
+        disk = shutil.disk_usage(self.rollout_root)
+        removed = self._remove_stale_dirs()
+        figures = {
+            "child_processes": float(children),
+            "rollout_root_gb": tmp_gb,
+            "disk_free_gb": disk.free / 1e9,
+            "stale_dirs_removed": float(removed),
+        }
+        warnings = 0
+        if children > self.limits.max_child_processes:
+            warnings += 1
+            log.warning("%d child processes (limit %d)", children, self.limits.max_child_processes)
+        if tmp_gb > self.limits.max_tmp_usage_gb:
+            warnings += 1
+            log.warning("rollout root %s holds %.2f GB (limit %.2f)", self.rollout_root, tmp_gb,
+                        self.limits.max_tmp_usage_gb)
+        if removed:
+            warnings += 1
+            log.warning("removed %d rollout dirs older than %.0f s under %s", removed, self.limits.stale_after_s,
+                        self.rollout_root)
+        with self._lock:
+            self._figures = figures
+            self._warnings += warnings
+        return figures
+
+    def _remove_stale_dirs(self) -> int:
+        cutoff = time.time() - self.limits.stale_after_s
+        removed = 0
+        for entry in self.rollout_root.iterdir() if self.rollout_root.exists() else []:
+            try:
+                if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:  # a rollout removed its own dir meanwhile
+                continue
+        return removed
+
+
+def _dir_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root, onerror=lambda _e: None):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
