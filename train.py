@@ -285,7 +285,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
     from backends.policy import LoraSettings
     from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
     from backends.trainer_model import TrainerModel
-    from rollouts.context import RolloutContext, RolloutSettings
+    from rollouts.context import CONNECTIONS_PER_CLIENT, RolloutContext, RolloutSettings
     from rollouts.gather import GatherLimits, gather_step
     from rollouts.health import HealthLimits, HealthMonitor
     from rollouts.metrics import has_signal, step_metrics
@@ -334,7 +334,8 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
               if step else "start: step 0", flush=True)
         ctx = RolloutContext(model=model, settings=RolloutSettings(
             max_steps=config.max_steps, max_context_tokens=config.max_context_tokens,
-            max_tokens_per_turn=config.max_tokens, temperature=config.temperature))
+            max_tokens_per_turn=config.max_tokens, temperature=config.temperature),
+            pools=-(-config.max_concurrent // CONNECTIONS_PER_CLIENT))
         limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
         last_step = config.max_training_steps or sys.maxsize
         while step < last_step:
@@ -407,12 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     from backends import BackendUnavailable
     from backends.trainer_model import StateFileError
     from envs.scenario import DatasetError
+    from rollouts.gather import StepFailed
 
     try:
         asyncio.run(run(config))
     except (ConfigError, BackendUnavailable, DatasetError, StateFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StepFailed as exc:
+        print(f"error: {exc}; nothing of this step was committed, rerun the same command to retry it",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,10 @@ from rollouts.context import RolloutContext
 from rollouts.registry import RolloutFn
 
 
+class StepFailed(RuntimeError):
+    """More rollouts raised than the step may lose; nothing of the step is trained or committed."""
+
+
 @dataclass
 class GatherLimits:
     """Shared by all rollouts of a run: `max_concurrent` in flight, at most `rate` starts per second."""
@@ -63,4 +67,10 @@ async def gather_step(
     total = len(scenarios) * rollouts_per_group
     # ART reads a bound below 1 as a share of all rollouts; max_failed_share == 1 means "never fail the step".
     bound: float = max_failed_share if max_failed_share < 1 else float(total)
-    return await art.gather_trajectory_groups(groups, pbar_desc=desc, max_exceptions=bound, max_metrics=1)
+    try:
+        return await art.gather_trajectory_groups(groups, pbar_desc=desc, max_exceptions=bound, max_metrics=1)
+    except Exception as exc:
+        raise StepFailed(
+            f"{desc}: more than {max_failed_share:.0%} of {total} rollouts failed "
+            f"(--max-failed-share); last error: {exc.__class__.__name__}: {exc}"
+        ) from exc

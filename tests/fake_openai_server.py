@@ -1,0 +1,85 @@
+"""A stand-in for the GPU model server: an OpenAI-compatible endpoint with a fixed latency that counts how
+many requests are in flight at once. Used where a test or bench needs the endpoint's timing, not a model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from fastapi import FastAPI, Request
+
+from backends.openai_server import ServerThread
+
+
+class InFlightCounter:
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.total += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+def fake_app(latency_s: float, reply: str = "aaaa", counter: InFlightCounter | None = None) -> FastAPI:
+    app = FastAPI()
+    app.state.counter = counter or InFlightCounter()
+    app.state.batcher = _NoBatcher()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict:
+        body = await request.json()
+        app.state.counter.enter()
+        try:
+            await asyncio.sleep(latency_s)
+        finally:
+            app.state.counter.leave()
+        return {
+            "id": "fake", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{
+                "index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": reply},
+                "logprobs": {"content": [
+                    {"token": f"token_id:{ord(c)}", "logprob": -0.1, "bytes": [ord(c)], "top_logprobs": []}
+                    for c in reply
+                ]},
+            }],
+            "usage": {"prompt_tokens": 1, "completion_tokens": len(reply), "total_tokens": 1 + len(reply)},
+        }
+
+    return app
+
+
+class _NoBatcher:
+    def close(self) -> None:  # ServerThread.stop() closes the real server's batcher
+        pass
+
+
+def start_fake_server(latency_s: float, reply: str = "aaaa") -> tuple[ServerThread, InFlightCounter]:
+    app = fake_app(latency_s, reply)
+    server = ServerThread(app)
+    server.start()
+    return server, app.state.counter
+
+
+def main() -> None:
+    """`python -m tests.fake_openai_server PORT LATENCY`: the same server in a process of its own."""
+    import sys
+
+    import uvicorn
+
+    port, latency = int(sys.argv[1]), float(sys.argv[2])
+    uvicorn.run(fake_app(latency), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Running `train.py` the way a user does: a subprocess with flags, read back through ART's files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_cmd(art_path: Path, name: str, *flags: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), "--experiment-name", name, "--art-path", str(art_path),
+            "--rollout-root", str(art_path / "rollouts"), "--log-dir", str(art_path / "logs"), *flags]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, WANDB_MODE="disabled", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def run_train(art_path: Path, name: str, *flags: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(train_cmd(art_path, name, *flags), capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env(), cwd=ROOT)
+
+
+def model_dir(art_path: Path, name: str, project: str = "art-agent-trainer") -> Path:
+    return art_path / project / "models" / name
+
+
+def history_steps(art_path: Path, name: str) -> list[int]:
+    path = model_dir(art_path, name) / "history.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def history_rows(art_path: Path, name: str) -> list[dict]:
+    path = model_dir(art_path, name) / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_state(art_path: Path, name: str) -> dict:
+    return json.loads((model_dir(art_path, name) / "state.json").read_text())

@@ -1,0 +1,136 @@
+"""The CPU backend behind ART's own Model API: serving with logprobs, auth, GRPO steps, checkpoints."""
+
+import art
+import httpx
+import pytest
+
+from backends.cpu import CPUBackend, CPUBackendSettings
+from backends.policy import LoraSettings
+from backends.tiny_model import LORA_TARGETS, build_tokenizer, ensure_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return ensure_tiny_model(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture
+async def registered(tiny_model, tmp_path):
+    settings = CPUBackendSettings(lora=LoraSettings(target_modules=LORA_TARGETS))
+    backend = CPUBackend(path=str(tmp_path), settings=settings)
+    model = art.TrainableModel(name="m", project="p", base_model=tiny_model, base_path=str(tmp_path))
+    await model.register(backend)
+    yield backend, model
+    await backend.close()
+
+
+MESSAGES = [{"role": "user", "content": "Say a."}]
+
+
+async def _trajectory(model, reward_fn):
+    response = await model.openai_client().chat.completions.create(
+        model=model.get_inference_name(), messages=MESSAGES, max_tokens=8, logprobs=True)
+    choice = response.choices[0]
+    return art.Trajectory(messages_and_choices=[*MESSAGES, choice], reward=reward_fn(choice.message.content))
+
+
+def test_tokenizer_round_trips_any_text_and_keeps_reserved_tokens_whole():
+    tok = build_tokenizer()
+    text = "héllo\n\tworld ✓ {}"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    top = tok.vocab_size - 1  # ART's sentinel comes from the top of the vocabulary
+    assert tok.encode(tok.decode(top), add_special_tokens=False) == [top]
+
+
+async def test_chat_completion_returns_sampled_token_ids_with_logprobs(registered):
+    _, model = registered
+    response = await model.openai_client().chat.completions.create(
+        model=model.get_inference_name(), messages=MESSAGES, max_tokens=5, logprobs=True, n=3)
+    assert len(response.choices) == 3
+    for choice in response.choices:
+        entries = choice.logprobs.content
+        assert 1 <= len(entries) <= 5
+        assert all(e.token.startswith("token_id:") and e.logprob <= 0 for e in entries)
+        assert choice.finish_reason in {"stop", "length"}
+
+
+async def test_endpoint_refuses_requests_without_the_key(registered):
+    _, model = registered
+    async with httpx.AsyncClient() as client:
+        body = {"model": model.get_inference_name(), "messages": MESSAGES}
+        no_key = await client.post(f"{model.inference_base_url}/chat/completions", json=body)
+        wrong = await client.post(f"{model.inference_base_url}/chat/completions", json=body,
+                                  headers={"Authorization": "Bearer nope"})
+    assert no_key.status_code == 401 and wrong.status_code == 401
+
+
+async def test_train_advances_the_step_and_writes_a_peft_checkpoint(registered, tmp_path):
+    backend, model = registered
+    assert await model.get_step() == 0
+    groups = await art.gather_trajectory_groups(
+        [art.TrajectoryGroup(_trajectory(model, lambda text: text.count("a") + len(text) % 3) for _ in range(6))],
+        pbar_desc=None)
+    result = await backend.train(model, groups, learning_rate=1e-2)
+    assert result.step == 1 and await model.get_step() == 1
+    assert result.metrics["train/num_gradient_steps"] >= 1
+    assert 0.9 < result.metrics["train/probs_corr"] <= 1.0  # served logprobs match the trained policy's
+    checkpoint = tmp_path / "p" / "models" / "m" / "checkpoints" / "0001"
+    assert (checkpoint / "adapter_model.safetensors").exists() and (checkpoint / "adapter_config.json").exists()
+    assert model.get_inference_name() == "m@1"
+
+
+async def test_train_with_no_signal_still_advances_the_step(registered):
+    backend, model = registered
+    result = await backend.train(model, [], learning_rate=1e-2)
+    assert result.step == 1
+    assert result.metrics["train/num_gradient_steps"] == 0
+
+
+async def test_unsupported_train_keyword_is_refused(registered):
+    backend, model = registered
+    with pytest.raises(NotImplementedError, match="kl_penalty_coef"):
+        await backend.train(model, [], learning_rate=1e-2, kl_penalty_coef=0.5)
+    with pytest.raises(NotImplementedError, match="SFT"):
+        backend._train_sft(model, [], None, None)
+
+
+async def test_grpo_raises_the_probability_of_rewarded_tokens(registered):
+    """Reward replies by how many 'a' they hold: a few steps must make 'a' clearly more likely."""
+    import torch
+
+    backend, model = registered
+    policy = backend.policy(model)
+    prompt = policy.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)["input_ids"]
+    a_id = policy.tokenizer.encode("a", add_special_tokens=False)[0]
+
+    def p_a() -> float:
+        with torch.no_grad():
+            logits = policy.model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        return torch.softmax(logits, -1)[a_id].item()
+
+    before = p_a()
+    for _ in range(12):
+        groups = await art.gather_trajectory_groups(
+            [art.TrajectoryGroup(_trajectory(model, lambda t: t.count("a") / max(len(t), 1)) for _ in range(8))
+             for _ in range(4)], pbar_desc=None)
+        await backend.train(model, groups, learning_rate=1e-2)
+    assert p_a() > 5 * before
+
+
+async def test_a_new_backend_resumes_from_the_newest_checkpoint(tiny_model, tmp_path):
+    settings = CPUBackendSettings(lora=LoraSettings(target_modules=LORA_TARGETS))
+    first = CPUBackend(path=str(tmp_path), settings=settings)
+    model = art.TrainableModel(name="m", project="p", base_model=tiny_model, base_path=str(tmp_path))
+    await model.register(first)
+    groups = await art.gather_trajectory_groups(
+        [art.TrajectoryGroup(_trajectory(model, lambda t: len(t) % 2) for _ in range(6))], pbar_desc=None)
+    await first.train(model, groups, learning_rate=5e-2)
+    trained = {k: v.clone() for k, v in first.policy(model).model.state_dict().items() if "lora" in k}
+    await first.close()
+    second = CPUBackend(path=str(tmp_path), settings=settings)
+    again = art.TrainableModel(name="m", project="p", base_model=tiny_model, base_path=str(tmp_path))
+    await again.register(second)
+    reloaded = {k: v for k, v in second.policy(again).model.state_dict().items() if "lora" in k}
+    assert await again.get_step() == 1
+    assert all((trained[k] == reloaded[k]).all() for k in trained)
+    await second.close()

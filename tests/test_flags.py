@@ -1,0 +1,75 @@
+"""Bad flags stop the run before any work, with one line that names the flag."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, read_state, run_train, subprocess_env
+from train import ConfigError, ExperimentConfig, check_resume, config_from_args
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--groups-per-step", "0"], "--groups-per-step"),
+        (["--rollouts-per-group", "1"], "--rollouts-per-group"),
+        (["--max-concurrent", "-3"], "--max-concurrent"),
+        (["--learning-rate", "5"], "--learning-rate"),
+        (["--log-sample-rate", "1.5"], "--log-sample-rate"),
+        (["--env", "nope"], "--env"),
+        (["--backend", "gpu"], "--backend"),
+        (["--num-epochs", "abc"], "--num-epochs"),
+        (["--base-model", "/no/such/model"], "--base-model"),
+        (["--advantage-balance", "2"], "--advantage-balance"),
+    ],
+)
+def test_bad_flag_is_one_line_naming_the_flag(tmp_path, flags, named):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", "x", "--art-path", str(tmp_path), *flags]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and named in lines[0]
+    assert not (tmp_path / "art-agent-trainer").exists()  # no work started
+
+
+def test_missing_experiment_name_is_reported():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--experiment-name" in result.stderr
+
+
+def test_config_hash_is_stable_and_ignores_run_control_fields():
+    a = config_from_args(["--experiment-name", "e"])
+    b = config_from_args(["--experiment-name", "e", "--max-training-steps", "9", "--max-concurrent", "3"])
+    c = config_from_args(["--experiment-name", "e", "--learning-rate", "0.001"])
+    assert a.config_hash() == b.config_hash()
+    assert a.config_hash() != c.config_hash()
+    assert len(a.config_hash()) == 12
+
+
+def test_changed_config_is_refused_unless_allowed():
+    saved = ExperimentConfig(experiment_name="e")
+    state = {"config_hash": saved.config_hash(), "config": saved.hashed_fields()}
+    changed = ExperimentConfig(experiment_name="e", groups_per_step=7)
+    with pytest.raises(ConfigError, match="groups_per_step"):
+        check_resume(changed, state)
+    check_resume(ExperimentConfig(experiment_name="e", groups_per_step=7, allow_config_change=True), state)
+
+
+def test_backend_local_without_cuda_gives_its_error(tmp_path):
+    result = run_train(tmp_path, "loc", "--backend", "local", timeout=180)
+    assert result.returncode == 2
+    assert "error: --backend local needs a CUDA GPU" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_rerun_with_changed_config_gets_one_line_error(tmp_path):
+    first = run_train(tmp_path, "cfg", "--max-training-steps", "1", "--groups-per-step", "2", "--dataset-size", "4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_train(tmp_path, "cfg", "--max-training-steps", "2", "--groups-per-step", "2", "--dataset-size", "4",
+                       "--learning-rate", "0.003")
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].startswith("error: --allow-config-change")
+    assert read_state(tmp_path, "cfg")["step"] == 1  # nothing trained
