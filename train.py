@@ -310,7 +310,10 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
     state = model.read_state() or {}
     check_resume(config, state)
     committed = int(state.get("step", 0))
-    for item in rollback_uncommitted(model_dir, committed):
+    from rollouts.logs import remove_steps_after, write_step
+
+    for item in rollback_uncommitted(model_dir, committed) + remove_steps_after(config.log_dir, config.experiment_name,
+                                                                              committed):
         print(f"resume: rolled back uncommitted {item}", flush=True)
     cursor = Cursor(**state.get("cursor", {}))
 
@@ -360,6 +363,11 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
                         "trained_groups": float(len(trainable)), "epoch": float(next_cursor.epoch)}
             metrics |= result.metrics | monitor.figures()
             await model.log([g for g in groups if g.trajectories], split="train", step=step, metrics=metrics)
+            await write_step(config.log_dir, config.experiment_name, step, groups, seed=config.seed,
+                             rate=config.log_sample_rate, meta={"env": config.env, "model": config.model_name,
+                                                                "experiment": config.experiment_name,
+                                                                "config_hash": config.config_hash(),
+                                                                "max_steps": config.max_steps})
             state = model.merge_state({
                 "step": step, "config_hash": config.config_hash(), "config": config.hashed_fields(),
                 "epoch": next_cursor.epoch, "cursor": dataclasses.asdict(next_cursor),

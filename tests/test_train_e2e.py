@@ -16,8 +16,13 @@ SMALL = ["--groups-per-step", "2", "--rollouts-per-group", "4", "--dataset-size"
 
 @pytest.mark.slow
 def test_two_steps_then_a_rerun_trains_only_the_third(tmp_path):
-    first = run_train(tmp_path, "e2e", "--max-training-steps", "2", *SMALL)
+    first = run_train(tmp_path, "e2e", "--max-training-steps", "2", "--log-sample-rate", "1", *SMALL)
     assert first.returncode == 0, first.stderr[-3000:]
+    logged = sorted((tmp_path / "logs" / "e2e").glob("step_*/*.jsonl"))
+    assert len(logged) == 2 * 8  # every rollout of both steps, one RLM file each
+    lines = [json.loads(line) for line in logged[0].read_text().splitlines()]
+    assert lines[0]["type"] == "metadata" and lines[0]["environment_kwargs"]["step"] in (1, 2)
+    assert [line["type"] for line in lines[1:]] == ["iteration"] and "reward" in lines[0]["environment_kwargs"]
     state = read_state(tmp_path, "e2e")
     assert state["step"] == 2 and state["config_hash"]
     assert history_steps(tmp_path, "e2e") == [1, 2]
