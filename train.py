@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -53,6 +54,8 @@ class ExperimentConfig:
     env: str = "toy"
     vllm_url: str | None = None
     docker_url: list[str] = field(default_factory=list)
+    gmsh_url: list[str] = field(default_factory=list)
+    dataset: str | None = None
     cache_dir: str | None = None
     num_epochs: int = 3
     groups_per_step: int = 4
@@ -60,9 +63,9 @@ class ExperimentConfig:
     max_concurrent: int = 32
     max_rollouts_per_second: float = 100.0
     max_failed_share: float = 0.25
-    max_steps: int = 10
+    max_steps: int | None = None
     max_context_tokens: int = 2048
-    max_tokens: int = 256
+    max_tokens: int = 1024
     temperature: float = 1.0
     learning_rate: float | None = None
     dataset_size: int | None = None
@@ -87,8 +90,8 @@ class ExperimentConfig:
     # is normal (run longer, more concurrency, another service node), so they stay out of the hash.
     RUN_CONTROL = frozenset({
         "max_training_steps", "num_epochs", "allow_config_change", "max_concurrent", "max_rollouts_per_second",
-        "max_failed_share", "vllm_url", "docker_url", "log_dir", "log_sample_rate", "backend", "rollout_root",
-        "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
+        "max_failed_share", "vllm_url", "docker_url", "gmsh_url", "log_dir", "log_sample_rate", "backend",
+        "rollout_root", "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
     })
 
     def __post_init__(self) -> None:
@@ -116,7 +119,7 @@ class ExperimentConfig:
             (self.max_concurrent >= 1, "--max-concurrent must be at least 1"),
             (self.max_rollouts_per_second > 0, "--max-rollouts-per-second must be positive"),
             (0 <= self.max_failed_share <= 1, "--max-failed-share must be between 0 and 1"),
-            (self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
             (self.max_context_tokens >= 64, "--max-context-tokens must be at least 64"),
             (self.max_tokens >= 1, "--max-tokens must be at least 1"),
             (0 <= self.temperature <= 10, "--temperature must be between 0 and 10"),
@@ -138,8 +141,10 @@ class ExperimentConfig:
         from rollouts.registry import ENVS
 
         checks.append((self.env in ENVS, f"--env: unknown env {self.env!r}; choose from {', '.join(sorted(ENVS))}"))
-        for url in self.docker_url:
-            checks.append((url.startswith(("http://", "https://")), f"--docker-url {url!r} must start with http://"))
+        for flag, urls in (("--docker-url", self.docker_url), ("--gmsh-url", self.gmsh_url)):
+            for url in urls:
+                checks.append((url.startswith(("http://", "https://")), f"{flag} {url!r} must start with http://"))
+        checks.append((self.dataset is None or Path(self.dataset).is_file(), f"--dataset {self.dataset}: no such file"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -168,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--env", default=d.env, help="environment (see rollouts/registry.py)")
     a("--vllm-url", default=None, help="external OpenAI-compatible server for rollouts (it must serve the adapter)")
     a("--docker-url", action="append", default=[], help="test service URL (repeat for several nodes)")
+    a("--gmsh-url", action="append", default=[],
+      help="gmsh service URL (repeat for several; token from GMSH_SERVICE_TOKEN); default: start one locally")
+    a("--dataset", default=None, help="the env's own dataset file (gmsh: a task parquet)")
     a("--cache-dir", default=None)
     a("--num-epochs", type=int, default=d.num_epochs)
     a("--groups-per-step", type=int, default=d.groups_per_step)
@@ -176,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-rollouts-per-second", type=float, default=d.max_rollouts_per_second, help="rollout start rate limit")
     a("--max-failed-share", type=float, default=d.max_failed_share,
       help="share of a step's rollouts that may raise before the step fails")
-    a("--max-steps", type=int, default=d.max_steps, help="agent turns per rollout")
+    a("--max-steps", type=int, default=None, help="agent turns per rollout (default: the env's)")
     a("--max-context-tokens", type=int, default=d.max_context_tokens)
     a("--max-tokens", type=int, default=d.max_tokens, help="tokens per model turn")
     a("--temperature", type=float, default=d.temperature)
@@ -293,6 +301,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
 
     env = get_env(config.env)
     scenarios = env.load_scenarios(config)
+    max_steps = config.max_steps or env.default_max_steps
     if len(scenarios) < config.groups_per_step:
         raise ConfigError(
             f"--groups-per-step {config.groups_per_step} is more than the {len(scenarios)} scenarios loaded"
@@ -325,6 +334,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
     monitor = HealthMonitor(config.rollout_root, HealthLimits(
         interval_s=config.health_check_interval, max_child_processes=config.max_child_processes,
         max_tmp_usage_gb=config.max_tmp_usage_gb)).start()
+    services = contextlib.AsyncExitStack()
     try:
         await model.register(backend)
         if config.vllm_url:
@@ -336,9 +346,11 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         print(f"resume: starting after step {step} (epoch {cursor.epoch}, position {cursor.position})"
               if step else "start: step 0", flush=True)
         ctx = RolloutContext(model=model, settings=RolloutSettings(
-            max_steps=config.max_steps, max_context_tokens=config.max_context_tokens,
+            max_steps=max_steps, max_context_tokens=config.max_context_tokens,
             max_tokens_per_turn=config.max_tokens, temperature=config.temperature),
             pools=-(-config.max_concurrent // CONNECTIONS_PER_CLIENT))
+        if env.services is not None:
+            ctx.services = await services.enter_async_context(env.services(config))
         limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
         last_step = config.max_training_steps or sys.maxsize
         while step < last_step:
@@ -367,7 +379,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
                              rate=config.log_sample_rate, meta={"env": config.env, "model": config.model_name,
                                                                 "experiment": config.experiment_name,
                                                                 "config_hash": config.config_hash(),
-                                                                "max_steps": config.max_steps})
+                                                                "max_steps": max_steps})
             state = model.merge_state({
                 "step": step, "config_hash": config.config_hash(), "config": config.hashed_fields(),
                 "epoch": next_cursor.epoch, "cursor": dataclasses.asdict(next_cursor),
@@ -376,6 +388,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
             print(_summary_line(step, metrics), flush=True)
         return model.read_state() or {}
     finally:
+        await services.aclose()
         monitor.stop()
         await backend.close()
         if model._wandb_run is not None:

@@ -50,7 +50,7 @@ class TrainerModel(art.TrainableModel):
             os.makedirs(wandb_dir, exist_ok=True)
             self._wandb_run = wandb.init(
                 project=self.project, name=self.name, id=self.name, dir=wandb_dir, mode="offline",
-                config=self._wandb_config or None, resume="allow", reinit="create_new",
+                config=self._wandb_config or None, reinit="create_new",
             )
             self._wandb_run.define_metric("training_step")
             self._wandb_run.define_metric("*", step_metric="training_step")

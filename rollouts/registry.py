@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envs.scenario import Scenario
@@ -25,6 +28,9 @@ class EnvSpec:
     name: str
     load_scenarios: Callable[[Any], list[Scenario]]  # receives the experiment config
     rollout: RolloutFn
+    default_max_steps: int = 1
+    # An async context manager factory: config -> {service name: client}, started before the first step.
+    services: Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]] | None = None
 
 
 def _toy() -> EnvSpec:
@@ -38,7 +44,39 @@ def _toy() -> EnvSpec:
     )
 
 
-ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy}
+def _gmsh() -> EnvSpec:
+    from envs.gmsh.client import GmshClient
+    from envs.gmsh.tasks import ensure_default_tasks, load_tasks
+    from envs.service_process import ServiceProcess
+    from rollouts.gmsh import rollout
+
+    def load(cfg: Any) -> list[Scenario]:
+        if cfg.dataset:
+            path = Path(cfg.dataset)
+        else:
+            store = Path(cfg.cache_dir or cfg.art_path) / "gmsh_tasks" / f"seed{cfg.seed}"
+            path = ensure_default_tasks(store, cfg.seed) / "train.parquet"
+        scenarios = load_tasks(path)
+        return scenarios[: cfg.dataset_size] if cfg.dataset_size else scenarios
+
+    @contextlib.asynccontextmanager
+    async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
+        with contextlib.ExitStack() as stack:
+            if cfg.gmsh_url:
+                client = GmshClient(list(cfg.gmsh_url), os.environ.get("GMSH_SERVICE_TOKEN", ""))
+            else:  # the embedded default: our own service on a free local port, stopped at exit
+                workers = str(max(1, min(cfg.max_concurrent, os.cpu_count() or 1)))
+                service = stack.enter_context(ServiceProcess("envs.gmsh.service", "--workers", workers))
+                client = GmshClient([service.url], service.token)
+            try:
+                yield {"gmsh": client}
+            finally:
+                await client.aclose()
+
+    return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services)
+
+
+ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh}
 
 
 def get_env(name: str) -> EnvSpec:

@@ -1,0 +1,1 @@
+"""gmsh meshing env: parametric geometry tasks, a gmsh tool service, and its client."""

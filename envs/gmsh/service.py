@@ -1,0 +1,126 @@
+"""The gmsh tool service: `python -m envs.gmsh.service --host 127.0.0.1 --port P --token T --workers N`.
+
+Each script runs in a fresh sandboxed subprocess (gmsh is not thread safe), in a temp dir of its own with the
+task's geometry copied in, and the mesh left in the gmsh model is measured after the script ends. At most
+`--workers` scripts run at once and at most `--queue` wait; past that the service answers 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import uvicorn
+from fastapi import Depends, FastAPI, Header, HTTPException
+
+from envs.gmsh.wire import RunRequest, RunResult
+from envs.sandbox import SandboxLimits, run_sandboxed
+
+RUNNER = Path(__file__).with_name("script_runner.py")
+
+
+class GmshRunner:
+    def __init__(self, task_store: Path | None, workers: int, queue: int, limits: SandboxLimits):
+        self.task_store = task_store.resolve() if task_store else None
+        self.slots = asyncio.Semaphore(workers)
+        self.capacity = workers + queue
+        self.in_service = 0
+        self.limits = limits
+
+    def _geometry(self, request: RunRequest) -> bytes:
+        if request.geometry_b64 is not None:
+            try:
+                return base64.b64decode(request.geometry_b64, validate=True)
+            except binascii.Error as exc:
+                raise HTTPException(422, f"geometry_b64 is not valid base64: {exc}") from exc
+        if self.task_store is None:
+            raise HTTPException(422, "geometry_file needs a service started with --task-store")
+        path = (self.task_store / request.geometry_file).resolve()
+        if self.task_store not in path.parents or not path.is_file():
+            raise HTTPException(404, f"geometry_file {request.geometry_file!r} is not in the task store")
+        return path.read_bytes()
+
+    async def run(self, request: RunRequest) -> RunResult:
+        if self.in_service >= self.capacity:
+            raise HTTPException(503, "all workers busy and the queue is full", headers={"Retry-After": "1"})
+        geometry = self._geometry(request)
+        self.in_service += 1
+        try:
+            async with self.slots:
+                return await self._run(request, geometry)
+        finally:
+            self.in_service -= 1
+
+    async def _run(self, request: RunRequest, geometry: bytes) -> RunResult:
+        workdir = Path(tempfile.mkdtemp(prefix="gmsh-run-"))
+        try:
+            (workdir / request.geometry_name).write_bytes(geometry)
+            (workdir / "script.py").write_text(request.script)
+            limits = SandboxLimits(**{**self.limits.__dict__, "wall_s": min(request.timeout, self.limits.wall_s),
+                                      "cpu_s": int(min(request.timeout, self.limits.wall_s)) + 1})
+            argv = [sys.executable, str(RUNNER), "script.py", "stats.json"]
+            result = await run_sandboxed(argv, workdir, limits)
+            stats_path = workdir / "stats.json"
+            stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+            error = None
+            if result.timed_out:
+                error = f"script did not finish within {limits.wall_s:.0f} s"
+            elif not stats:
+                error = f"script process died (exit code {result.exit_code}) before the mesh could be read"
+            elif stats.get("script_error"):
+                error = stats["script_error"].strip().splitlines()[-1]
+            return RunResult(ok=error is None and result.exit_code == 0, exit_code=result.exit_code,
+                             stdout=result.stdout, stderr=result.stderr, elapsed=result.elapsed,
+                             timed_out=result.timed_out, stats=stats, error=error)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def build_app(token: str, task_store: Path | None = None, workers: int = 2, queue: int = 64,
+              timeout: float = 60.0, memory_mb: int = 2048) -> FastAPI:
+    app = FastAPI(title="gmsh tool service")
+    runner = GmshRunner(task_store, workers, queue, SandboxLimits(wall_s=timeout, cpu_s=int(timeout) + 1,
+                                                                  memory_mb=memory_mb))
+
+    def check_token(authorization: str | None = Header(default=None)) -> None:
+        if not secrets.compare_digest(authorization or "", f"Bearer {token}"):
+            raise HTTPException(401, "missing or wrong bearer token")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "in_service": runner.in_service, "capacity": runner.capacity}
+
+    @app.post("/run", dependencies=[Depends(check_token)])
+    async def run(request: RunRequest) -> RunResult:
+        return await runner.run(request)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--queue", type=int, default=64, help="requests that may wait for a worker")
+    parser.add_argument("--timeout", type=float, default=60.0, help="upper bound on a script's wall time (s)")
+    parser.add_argument("--memory-mb", type=int, default=2048)
+    parser.add_argument("--task-store", type=Path, default=None, help="directory geometry_file names refer to")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    app = build_app(args.token, args.task_store, args.workers, args.queue, args.timeout, args.memory_mb)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

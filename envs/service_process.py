@@ -1,0 +1,68 @@
+"""Start one of our HTTP services as a child process on a free 127.0.0.1 port, wait for /health, stop it at exit.
+
+This is the embedded default: with no service URL given, `train.py` and the `score` commands run their own.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    def __init__(self, module: str, *args: str, startup_timeout: float = 60.0):
+        self.module, self.args, self.startup_timeout = module, list(args), startup_timeout
+        self.token = secrets.token_urlsafe(16)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ServiceProcess:
+        cmd = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(self.port),
+               "--token", self.token, *self.args]
+        # A file, not a pipe: nobody reads a pipe while the service runs, and a full pipe would block it.
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the service
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.module} exited at start: {self.log.read()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.module} did not answer /health within {self.startup_timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
