@@ -83,3 +83,16 @@ def test_corrupted_state_file_is_a_one_line_error(tmp_path):
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith("error: ") and "state.json is corrupted" in second.stderr
     assert json.loads(json.dumps(history_steps(tmp_path, "bad"))) == [1]
+
+
+@pytest.mark.slow
+def test_gmsh_env_trains_two_steps_with_its_own_service(tmp_path):
+    result = run_train(tmp_path, "mesh", "--env", "gmsh", "--max-training-steps", "2", "--groups-per-step", "2",
+                       "--rollouts-per-group", "2", "--max-tokens", "64", "--log-sample-rate", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert history_steps(tmp_path, "mesh") == [1, 2]
+    row = history_rows(tmp_path, "mesh")[0]
+    assert row["train/reward"] == -1.0  # the untrained tiny model writes no usable script: the low end
+    assert "train/no_code" in row
+    logged = sorted((tmp_path / "logs" / "mesh").glob("step_*/gmsh_*.jsonl"))
+    assert len(logged) == 2 * 4
