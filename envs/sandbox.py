@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,13 @@ def bwrap_available() -> bool:
 
 
 def _bwrap_prefix(workdir: Path) -> list[str]:
-    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--bind", str(workdir), str(workdir), "--unshare-all", "--die-with-parent", "--new-session",
-            "--chdir", str(workdir)]
+    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    # The private /tmp must not hide the interpreter or the project when they live under /tmp themselves.
+    for needed in {Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[1]}:
+        if Path("/tmp") in needed.parents:
+            argv += ["--ro-bind", str(needed), str(needed)]
+    return argv + ["--bind", str(workdir), str(workdir), "--unshare-all", "--die-with-parent", "--new-session",
+                   "--chdir", str(workdir)]
 
 
 def _user_process_count() -> int:
