@@ -51,11 +51,15 @@ class ExperimentConfig:
     project: str = "art-agent-trainer"
     base_model: str = EMBEDDED_MODEL
     backend: str = "auto"
-    env: str = "toy"
+    env: str = "r2e"
     vllm_url: str | None = None
     docker_url: list[str] = field(default_factory=list)
     gmsh_url: list[str] = field(default_factory=list)
     dataset: str | None = None
+    split: str = "train"
+    reward: str = "binary"
+    system_prompt: str = "r2e_system_prompt"
+    bash_timeout: float = 60.0
     cache_dir: str | None = None
     num_epochs: int = 3
     groups_per_step: int = 4
@@ -131,6 +135,7 @@ class ExperimentConfig:
             (-1 <= self.advantage_balance <= 1, "--advantage-balance must be between -1 and 1"),
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
             (self.health_check_interval > 0, "--health-check-interval must be positive"),
+            (self.bash_timeout > 0, "--bash-timeout must be positive"),
             (len(self.toy_target) == 1, "--toy-target must be exactly one character"),
             (self.base_model == EMBEDDED_MODEL or Path(self.base_model).is_dir(),
              f"--base-model {self.base_model!r} is not a local model directory (nothing is downloaded at run "
@@ -175,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--docker-url", action="append", default=[], help="test service URL (repeat for several nodes)")
     a("--gmsh-url", action="append", default=[],
       help="gmsh service URL (repeat for several; token from GMSH_SERVICE_TOKEN); default: start one locally")
-    a("--dataset", default=None, help="the env's own dataset file (gmsh: a task parquet)")
+    a("--dataset", default=None, help="the env's own dataset file (gmsh: task parquet; r2e: rows .jsonl/.parquet)")
+    a("--split", default=d.split, help="r2e: hub split when no --dataset (train, dev_10pr_v1, dev_100pr_v1)")
+    a("--reward", choices=["binary", "partial"], default=d.reward, help="r2e: test reward")
+    a("--system-prompt", choices=["r2e_system_prompt", "r2e_cot_system_prompt"], default=d.system_prompt)
+    a("--bash-timeout", type=float, default=d.bash_timeout, help="r2e: seconds per REPL cell")
     a("--cache-dir", default=None)
     a("--num-epochs", type=int, default=d.num_epochs)
     a("--groups-per-step", type=int, default=d.groups_per_step)
@@ -348,7 +357,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         ctx = RolloutContext(model=model, settings=RolloutSettings(
             max_steps=max_steps, max_context_tokens=config.max_context_tokens,
             max_tokens_per_turn=config.max_tokens, temperature=config.temperature),
-            pools=-(-config.max_concurrent // CONNECTIONS_PER_CLIENT))
+            pools=-(-config.max_concurrent // CONNECTIONS_PER_CLIENT), count_tokens=_token_counter(base_model))
         if env.services is not None:
             ctx.services = await services.enter_async_context(env.services(config))
         limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
@@ -393,6 +402,14 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         await backend.close()
         if model._wandb_run is not None:
             model._wandb_run.finish()
+
+
+def _token_counter(base_model: str):
+    """Exact token counts for context budgets, from the policy's own tokenizer (a local directory)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
 def _configure_wandb(model: Any, config: ExperimentConfig) -> None:

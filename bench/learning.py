@@ -30,7 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = train.config_from_args([
-            "--experiment-name", "bench-learning", "--art-path", tmp, "--rollout-root", f"{tmp}/rollouts",
+            "--experiment-name", "bench-learning", "--env", "toy", "--art-path", tmp,
+            "--rollout-root", f"{tmp}/rollouts",
             "--max-training-steps", str(args.steps), "--num-epochs", "1000", "--seed", str(args.seed),
             "--wandb", "disabled",
         ])

@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +66,53 @@ def _user_process_count() -> int:
     return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
 
 
-def _limit(limits: SandboxLimits):
+PIDS_CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
+
+
+class PidsCgroup:
+    """A pids cgroup capping how many processes a sandboxed tree may hold at once: the fork-bomb stop.
+
+    RLIMIT_NPROC is not enforced for root, so where the pids controller is writable (root, cgroup v1 here) each
+    sandbox gets its own cgroup; elsewhere this is a no-op and RLIMIT_NPROC is all there is.
+    """
+
+    def __init__(self, max_processes: int):
+        self.path: Path | None = None
+        if PIDS_CGROUP_ROOT.is_dir() and os.access(PIDS_CGROUP_ROOT, os.W_OK):
+            path = PIDS_CGROUP_ROOT / f"art-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(max_processes))
+                self.path = path
+            except OSError:
+                self.path = None
+
+    def join(self) -> None:
+        """Called in the child before exec: it and all it spawns count against the cap."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        if self.path is None:
+            return
+        for _ in range(50):  # the killed tree takes a moment to leave
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                for pid in (self.path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                time.sleep(0.02)
+
+
+def _limit(limits: SandboxLimits, cgroup: PidsCgroup | None = None):
     # RLIMIT_NPROC counts every process (and thread) of the user, not just this tree: allow the ones that exist.
     nproc = _user_process_count() + limits.max_processes
 
     def apply() -> None:
+        if cgroup is not None:
+            cgroup.join()
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
         memory = limits.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -82,7 +125,9 @@ def _limit(limits: SandboxLimits):
 
 
 def clean_env(workdir: Path) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8",
+    # The project's interpreter first, so `python` and `pytest` in model-written commands are ours.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+    return {"PATH": path, "HOME": str(workdir), "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -93,21 +138,34 @@ def _cut(data: bytes, bound: int) -> str:
     return text[:bound] + f"\n[... cut: {len(text) - bound} more characters]"
 
 
-async def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits) -> SandboxResult:
-    """Run `argv` in `workdir`; never raises for anything the code itself does."""
+def sandboxed_argv(argv: list[str], workdir: Path) -> list[str]:
     global _warned_no_bwrap
     if bwrap_available():
-        argv = _bwrap_prefix(workdir) + argv
-    elif not _warned_no_bwrap:
+        return _bwrap_prefix(workdir) + argv
+    if not _warned_no_bwrap:
         _warned_no_bwrap = True
         log.warning("bwrap not found: sandboxed code runs with rlimits and a process group only "
                     "(install Debian's bubblewrap for a read-only root and no network)")
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=workdir, env=clean_env(workdir), stdin=asyncio.subprocess.DEVNULL,
+    return argv
+
+
+async def spawn_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits, *, stdin: int | None = None,
+                          cgroup: PidsCgroup | None = None) -> asyncio.subprocess.Process:
+    """Start `argv` sandboxed in `workdir` with piped stdout/stderr; the caller must `kill_group(proc.pid)`
+    and remove the cgroup it passed."""
+    return await asyncio.create_subprocess_exec(
+        *sandboxed_argv(argv, workdir), cwd=workdir, env=clean_env(workdir),
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, preexec_fn=_limit(limits),
+        start_new_session=True, preexec_fn=_limit(limits, cgroup), limit=2**22,
     )
+
+
+async def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits) -> SandboxResult:
+    """Run `argv` in `workdir`; never raises for anything the code itself does."""
+    started = time.monotonic()
+    cgroup = PidsCgroup(limits.max_processes)
+    proc = await spawn_sandboxed(argv, workdir, limits, cgroup=cgroup)
     timed_out = False
     try:
         stdout, stderr = await asyncio.wait_for(_read_bounded(proc, limits.max_output_chars * 4), limits.wall_s)
@@ -115,8 +173,9 @@ async def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits) -
         timed_out = True
         stdout, stderr = b"", b""
     finally:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
     exit_code = await proc.wait()
+    cgroup.remove()
     return SandboxResult(
         exit_code=None if timed_out else exit_code,
         stdout=_cut(stdout, limits.max_output_chars), stderr=_cut(stderr, limits.max_output_chars),
@@ -139,6 +198,6 @@ async def _read_bounded(proc: asyncio.subprocess.Process, max_bytes: int) -> tup
     return out, err
 
 
-def _kill_group(pgid: int) -> None:
+def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class RolloutContext:
     step: int = 0
     services: dict[str, Any] = field(default_factory=dict)
     pools: int = 16  # train.py sets max_concurrent / CONNECTIONS_PER_CLIENT
+    count_tokens: Callable[[str], int] | None = None  # the policy's tokenizer, for context budgets
     _clients: list[Any] = field(default_factory=list, repr=False)
     _endpoint: tuple[str | None, str | None] = (None, None)
     _next: int = 0

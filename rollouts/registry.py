@@ -76,7 +76,52 @@ def _gmsh() -> EnvSpec:
     return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services)
 
 
-ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh}
+def _r2e() -> EnvSpec:
+    from envs.r2e.cache import build_from_samples, read_index
+    from envs.r2e.client import TestServiceClient
+    from envs.r2e.data import load_rows
+    from envs.r2e.scenarios import scenarios_from_rows
+    from envs.service_process import ServiceProcess
+    from rollouts.r2e import R2ESettings, rollout
+
+    def cache_dir(cfg: Any) -> Path:
+        return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.art_path) / "r2e_cache"
+
+    def load(cfg: Any) -> list[Scenario]:
+        directory = cache_dir(cfg)
+        if cfg.cache_dir is None:  # the embedded default: the bundled sample tasks
+            build_from_samples(directory)
+        if cfg.dataset is None and cfg.cache_dir is None:
+            from envs.r2e.cache import sample_rows
+
+            rows = sample_rows()
+        else:
+            rows = load_rows(cfg.dataset, cfg.split)
+        scenarios = scenarios_from_rows(rows, directory, read_index(directory))
+        return scenarios[: cfg.dataset_size] if cfg.dataset_size else scenarios
+
+    @contextlib.asynccontextmanager
+    async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
+        with contextlib.ExitStack() as stack:
+            if cfg.docker_url:
+                client = TestServiceClient(list(cfg.docker_url), os.environ.get("TEST_SERVICE_TOKEN", ""))
+            else:  # the embedded default: a `process` runtime over the local cache, stopped at exit
+                service = stack.enter_context(ServiceProcess(
+                    "envs.r2e.test_service", "--runtime", "process", "--cache-dir", str(cache_dir(cfg)),
+                    "--max-concurrent", str(max(1, min(cfg.max_concurrent, os.cpu_count() or 1)))))
+                client = TestServiceClient([service.url], service.token)
+            root = Path(cfg.rollout_root)
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                yield {"r2e": R2ESettings(tests=client, rollout_root=root, system_prompt=cfg.system_prompt,
+                                          reward=cfg.reward, cell_timeout_s=cfg.bash_timeout)}
+            finally:
+                await client.aclose()
+
+    return EnvSpec(name="r2e", load_scenarios=load, rollout=rollout, default_max_steps=10, services=services)
+
+
+ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e}
 
 
 def get_env(name: str) -> EnvSpec:

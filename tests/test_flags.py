@@ -58,7 +58,7 @@ def test_changed_config_is_refused_unless_allowed():
 
 
 def test_backend_local_without_cuda_gives_its_error(tmp_path):
-    result = run_train(tmp_path, "loc", "--backend", "local", timeout=180)
+    result = run_train(tmp_path, "loc", "--env", "toy", "--backend", "local", timeout=180)
     assert result.returncode == 2
     assert "error: --backend local needs a CUDA GPU" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -66,10 +66,11 @@ def test_backend_local_without_cuda_gives_its_error(tmp_path):
 
 @pytest.mark.slow
 def test_rerun_with_changed_config_gets_one_line_error(tmp_path):
-    first = run_train(tmp_path, "cfg", "--max-training-steps", "1", "--groups-per-step", "2", "--dataset-size", "4")
+    first = run_train(tmp_path, "cfg", "--env", "toy", "--max-training-steps", "1", "--groups-per-step", "2",
+                      "--dataset-size", "4")
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_train(tmp_path, "cfg", "--max-training-steps", "2", "--groups-per-step", "2", "--dataset-size", "4",
-                       "--learning-rate", "0.003")
+    second = run_train(tmp_path, "cfg", "--env", "toy", "--max-training-steps", "2", "--groups-per-step", "2",
+                       "--dataset-size", "4", "--learning-rate", "0.003")
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith("error: --allow-config-change")
     assert read_state(tmp_path, "cfg")["step"] == 1  # nothing trained

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
 
-SMALL = ["--groups-per-step", "2", "--rollouts-per-group", "4", "--dataset-size", "8"]
+SMALL = ["--env", "toy", "--groups-per-step", "2", "--rollouts-per-group", "4", "--dataset-size", "8"]
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_kill_9_during_a_step_loses_and_repeats_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_toy_reward_rises_far_above_its_start(tmp_path):
-    result = run_train(tmp_path, "learn", "--max-training-steps", "14", "--num-epochs", "10")
+    result = run_train(tmp_path, "learn", "--env", "toy", "--max-training-steps", "14", "--num-epochs", "10")
     assert result.returncode == 0, result.stderr[-3000:]
     rewards = [row["train/reward"] for row in history_rows(tmp_path, "learn")]
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
@@ -96,3 +96,14 @@ def test_gmsh_env_trains_two_steps_with_its_own_service(tmp_path):
     assert "train/no_code" in row
     logged = sorted((tmp_path / "logs" / "mesh").glob("step_*/gmsh_*.jsonl"))
     assert len(logged) == 2 * 4
+
+
+@pytest.mark.slow
+def test_default_r2e_env_runs_on_the_bundled_samples_and_cleans_up(tmp_path):
+    result = run_train(tmp_path, "repl", "--max-training-steps", "2", "--groups-per-step", "2",
+                       "--rollouts-per-group", "2", "--max-steps", "2", "--max-tokens", "64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert history_steps(tmp_path, "repl") == [1, 2]
+    row = history_rows(tmp_path, "repl")[0]
+    assert "train/changed_files" in row and "train/repl_restarts" in row
+    assert list((tmp_path / "rollouts").iterdir()) == []

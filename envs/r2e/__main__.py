@@ -1,0 +1,95 @@
+"""`python -m envs.r2e cache ...` builds the repo cache; `python -m envs.r2e score ...` scores changed files.
+
+cache: --cache-dir D (--from-samples | --split S [--dataset FILE] --max-entries N [--skip-existing] [--dry-run])
+score: --cache-dir D --dataset FILE --instance-id ID --files DIR  -> {reward, partial, tests: {...}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from envs.scenario import DatasetError
+
+
+async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
+    from envs.r2e.cache import repo_path
+    from envs.r2e.client import TestServiceClient, tar_b64
+    from envs.r2e.data import load_rows
+    from envs.r2e.wire import TestRequest
+    from rewards.tests import binary_test_reward, match_expected, parse_pytest_output, partial_test_reward
+
+    rows = {r.instance_id: r for r in load_rows(args.dataset)}
+    if args.instance_id not in rows:
+        raise DatasetError(f"--instance-id {args.instance_id} is not in {args.dataset}")
+    row = rows[args.instance_id]
+    repo_path(args.cache_dir, row.instance_id)  # fails clearly when the cache lacks it
+    files = Path(args.files)
+    changed = sorted(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file())
+    if not changed:
+        return {"reward": 0.0, "partial": 0.0, "tests": {k: None for k in row.expected_output_json}}
+    client = TestServiceClient([url], token)
+    try:
+        result = await client.test(TestRequest(docker_image=row.docker_image, instance_id=row.instance_id,
+                                               files_tar_b64=tar_b64(files, changed), test_cmd=row.test_cmd))
+    finally:
+        await client.aclose()
+    reward, _ = binary_test_reward(row.expected_output_json, result.test_output)
+    partial, _ = partial_test_reward(row.expected_output_json, result.test_output)
+    found = match_expected(row.expected_output_json, parse_pytest_output(result.test_output))
+    return {"reward": reward, "partial": partial, "tests": found}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m envs.r2e", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cache = sub.add_parser("cache", help="build the repo cache")
+    cache.add_argument("--cache-dir", type=Path, required=True)
+    cache.add_argument("--from-samples", action="store_true", help="from the bundled sample tasks (no Docker)")
+    cache.add_argument("--split", default="train")
+    cache.add_argument("--dataset", default=None, help="rows from a local .jsonl/.parquet instead of the hub")
+    cache.add_argument("--max-entries", type=int, default=None)
+    cache.add_argument("--skip-existing", action="store_true")
+    cache.add_argument("--dry-run", action="store_true")
+    score = sub.add_parser("score", help="score changed files against a task's tests")
+    score.add_argument("--cache-dir", type=Path, required=True)
+    score.add_argument("--dataset", required=True)
+    score.add_argument("--instance-id", required=True)
+    score.add_argument("--files", required=True, help="a directory holding the changed files at their repo paths")
+    score.add_argument("--url", default=None, help="a running test service (default: start a process one)")
+    score.add_argument("--token", default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "cache":
+            from envs.r2e.cache import build_from_docker, build_from_samples
+            from envs.r2e.data import load_rows
+
+            if args.from_samples:
+                index = build_from_samples(args.cache_dir)
+            else:
+                index = build_from_docker(args.cache_dir, load_rows(args.dataset, args.split), args.max_entries,
+                                          args.skip_existing, args.dry_run)
+            print(f"{len(index)} instance(s) in {args.cache_dir / 'index.json'}")
+            return 0
+        from envs.service_process import ServiceProcess
+
+        with contextlib.ExitStack() as stack:
+            if args.url:
+                url, token = args.url, args.token or ""
+            else:
+                service = stack.enter_context(ServiceProcess("envs.r2e.test_service", "--runtime", "process",
+                                                             "--cache-dir", str(args.cache_dir)))
+                url, token = service.url, service.token
+            print(json.dumps(asyncio.run(_score(args, url, token)), indent=2))
+        return 0
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

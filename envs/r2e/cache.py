@@ -1,0 +1,101 @@
+"""The repo cache: `index.json` (instance id -> metadata) and one folder per instance holding the repository.
+
+Built from Docker images (`/testbed` of each R2E image) where an engine exists, or from the bundled samples.
+The index is rewritten after every entry, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from envs.r2e.data import R2ERow, validate_rows
+from envs.scenario import DatasetError
+
+SAMPLES = Path(__file__).with_name("samples")
+
+
+def read_index(cache_dir: Path) -> dict[str, dict[str, Any]]:
+    path = cache_dir / "index.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_index(cache_dir: Path, index: dict[str, dict[str, Any]]) -> None:
+    tmp = cache_dir / "index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
+    os.replace(tmp, cache_dir / "index.json")
+
+
+def _entry(row: R2ERow, folder: Path) -> dict[str, Any]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return {"repo_name": row.repo_name, "docker_image": row.docker_image, "commit_hash": row.commit_hash,
+            "cache_path": folder.name, "file_count": len(files),
+            "size_mb": round(sum(p.stat().st_size for p in files) / 1e6, 3)}
+
+
+def sample_rows() -> list[R2ERow]:
+    raw = []
+    for task in sorted(SAMPLES.glob("*/task.json")):
+        data = json.loads(task.read_text())
+        raw.append({**data, "docker_image": f"local/{data['repo_name']}:sample"})
+    return validate_rows(raw, str(SAMPLES))
+
+
+def build_from_samples(cache_dir: Path) -> dict[str, dict[str, Any]]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    index = read_index(cache_dir)
+    for row in sample_rows():
+        target = cache_dir / row.instance_id
+        if row.instance_id in index and target.is_dir():
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(SAMPLES / row.repo_name / "repo", target)
+        index[row.instance_id] = _entry(row, target)
+        _write_index(cache_dir, index)
+    return index
+
+
+def build_from_docker(cache_dir: Path, rows: list[R2ERow], max_entries: int | None, skip_existing: bool,
+                      dry_run: bool, log=print) -> dict[str, dict[str, Any]]:
+    """Copy `/testbed` out of each row's image (docker SDK): pull, create a stopped container, archive, remove."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    index = read_index(cache_dir)
+    todo = [r for r in rows if not (skip_existing and r.instance_id in index)][: max_entries or None]
+    if dry_run:
+        for row in todo:
+            log(f"would cache {row.instance_id} from {row.docker_image}")
+        return index
+    import docker
+
+    client = docker.from_env()
+    for row in todo:
+        target = cache_dir / row.instance_id
+        client.images.pull(row.docker_image)
+        container = client.containers.create(row.docker_image, command="true")
+        try:
+            stream, _ = container.get_archive("/testbed")
+            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                    tar.extractall(tmp, filter="data")
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(Path(tmp) / "testbed", target)
+        finally:
+            container.remove(force=True)
+        index[row.instance_id] = _entry(row, target)
+        _write_index(cache_dir, index)
+        log(f"cached {row.instance_id} ({index[row.instance_id]['file_count']} files)")
+    return index
+
+
+def repo_path(cache_dir: Path, instance_id: str) -> Path:
+    index = read_index(cache_dir)
+    if instance_id not in index:
+        raise DatasetError(f"instance {instance_id} is not in the repo cache {cache_dir} (build it with "
+                           "`python -m envs.r2e cache`)")
+    return cache_dir / index[instance_id]["cache_path"]

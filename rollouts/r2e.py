@@ -1,0 +1,116 @@
+"""One R2E rollout: copy the cached repo, start a sandboxed REPL in it, let the model work, test the result.
+
+Per turn: completion -> code block -> REPL cell -> observation, until FINAL()/finish(), `--max-steps`, or the
+context budget. The conversation is trimmed to `--max-context-tokens` (oldest middle turns first). Changed files
+go to the test service; no change scores 0 without a call. The work dir is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import art
+import openai
+
+from agent.budget import approx_tokens, trim_messages
+from agent.code import extract_code
+from agent.prompts import R2E_NO_CODE_NUDGE, R2E_SYSTEM_PROMPTS, r2e_observation, r2e_task
+from envs.r2e.client import TestServiceClient, changed_files, tar_b64
+from envs.r2e.repl import Repl
+from envs.r2e.wire import TestRequest
+from envs.sandbox import SandboxLimits
+from envs.scenario import Scenario
+from rewards.tests import REWARDS
+from rollouts.context import RolloutContext
+
+
+@dataclass
+class R2ESettings:
+    tests: TestServiceClient
+    rollout_root: Path
+    system_prompt: str = "r2e_system_prompt"
+    reward: str = "binary"
+    cell_timeout_s: float = 60.0
+    test_timeout_s: float = 300.0
+    max_llm_queries: int = 5
+    llm_query_max_tokens: int = 512
+    limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_s=1e9, cpu_s=3600, memory_mb=2048,
+                                                                         max_output_chars=8000))
+
+
+async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
+    settings: R2ESettings = ctx.services["r2e"]
+    original = Path(scenario.data["repo_path"])
+    workdir = settings.rollout_root / f"{scenario.id}-{uuid.uuid4().hex[:8]}"
+    trajectory = art.Trajectory(
+        messages_and_choices=[{"role": "system", "content": R2E_SYSTEM_PROMPTS[settings.system_prompt]},
+                              {"role": "user", "content": r2e_task(scenario.prompt)}],
+        metadata={"scenario_id": scenario.id, "env": "r2e"})
+    queries = {"n": 0}
+
+    async def llm_query(prompt: str) -> str:
+        if queries["n"] >= settings.max_llm_queries:
+            return f"[llm_query limit of {settings.max_llm_queries} per rollout reached]"
+        queries["n"] += 1
+        choice = await ctx.complete([{"role": "user", "content": prompt}], settings.llm_query_max_tokens)
+        return choice.message.content or ""
+
+    repl = Repl(workdir, settings.limits, settings.cell_timeout_s, llm_query)
+    cells: list[dict[str, Any]] = []
+    turns, finished, trimmed, context_exhausted = 0, False, 0, False
+    try:
+        shutil.copytree(original, workdir)
+        await repl.start()
+        for turns in range(1, ctx.settings.max_steps + 1):  # noqa: B007 - turns is reported below
+            budget = ctx.settings.max_context_tokens - ctx.settings.max_tokens_per_turn // 4
+            messages, dropped = trim_messages(trajectory.messages(), budget, ctx.count_tokens or approx_tokens)
+            trimmed = max(trimmed, dropped)
+            started = time.monotonic()
+            try:
+                choice = await ctx.complete(messages, ctx.settings.max_tokens_per_turn)
+            except openai.BadRequestError as exc:  # the server says the context is full: the episode ends here
+                trajectory.log(f"turn {turns}: context exhausted ({exc.message[:200]})")
+                context_exhausted = True
+                break
+            trajectory.messages_and_choices.append(choice)
+            code = extract_code(choice.message.content or "")
+            if code is None:
+                trajectory.messages_and_choices.append({"role": "user", "content": R2E_NO_CODE_NUDGE})
+                continue
+            cell = await repl.run_cell(code)
+            cells.append({"turn": turns, "code": code, "stdout": cell.stdout, "stderr": cell.stderr,
+                          "locals": cell.locals, "llm_calls": cell.llm_calls, "execution_time": cell.execution_time,
+                          "iteration_time": time.monotonic() - started})
+            if cell.final is not None:
+                finished = True
+                break
+            trajectory.messages_and_choices.append(
+                {"role": "user", "content": r2e_observation(cell.stdout, cell.stderr, cell.error)})
+        await repl.close()
+        changed = changed_files(workdir, original)
+        reward, breakdown = 0.0, {"tests_expected": float(len(scenario.data["expected"])), "tests_matching": 0.0}
+        if changed:
+            result = await settings.tests.test(TestRequest(
+                docker_image=scenario.data["docker_image"], instance_id=scenario.id,
+                files_tar_b64=tar_b64(workdir, changed), test_cmd=scenario.data["test_cmd"],
+                timeout=settings.test_timeout_s))
+            reward, breakdown = REWARDS[settings.reward](scenario.data["expected"], result.test_output)
+            breakdown["test_timed_out"] = float(result.timed_out)
+            trajectory.log(f"tests (exit {result.exit_code}):\n{result.test_output[-3000:]}")
+    finally:
+        await repl.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    trajectory.reward = reward
+    trajectory.metrics.update(breakdown | {
+        "agent_steps": float(turns), "finished": float(finished), "changed_files": float(len(changed)),
+        "repl_restarts": float(repl.restarts), "llm_queries": float(queries["n"]), "trimmed_messages": float(trimmed),
+        "context_exhausted": float(context_exhausted),
+    })
+    trajectory.metadata["changed_files"] = ",".join(changed)[:500]
+    trajectory.logs.extend(f"cell {c['turn']}: {c['code'][:200]!r}" for c in cells)
+    return trajectory
