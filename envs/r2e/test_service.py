@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import io
+import os
 import secrets
 import shutil
 import tarfile
@@ -44,7 +45,8 @@ class ProcessRuntime:
         index = read_index(self.cache_dir)
         if request.instance_id not in index:
             raise HTTPException(404, f"instance {request.instance_id} is not in the repo cache")
-        workdir = Path(tempfile.mkdtemp(prefix="r2e-test-"))
+        shm = Path("/dev/shm")
+        workdir = Path(tempfile.mkdtemp(prefix="r2e-test-", dir=shm if os.access(shm, os.W_OK) else None))
         try:
             repo = workdir / "testbed"
             await asyncio.to_thread(shutil.copytree, self.cache_dir / index[request.instance_id]["cache_path"], repo)
