@@ -382,6 +382,8 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
                                        config.max_failed_share, desc=f"step {step}")
             gather_s = time.monotonic() - started
             metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
+            if env.step_metrics is not None:
+                metrics |= env.step_metrics(groups)
             trainable = [g for g in groups if has_signal(g)]
             result = await backend.train(model, trainable, learning_rate=config.learning_rate,
                                          advantage_balance=config.advantage_balance,

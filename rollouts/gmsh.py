@@ -74,3 +74,21 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
             {"role": "user", "content": gmsh_feedback(result["error"], _summary(result["stats"]), tail)})
     trajectory.metrics.update(breakdown | {"agent_steps": float(turns), "finished": 1.0 - breakdown["no_code"]})
     return trajectory
+
+
+def validation_metrics(groups: list[art.TrajectoryGroup]) -> dict[str, float]:
+    """GMSH_REWARD.md's list: success rate (valid mesh), physical-group rate, mean reward, density ratios."""
+    trajectories = [t for g in groups for t in g.trajectories]
+    if not trajectories:
+        return {}
+    ratios = sorted(t.metrics["density_ratio"] for t in trajectories if t.metrics.get("mesh_generated"))
+    figures = {
+        "gmsh/success_rate": sum(bool(t.metrics.get("mesh_generated")) for t in trajectories) / len(trajectories),
+        "gmsh/physical_group_rate": sum(t.metrics.get("groups_missing", 1) == 0 for t in trajectories)
+        / len(trajectories),
+        "gmsh/mean_reward": sum(t.reward for t in trajectories) / len(trajectories),
+    }
+    if ratios:
+        for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
+            figures[f"gmsh/density_ratio_{name}"] = ratios[min(int(q * len(ratios)), len(ratios) - 1)]
+    return figures

@@ -31,6 +31,8 @@ class EnvSpec:
     default_max_steps: int = 1
     # An async context manager factory: config -> {service name: client}, started before the first step.
     services: Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]] | None = None
+    # Env-specific figures for a step's groups, beside the generic ones of rollouts.metrics.
+    step_metrics: Callable[[list[Any]], dict[str, float]] | None = None
 
 
 def _toy() -> EnvSpec:
@@ -48,7 +50,7 @@ def _gmsh() -> EnvSpec:
     from envs.gmsh.client import GmshClient
     from envs.gmsh.tasks import ensure_default_tasks, load_tasks
     from envs.service_process import ServiceProcess
-    from rollouts.gmsh import rollout
+    from rollouts.gmsh import rollout, validation_metrics
 
     def load(cfg: Any) -> list[Scenario]:
         if cfg.dataset:
@@ -73,7 +75,8 @@ def _gmsh() -> EnvSpec:
             finally:
                 await client.aclose()
 
-    return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services)
+    return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services,
+                   step_metrics=validation_metrics)
 
 
 def _r2e() -> EnvSpec:

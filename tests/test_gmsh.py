@@ -22,6 +22,7 @@ from rewards.gmsh import gmsh_reward
 from rollouts.context import RolloutContext, RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
 from rollouts.gmsh import rollout as gmsh_rollout
+from rollouts.gmsh import validation_metrics
 from tests.fake_openai_server import start_fake_server
 from tests.gmsh_scripts import reference_script
 
@@ -203,6 +204,9 @@ async def test_rollout_through_the_service_scores_a_correct_reply_high(service, 
         server.stop()
     trajectory = groups[0].trajectories[0]
     assert trajectory.reward >= 0.6 and trajectory.metrics["groups_missing"] == 0
+    figures = validation_metrics(groups)
+    assert figures["gmsh/success_rate"] == 1.0 and figures["gmsh/physical_group_rate"] == 1.0
+    assert 1 / 3 < figures["gmsh/density_ratio_p50"] < 3
 
 
 async def test_rollout_without_code_scores_the_low_end(tasks):

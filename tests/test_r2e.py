@@ -223,3 +223,20 @@ def test_trimming_keeps_system_prompt_and_bug_report_and_says_so():
     assert trimmed[:2] == messages[:2] and dropped > 0
     assert "removed" in trimmed[2]["content"] and trimmed[-1] == messages[-1]
     assert trim_messages(messages[:4], budget_tokens=10_000) == (messages[:4], 0)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_score_command_on_each_sample(cache, name, tmp_path):
+    import subprocess
+    import sys
+
+    from envs.service_process import ROOT
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r.model_dump()) + "\n" for r in ROWS.values()))
+    done = subprocess.run([sys.executable, "-m", "envs.r2e", "score", "--cache-dir", str(cache), "--dataset", str(rows),
+                           "--instance-id", ROWS[name].instance_id, "--files", str(SAMPLES / name / "fix")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["reward"] == 1.0 and out["partial"] == 1.0 and set(out["tests"]) == set(ROWS[name].expected_output_json)
