@@ -205,11 +205,11 @@ def test_pytest_output_parsing_and_key_forms():
 
 def test_changed_files_lists_only_what_differs(tmp_path):
     original, work = tmp_path / "a", tmp_path / "b"
-    shutil.copytree(SAMPLES / "stats" / "repo", original)
+    shutil.copytree(SAMPLES / "stats" / "repo", original, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(original, work)
     (work / "stats.py").write_text("changed")
     (work / "new_module.py").write_text("x = 1")
-    (work / "__pycache__").mkdir()
+    (work / "__pycache__").mkdir(exist_ok=True)
     (work / "__pycache__" / "junk.pyc").write_bytes(b"0")
     assert changed_files(work, original) == ["new_module.py", "stats.py"]
 

@@ -55,7 +55,8 @@ def build_from_samples(cache_dir: Path) -> dict[str, dict[str, Any]]:
         if row.instance_id in index and target.is_dir():
             continue
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(SAMPLES / row.repo_name / "repo", target)
+        shutil.copytree(SAMPLES / row.repo_name / "repo", target,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
         index[row.instance_id] = _entry(row, target)
         _write_index(cache_dir, index)
     return index
