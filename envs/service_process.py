@@ -34,7 +34,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         cmd = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(self.port),
-               "--token", self.token, *self.args]
+               f"--token={self.token}", *self.args]  # "=": a token may start with "-"
         # A file, not a pipe: nobody reads a pipe while the service runs, and a full pipe would block it.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the service
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
