@@ -5,6 +5,7 @@ This is the embedded default: with no service URL given, `train.py` and the `sco
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import subprocess
@@ -34,10 +35,11 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         cmd = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(self.port),
-               f"--token={self.token}", *self.args]  # "=": a token may start with "-"
+               *self.args]
+        env = dict(os.environ, SERVICE_TOKEN=self.token)  # not on the command line, where `ps` shows it
         # A file, not a pipe: nobody reads a pipe while the service runs, and a full pipe would block it.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the service
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

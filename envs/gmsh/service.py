@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import secrets
 import shutil
 import sys
@@ -109,13 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", default=os.environ.get("SERVICE_TOKEN"),
+                        help="bearer token clients must send (default: $SERVICE_TOKEN)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--queue", type=int, default=64, help="requests that may wait for a worker")
     parser.add_argument("--timeout", type=float, default=60.0, help="upper bound on a script's wall time (s)")
     parser.add_argument("--memory-mb", type=int, default=2048)
     parser.add_argument("--task-store", type=Path, default=None, help="directory geometry_file names refer to")
     args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("--token (or SERVICE_TOKEN in the environment) is required")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     app = build_app(args.token, args.task_store, args.workers, args.queue, args.timeout, args.memory_mb)

@@ -115,10 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, required=False)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--token", required=True)
+    parser.add_argument("--token", default=os.environ.get("SERVICE_TOKEN"),
+                        help="bearer token clients must send (default: $SERVICE_TOKEN)")
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--memory-mb", type=int, default=2048)
     args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("--token (or SERVICE_TOKEN in the environment) is required")
     if args.runtime == "process":
         if args.cache_dir is None or not (args.cache_dir / "index.json").exists():
             parser.error("--runtime process needs --cache-dir with an index.json (python -m envs.r2e cache ...)")
