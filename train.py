@@ -91,6 +91,13 @@ class ExperimentConfig:
     scale_rewards: bool = True
     loss_fn: str = "cispo"
     lora_rank: int = 8
+    eval_every: int = 0
+    eval_only: bool = False
+    checkpoint: int | None = None
+    eval_rollouts: int = 1
+    keep_checkpoints: int = 0
+    save_every: int = 1
+    init_adapter: str | None = None
     allow_config_change: bool = False
     rollout_root: str = field(default_factory=lambda: default_rollout_root())
     health_check_interval: float = 30.0
@@ -104,6 +111,7 @@ class ExperimentConfig:
         "max_training_steps", "num_epochs", "allow_config_change", "max_concurrent", "max_rollouts_per_second",
         "max_failed_share", "vllm_url", "docker_url", "gmsh_url", "log_dir", "log_sample_rate", "backend",
         "rollout_root", "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
+        "eval_every", "eval_only", "checkpoint", "eval_rollouts", "keep_checkpoints", "save_every",
     })
 
     def __post_init__(self) -> None:
@@ -144,6 +152,13 @@ class ExperimentConfig:
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
             (self.health_check_interval > 0, "--health-check-interval must be positive"),
             (self.bash_timeout > 0, "--bash-timeout must be positive"),
+            (self.eval_every >= 0, "--eval-every must be 0 (off) or more"),
+            (self.eval_rollouts >= 1, "--eval-rollouts must be at least 1"),
+            (self.keep_checkpoints >= 0, "--keep-checkpoints must be 0 (keep all) or more"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (self.checkpoint is None or self.eval_only, "--checkpoint goes with --eval-only"),
+            (self.init_adapter is None or (Path(self.init_adapter) / "adapter_config.json").is_file(),
+             f"--init-adapter {self.init_adapter}: not a PEFT adapter directory (no adapter_config.json)"),
             (len(self.toy_target) == 1, "--toy-target must be exactly one character"),
             (self.base_model == EMBEDDED_MODEL or Path(self.base_model).is_dir(),
              f"--base-model {self.base_model!r} is not a local model directory (nothing is downloaded at run "
@@ -219,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--loss-fn", choices=["cispo", "ppo"], default=d.loss_fn)
     a("--lora-rank", type=int, default=d.lora_rank)
     a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
+    a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")
+    a("--eval-only", action="store_true", help="evaluate the current (or --checkpoint) model and exit")
+    a("--checkpoint", type=int, default=None, help="with --eval-only: the step to evaluate")
+    a("--eval-rollouts", type=int, default=1, help="rollouts per val scenario")
+    a("--keep-checkpoints", type=int, default=0, help="keep the K newest saved checkpoints (+latest, +best eval)")
+    a("--save-every", type=int, default=1, help="checkpoints kept by --keep-checkpoints fall on every N steps")
+    a("--init-adapter", default=None, help="warm-start from a Hugging Face LoRA adapter directory (CPU backend)")
     a("--rollout-root", default=d.rollout_root, help="where per-rollout work dirs live")
     a("--health-check-interval", type=float, default=d.health_check_interval)
     a("--max-child-processes", type=int, default=d.max_child_processes)
@@ -306,11 +328,13 @@ def check_resume(config: ExperimentConfig, state: dict[str, Any]) -> None:
 async def run(config: ExperimentConfig) -> dict[str, Any]:
     """Train until the step reaches --max-training-steps or the epochs run out; returns the final state."""
     from backends import choose_backend, create_backend
+    from backends.checkpoints import best_val_step, steps_to_keep
     from backends.cpu import CPUBackendSettings
     from backends.policy import LoraSettings
     from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
     from backends.trainer_model import TrainerModel
     from rollouts.context import CONNECTIONS_PER_CLIENT, RolloutContext, RolloutSettings
+    from rollouts.evaluate import evaluate
     from rollouts.gather import GatherLimits, gather_step
     from rollouts.health import HealthLimits, HealthMonitor
     from rollouts.metrics import has_signal, step_metrics
@@ -346,7 +370,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
     cpu_settings = CPUBackendSettings(lora=LoraSettings(rank=config.lora_rank, alpha=2 * config.lora_rank,
                                                                     target_modules=lora_targets),
                                       seed=config.seed, max_seq_length=config.max_context_tokens,
-                                      default_max_tokens=config.max_tokens)
+                                      default_max_tokens=config.max_tokens, init_adapter=config.init_adapter)
     backend = create_backend(choice, config.art_path, cpu_settings)
     monitor = HealthMonitor(config.rollout_root, HealthLimits(
         interval_s=config.health_check_interval, max_child_processes=config.max_child_processes,
@@ -369,6 +393,20 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         if env.services is not None:
             ctx.services = await services.enter_async_context(env.services(config))
         limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
+        val = env.load_val(config) if (config.eval_every or config.eval_only) and env.load_val else []
+
+        async def run_eval(at_step: int) -> dict[str, float]:
+            groups, figures = await evaluate(val, env.rollout, ctx, config.eval_rollouts, limits, env.step_metrics)
+            await model.log([g for g in groups if g.trajectories], split="val", step=at_step, metrics=figures)
+            return figures
+
+        if config.eval_only:
+            if config.checkpoint is not None:
+                await _load_checkpoint(backend, model, model_dir, config.checkpoint)
+            at = config.checkpoint if config.checkpoint is not None else step
+            figures = await run_eval(at)
+            print(json.dumps({"eval_step": at, "scenarios": len(val), **figures}, indent=2), flush=True)
+            return model.read_state() or {}
         last_step = config.max_training_steps or sys.maxsize
         while step < last_step:
             batch, next_cursor = cursor.take(scenarios, config.groups_per_step, config.seed)
@@ -394,6 +432,10 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
                         "trained_groups": float(len(trainable)), "epoch": float(next_cursor.epoch)}
             metrics |= result.metrics | monitor.figures()
             await model.log([g for g in groups if g.trajectories], split="train", step=step, metrics=metrics)
+            if config.eval_every and step % config.eval_every == 0 and val:
+                figures = await run_eval(step)
+                print(f"eval at step {step}: reward {figures.get('reward_mean', float('nan')):.3f}, "
+                      f"pass rate {figures['pass_rate']:.0%}", flush=True)
             await write_step(config.log_dir, config.experiment_name, step, groups, seed=config.seed,
                              rate=config.log_sample_rate, meta={"env": config.env, "model": config.model_name,
                                                                 "experiment": config.experiment_name,
@@ -405,6 +447,11 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
             })
             cursor = next_cursor
             print(_summary_line(step, metrics), flush=True)
+            if config.keep_checkpoints:
+                existing = [int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()]
+                keep = steps_to_keep(existing, step, config.keep_checkpoints, config.save_every,
+                                     best_val_step(model_dir))
+                await backend._delete_checkpoint_files(model, keep)
         return model.read_state() or {}
     finally:
         await services.aclose()
@@ -412,6 +459,17 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         await backend.close()
         if model._wandb_run is not None:
             model._wandb_run.finish()
+
+
+async def _load_checkpoint(backend: Any, model: Any, model_dir: Path, step: int) -> None:
+    from backends.cpu import CPUBackend
+
+    checkpoint = model_dir / "checkpoints" / f"{step:04d}"
+    if not checkpoint.is_dir():
+        raise ConfigError(f"--checkpoint {step}: no checkpoint at {checkpoint}")
+    if not isinstance(backend, CPUBackend):
+        raise ConfigError("--checkpoint: evaluating an older checkpoint is supported on the CPU backend only")
+    await asyncio.to_thread(backend.policy(model).load, checkpoint)
 
 
 def _token_counter(base_model: str):
@@ -446,8 +504,39 @@ def _summary_line(step: int, m: dict[str, float]) -> str:
     )
 
 
+def export_main(argv: list[str]) -> int:
+    """`train.py export --experiment-name NAME --checkpoint STEP --out DIR [--merge]`: a standard PEFT adapter."""
+    parser = OneLineParser(prog="train.py export", description=export_main.__doc__)
+    parser.add_argument("--experiment-name", required=True)
+    parser.add_argument("--model-name", default=None)
+    parser.add_argument("--project", default=ExperimentConfig.project)
+    parser.add_argument("--art-path", default=".art")
+    parser.add_argument("--checkpoint", type=int, default=None, help="step to export (default: the latest)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--merge", action="store_true", help="write the merged full model (base + adapter)")
+    args = parser.parse_args(argv)
+    from backends.checkpoints import export_adapter
+
+    model_dir = Path(args.art_path) / args.project / "models" / (args.model_name or args.experiment_name)
+    steps = sorted(int(p.name) for p in (model_dir / "checkpoints").glob("[0-9]*") if p.name.isdigit())
+    if not steps:
+        print(f"error: --experiment-name: no checkpoints under {model_dir}", file=sys.stderr)
+        return 2
+    step = steps[-1] if args.checkpoint is None else args.checkpoint
+    if step not in steps:
+        print(f"error: --checkpoint {step}: not among the kept steps {steps}", file=sys.stderr)
+        return 2
+    base_model = json.loads((model_dir / "model.json").read_text())["base_model"]
+    out = export_adapter(model_dir / "checkpoints" / f"{step:04d}", Path(args.out), args.merge, base_model)
+    print(f"exported step {step} {'merged model' if args.merge else 'adapter'} to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     try:
         config = config_from_args(argv)
     except ConfigError as exc:

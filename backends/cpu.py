@@ -57,6 +57,7 @@ class CPUBackendSettings:
     host: str = "127.0.0.1"
     default_max_tokens: int = 256
     rows_per_gradient_step: int = 8
+    init_adapter: str | None = None  # a PEFT adapter directory to start from instead of a fresh LoRA
 
 
 @dataclass
@@ -88,6 +89,7 @@ class CPUBackend:
             self.settings.lora,
             seed=self.settings.seed,
             max_seq_length=self.settings.max_seq_length,
+            init_adapter=self.settings.init_adapter,
         )
         step = get_step_from_dir(str(output_dir))
         latest = Path(get_step_checkpoint_dir(str(output_dir), step))

@@ -62,8 +62,9 @@ class TrainSettings:
 
 
 class LoraPolicy:
-    def __init__(self, base_model: str, lora: LoraSettings, *, seed: int = 0, max_seq_length: int = 2048):
-        from peft import LoraConfig, get_peft_model
+    def __init__(self, base_model: str, lora: LoraSettings, *, seed: int = 0, max_seq_length: int = 2048,
+                 init_adapter: str | None = None):
+        from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(seed)
@@ -78,7 +79,10 @@ class LoraPolicy:
             target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(base, config)
+        if init_adapter:  # warm start: the adapter's own config (rank, targets) replaces ours
+            self.model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+        else:
+            self.model = get_peft_model(base, config)
         self.model.eval()
         self.max_seq_length = max_seq_length
         self.lock = threading.Lock()

@@ -19,6 +19,7 @@ from envs.gmsh.wire import RunRequest
 from envs.scenario import Scenario
 from rewards.gmsh import LOW_END, gmsh_reward
 from rollouts.context import RolloutContext
+from rollouts.logs import attach_turns, code_block
 
 SCRIPT_TIMEOUT_S = 30.0
 
@@ -46,6 +47,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                                 metadata={"scenario_id": scenario.id, "env": "gmsh"})
     breakdown: dict[str, float] = {"no_code": 1.0}
     turns = 0
+    turn_log: list[dict] = []
     for turns in range(1, ctx.settings.max_steps + 1):  # noqa: B007 - turns is reported below
         choice = await ctx.complete(trajectory.messages(), ctx.settings.max_tokens_per_turn)
         trajectory.messages_and_choices.append(choice)
@@ -65,6 +67,13 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         except ServiceUnavailable as exc:  # recorded on the group by the gather; never a crash of the run
             raise RuntimeError(f"gmsh service unavailable: {exc}") from exc
         trajectory.reward, breakdown = gmsh_reward(scenario.data["requirements"], scenario.data["bbox"], result)
+        turn_log.append({
+            "prompt": str(trajectory.messages()[-2].get("content")), "response": choice.message.content or "",
+            "code_blocks": [code_block(script, result["stdout"], result["stderr"],
+                                       {"stats": _summary(result["stats"]), "error": repr(result["error"])},
+                                       result["elapsed"])],
+            "final_answer": None, "iteration_time": result["elapsed"],
+        })
         breakdown["no_code"] = 0.0
         trajectory.log(f"turn {turns}: error={result['error']!r} {_summary(result['stats'])}")
         if (result["ok"] and breakdown.get("groups_missing", 1) == 0) or turns == ctx.settings.max_steps:
@@ -73,6 +82,8 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         trajectory.messages_and_choices.append(
             {"role": "user", "content": gmsh_feedback(result["error"], _summary(result["stats"]), tail)})
     trajectory.metrics.update(breakdown | {"agent_steps": float(turns), "finished": 1.0 - breakdown["no_code"]})
+    if turn_log:
+        attach_turns(trajectory, turn_log)
     return trajectory
 
 

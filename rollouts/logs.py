@@ -26,13 +26,39 @@ def is_sampled(seed: int, step: int, group: int, index: int, rate: float) -> boo
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
+TURNS_KEY = "rlm_turns"
+
+
+def attach_turns(trajectory: art.Trajectory, turns: list[dict[str, Any]]) -> None:
+    """Rollouts that run code keep each turn's code blocks and results here, for `rlm_lines` to write out.
+
+    Trajectory metadata holds scalars only (ART stores it in parquet), so the turns travel as one JSON string.
+    """
+    trajectory.metadata[TURNS_KEY] = json.dumps(turns, default=repr)
+
+
+def code_block(code: str, stdout: str = "", stderr: str = "", local_vars: dict[str, str] | None = None,
+               execution_time: float = 0.0, calls: list[dict[str, Any]] | None = None,
+               model: str = "") -> dict[str, Any]:
+    """One code block and its result in the RLM visualizer's shape."""
+    rlm_calls = [{
+        "root_model": model, "prompt": c["prompt"], "response": c["response"],
+        "usage_summary": {"model_usage_summaries": {model: {"total_calls": 1, "total_input_tokens": 0,
+                                                            "total_output_tokens": 0}}},
+        "execution_time": float(c.get("execution_time", 0.0)),
+    } for c in calls or []]
+    return {"code": code, "result": {"stdout": stdout, "stderr": stderr, "locals": dict(local_vars or {}),
+                                     "execution_time": float(execution_time), "rlm_calls": rlm_calls}}
+
+
 def rlm_lines(trajectory: art.Trajectory, meta: dict[str, Any]) -> list[dict[str, Any]]:
     now = datetime.now(UTC).isoformat()
-    lines: list[dict[str, Any]] = [{
-        "type": "metadata", "timestamp": now, "root_model": meta.get("model", ""), "max_depth": 1,
-        "max_iterations": meta.get("max_steps", 1), "backend": "openai", "backend_kwargs": {},
-        "environment_type": meta.get("env", ""), "environment_kwargs": meta, "other_backends": None,
-    }]
+    if TURNS_KEY in trajectory.metadata:
+        return [_metadata_line(now, meta)] + [
+            {"type": "iteration", "iteration": i, "timestamp": now, **turn}
+            for i, turn in enumerate(json.loads(str(trajectory.metadata[TURNS_KEY])), 1)
+        ]
+    lines: list[dict[str, Any]] = [_metadata_line(now, meta)]
     history: list[dict[str, Any]] = []
     for item in trajectory.messages_and_choices:
         if isinstance(item, dict):
@@ -47,6 +73,12 @@ def rlm_lines(trajectory: art.Trajectory, meta: dict[str, Any]) -> list[dict[str
     if len(lines) > 1:
         lines[-1]["final_answer"] = lines[-1]["response"]
     return lines
+
+
+def _metadata_line(now: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "metadata", "timestamp": now, "root_model": meta.get("model", ""), "max_depth": 1,
+            "max_iterations": meta.get("max_steps", 1), "backend": "openai", "backend_kwargs": {},
+            "environment_type": meta.get("env", ""), "environment_kwargs": meta, "other_backends": None}
 
 
 def _write_atomic(path: Path, lines: list[dict[str, Any]]) -> None:
@@ -71,7 +103,8 @@ async def write_step(log_dir: str, experiment: str, step: int, groups: list[art.
                 continue
             scenario = str(trajectory.metadata.get("scenario_id", f"g{g}"))
             extra = {**meta, "step": step, "scenario_id": scenario, "reward": trajectory.reward,
-                     "reward_breakdown": dict(trajectory.metrics)}
+                     "reward_breakdown": dict(trajectory.metrics),
+                     "logs": trajectory.logs[-20:]}
             name = f"{meta.get('env', 'env')}_{scenario}_{uuid.uuid4().hex[:8]}.jsonl"
             jobs.append((step_dir / name, rlm_lines(trajectory, extra)))
     if jobs:
@@ -90,3 +123,86 @@ def remove_steps_after(log_dir: str, experiment: str, committed_step: int) -> li
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(str(entry))
     return removed
+
+
+# ---- validation: `python -m rollouts.logs validate PATH...` -------------------------------------------------------
+
+_METADATA_KEYS = {"timestamp": str, "root_model": str, "max_depth": int, "max_iterations": int, "backend": str,
+                  "backend_kwargs": dict, "environment_type": str, "environment_kwargs": dict}
+_ITERATION_KEYS = {"iteration": int, "timestamp": str, "response": str, "code_blocks": list,
+                   "iteration_time": (int, float)}
+_RESULT_KEYS = {"stdout": str, "stderr": str, "locals": dict, "execution_time": (int, float), "rlm_calls": list}
+
+
+def _check(obj: dict[str, Any], keys: dict[str, Any], where: str) -> str | None:
+    for key, kind in keys.items():
+        if key not in obj:
+            return f"{where}: missing '{key}'"
+        if not isinstance(obj[key], kind) or (kind is int and isinstance(obj[key], bool)):
+            return f"{where}: '{key}' has type {type(obj[key]).__name__}"
+    return None
+
+
+def validate_file(path: Path) -> str | None:
+    """None when the file is what the RLM visualizer reads, else 'LINE: reason' for the first bad line."""
+    lines = path.read_text(errors="replace").splitlines()
+    if not lines:
+        return "1: empty file"
+    expected_iteration = 1
+    for number, text in enumerate(lines, 1):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return f"{number}: not JSON ({exc.msg})"
+        if not isinstance(obj, dict):
+            return f"{number}: not a JSON object"
+        kind = obj.get("type")
+        if number == 1:
+            if kind != "metadata":
+                return f"1: first line must have type 'metadata', has {kind!r}"
+            problem = _check(obj, _METADATA_KEYS, "1")
+            if problem or "other_backends" not in obj:
+                return problem or "1: missing 'other_backends'"
+        elif kind == "run_context" and number == 2:
+            continue
+        elif kind == "iteration":
+            problem = _check(obj, _ITERATION_KEYS, str(number))
+            if problem:
+                return problem
+            if "prompt" not in obj or "final_answer" not in obj:
+                return f"{number}: missing 'prompt' or 'final_answer'"
+            if obj["iteration"] != expected_iteration:
+                return f"{number}: iteration {obj['iteration']}, expected {expected_iteration}"
+            expected_iteration += 1
+            for b, block in enumerate(obj["code_blocks"]):
+                if not isinstance(block, dict) or not isinstance(block.get("code"), str):
+                    return f"{number}: code_blocks[{b}] needs a 'code' string"
+                problem = _check(block.get("result") or {}, _RESULT_KEYS, f"{number}: code_blocks[{b}].result")
+                if problem:
+                    return problem
+        else:
+            return f"{number}: unexpected line type {kind!r}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rollouts.logs", description="check trajectory logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("validate", help="check files (or every .jsonl under folders) against the RLM format")
+    check.add_argument("paths", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    files = sorted({f for p in args.paths for f in ([p] if p.is_file() else p.rglob("*.jsonl"))})
+    bad = 0
+    for path in files:
+        problem = validate_file(path)
+        if problem:
+            bad += 1
+            print(f"{path}:{problem}")
+    print(f"{len(files) - bad} of {len(files)} file(s) valid")
+    return 1 if bad or not files else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ from envs.sandbox import SandboxLimits
 from envs.scenario import Scenario
 from rewards.tests import REWARDS
 from rollouts.context import RolloutContext
+from rollouts.logs import attach_turns, code_block
 
 
 @dataclass
@@ -62,6 +63,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
 
     repl = Repl(workdir, settings.limits, settings.cell_timeout_s, llm_query)
     cells: list[dict[str, Any]] = []
+    turn_log: list[dict[str, Any]] = []
     turns, finished, trimmed, context_exhausted = 0, False, 0, False
     try:
         shutil.copytree(original, workdir)
@@ -83,9 +85,14 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                 trajectory.messages_and_choices.append({"role": "user", "content": R2E_NO_CODE_NUDGE})
                 continue
             cell = await repl.run_cell(code)
-            cells.append({"turn": turns, "code": code, "stdout": cell.stdout, "stderr": cell.stderr,
-                          "locals": cell.locals, "llm_calls": cell.llm_calls, "execution_time": cell.execution_time,
-                          "iteration_time": time.monotonic() - started})
+            cells.append({"turn": turns, "code": code})
+            turn_log.append({
+                "prompt": messages if turns == 1 else str(messages[-1].get("content")),
+                "response": choice.message.content or "",
+                "code_blocks": [code_block(code, cell.stdout, cell.stderr + (f"\n{cell.error}" if cell.error else ""),
+                                           cell.locals, cell.execution_time, cell.llm_calls, ctx.model.name)],
+                "final_answer": cell.final, "iteration_time": time.monotonic() - started,
+            })
             if cell.final is not None:
                 finished = True
                 break
@@ -113,4 +120,5 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     })
     trajectory.metadata["changed_files"] = ",".join(changed)[:500]
     trajectory.logs.extend(f"cell {c['turn']}: {c['code'][:200]!r}" for c in cells)
+    attach_turns(trajectory, turn_log)
     return trajectory

@@ -33,6 +33,8 @@ class EnvSpec:
     services: Callable[[Any], contextlib.AbstractAsyncContextManager[dict[str, Any]]] | None = None
     # Env-specific figures for a step's groups, beside the generic ones of rollouts.metrics.
     step_metrics: Callable[[list[Any]], dict[str, float]] | None = None
+    # The held-out scenarios `--eval-every` / `--eval-only` run (never trained on).
+    load_val: Callable[[Any], list[Scenario]] | None = None
 
 
 def _toy() -> EnvSpec:
@@ -43,6 +45,7 @@ def _toy() -> EnvSpec:
         name="toy",
         load_scenarios=lambda cfg: toy.load_scenarios(cfg.dataset_size or 32, cfg.seed, cfg.toy_target),
         rollout=rollout,
+        load_val=lambda cfg: toy.load_scenarios(8, cfg.seed, cfg.toy_target, split="val"),
     )
 
 
@@ -52,13 +55,15 @@ def _gmsh() -> EnvSpec:
     from envs.service_process import ServiceProcess
     from rollouts.gmsh import rollout, validation_metrics
 
-    def load(cfg: Any) -> list[Scenario]:
+    def task_file(cfg: Any, split: str) -> Path:
         if cfg.dataset:
             path = Path(cfg.dataset)
-        else:
-            store = Path(cfg.cache_dir or cfg.art_path) / "gmsh_tasks" / f"seed{cfg.seed}"
-            path = ensure_default_tasks(store, cfg.seed) / "train.parquet"
-        scenarios = load_tasks(path)
+            return path if split == "train" else path.with_name(path.name.replace("train", split))
+        store = Path(cfg.cache_dir or cfg.art_path) / "gmsh_tasks" / f"seed{cfg.seed}"
+        return ensure_default_tasks(store, cfg.seed) / f"{split}.parquet"
+
+    def load(cfg: Any) -> list[Scenario]:
+        scenarios = load_tasks(task_file(cfg, "train"))
         return scenarios[: cfg.dataset_size] if cfg.dataset_size else scenarios
 
     @contextlib.asynccontextmanager
@@ -76,7 +81,7 @@ def _gmsh() -> EnvSpec:
                 await client.aclose()
 
     return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services,
-                   step_metrics=validation_metrics)
+                   step_metrics=validation_metrics, load_val=lambda cfg: load_tasks(task_file(cfg, "val")))
 
 
 def _r2e() -> EnvSpec:
@@ -121,7 +126,14 @@ def _r2e() -> EnvSpec:
             finally:
                 await client.aclose()
 
-    return EnvSpec(name="r2e", load_scenarios=load, rollout=rollout, default_max_steps=10, services=services)
+    # The bundled samples have no held-out split: evaluation reruns them (documented); hub data uses dev_10pr_v1.
+    def load_val(cfg: Any) -> list[Scenario]:
+        if cfg.dataset is None and cfg.cache_dir is None:
+            return load(cfg)
+        return scenarios_from_rows(load_rows(None, "dev_10pr_v1"), cache_dir(cfg), read_index(cache_dir(cfg)))
+
+    return EnvSpec(name="r2e", load_scenarios=load, rollout=rollout, default_max_steps=10, services=services,
+                   load_val=load_val)
 
 
 ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e}
