@@ -452,6 +452,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
                 keep = steps_to_keep(existing, step, config.keep_checkpoints, config.save_every,
                                      best_val_step(model_dir))
                 await backend._delete_checkpoint_files(model, keep)
+        _write_report(config, model_dir)
         return model.read_state() or {}
     finally:
         await services.aclose()
@@ -459,6 +460,17 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         await backend.close()
         if model._wandb_run is not None:
             model._wandb_run.finish()
+
+
+def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
+    """The HTML report is a convenience: a failure to draw it is logged, never a failed run."""
+    try:
+        from rollouts.report import write_report
+
+        path = write_report(Path(config.log_dir) / config.experiment_name, model_dir / "history.jsonl")
+        print(f"report: {path}", flush=True)
+    except Exception:
+        log.exception("could not write the HTML report")
 
 
 async def _load_checkpoint(backend: Any, model: Any, model_dir: Path, step: int) -> None:

@@ -1,6 +1,8 @@
 """What a person uses to see and keep what the agent did: RLM logs, evaluation, checkpoint retention, export."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,20 @@ from tests.helpers import ROOT, model_dir, read_state, run_train, subprocess_env
 
 FLAGS = ["--env", "toy", "--groups-per-step", "2", "--rollouts-per-group", "4", "--dataset-size", "8",
          "--num-epochs", "50"]
+
+
+def render_dom(page) -> str:
+    """Open the page in headless Chromium (Debian's package) and return the DOM after its scripts ran."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={page.parent / 'chromium-profile'}", "--virtual-time-budget=5000",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    return done.stdout
 
 
 def validate(*paths) -> subprocess.CompletedProcess[str]:
@@ -35,6 +51,9 @@ def test_eval_retention_logs_and_export_of_a_short_run(tmp_path):
 
     logs = tmp_path / "logs" / "see"
     assert validate(logs).returncode == 0
+    dom = render_dom(logs / "report.html")
+    assert dom.count('class="main-svg"') >= 6  # every chart was drawn by plotly.js, offline
+    assert dom.count('class="rollout"') == 4 * 8 and "reward" in dom
     first = sorted(logs.glob("step_0001/*.jsonl"))[0]
     lines = first.read_text().splitlines()
     lines[1] = lines[1][:-5]
