@@ -11,6 +11,13 @@ import pytest
 
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
 
+
+def validate_logs(folder) -> int:
+    from rollouts.logs import main as logs_main
+
+    return logs_main(["validate", str(folder)])
+
+
 SMALL = ["--env", "toy", "--groups-per-step", "2", "--rollouts-per-group", "4", "--dataset-size", "8"]
 
 
@@ -96,14 +103,17 @@ def test_gmsh_env_trains_two_steps_with_its_own_service(tmp_path):
     assert "train/no_code" in row
     logged = sorted((tmp_path / "logs" / "mesh").glob("step_*/gmsh_*.jsonl"))
     assert len(logged) == 2 * 4
+    assert validate_logs(tmp_path / "logs" / "mesh") == 0 and (tmp_path / "logs" / "mesh" / "report.html").exists()
 
 
 @pytest.mark.slow
 def test_default_r2e_env_runs_on_the_bundled_samples_and_cleans_up(tmp_path):
     result = run_train(tmp_path, "repl", "--max-training-steps", "2", "--groups-per-step", "2",
-                       "--rollouts-per-group", "2", "--max-steps", "2", "--max-tokens", "64")
+                       "--rollouts-per-group", "2", "--max-steps", "2", "--max-tokens", "64", "--log-sample-rate", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert history_steps(tmp_path, "repl") == [1, 2]
     row = history_rows(tmp_path, "repl")[0]
     assert "train/changed_files" in row and "train/repl_restarts" in row
     assert list((tmp_path / "rollouts").iterdir()) == []
+    assert len(list((tmp_path / "logs" / "repl").glob("step_*/r2e_*.jsonl"))) == 2 * 4
+    assert validate_logs(tmp_path / "logs" / "repl") == 0 and (tmp_path / "logs" / "repl" / "report.html").exists()
