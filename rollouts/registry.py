@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envs.scenario import Scenario
+from envs.service_process import ServiceProcess
 
 if TYPE_CHECKING:  # the registry is read while flags are checked, before the heavy imports
     import art
@@ -37,6 +38,27 @@ class EnvSpec:
     load_val: Callable[[Any], list[Scenario]] | None = None
 
 
+@contextlib.asynccontextmanager
+async def _service_client(urls: list[str], token_env: str, make_client: Callable[[list[str], str], Any],
+                          module: str, *args: str) -> AsyncIterator[Any]:
+    """Remote nodes when URLs are given (token from `token_env`), else the embedded default: our own service on
+    a free local port, stopped at exit."""
+    with contextlib.ExitStack() as stack:
+        if urls:
+            client = make_client(list(urls), os.environ.get(token_env, ""))
+        else:
+            service = stack.enter_context(ServiceProcess(module, *args))
+            client = make_client([service.url], service.token)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+def _local_workers(cfg: Any) -> str:
+    return str(max(1, min(cfg.max_concurrent, os.cpu_count() or 1)))
+
+
 def _toy() -> EnvSpec:
     from envs import toy
     from rollouts.toy import rollout
@@ -52,7 +74,6 @@ def _toy() -> EnvSpec:
 def _gmsh() -> EnvSpec:
     from envs.gmsh.client import GmshClient
     from envs.gmsh.tasks import ensure_default_tasks, load_tasks
-    from envs.service_process import ServiceProcess
     from rollouts.gmsh import rollout, validation_metrics
 
     def task_file(cfg: Any, split: str) -> Path:
@@ -68,17 +89,9 @@ def _gmsh() -> EnvSpec:
 
     @contextlib.asynccontextmanager
     async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
-        with contextlib.ExitStack() as stack:
-            if cfg.gmsh_url:
-                client = GmshClient(list(cfg.gmsh_url), os.environ.get("GMSH_SERVICE_TOKEN", ""))
-            else:  # the embedded default: our own service on a free local port, stopped at exit
-                workers = str(max(1, min(cfg.max_concurrent, os.cpu_count() or 1)))
-                service = stack.enter_context(ServiceProcess("envs.gmsh.service", "--workers", workers))
-                client = GmshClient([service.url], service.token)
-            try:
-                yield {"gmsh": client}
-            finally:
-                await client.aclose()
+        async with _service_client(cfg.gmsh_url, "GMSH_SERVICE_TOKEN", GmshClient, "envs.gmsh.service",
+                                   "--workers", _local_workers(cfg)) as client:
+            yield {"gmsh": client}
 
     return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services,
                    step_metrics=validation_metrics, load_val=lambda cfg: load_tasks(task_file(cfg, "val")))
@@ -89,7 +102,6 @@ def _r2e() -> EnvSpec:
     from envs.r2e.client import TestServiceClient
     from envs.r2e.data import load_rows
     from envs.r2e.scenarios import scenarios_from_rows
-    from envs.service_process import ServiceProcess
     from rollouts.r2e import R2ESettings, rollout
 
     def cache_dir(cfg: Any) -> Path:
@@ -110,21 +122,13 @@ def _r2e() -> EnvSpec:
 
     @contextlib.asynccontextmanager
     async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
-        with contextlib.ExitStack() as stack:
-            if cfg.docker_url:
-                client = TestServiceClient(list(cfg.docker_url), os.environ.get("TEST_SERVICE_TOKEN", ""))
-            else:  # the embedded default: a `process` runtime over the local cache, stopped at exit
-                service = stack.enter_context(ServiceProcess(
-                    "envs.r2e.test_service", "--runtime", "process", "--cache-dir", str(cache_dir(cfg)),
-                    "--max-concurrent", str(max(1, min(cfg.max_concurrent, os.cpu_count() or 1)))))
-                client = TestServiceClient([service.url], service.token)
-            root = Path(cfg.rollout_root)
-            root.mkdir(parents=True, exist_ok=True)
-            try:
-                yield {"r2e": R2ESettings(tests=client, rollout_root=root, system_prompt=cfg.system_prompt,
-                                          reward=cfg.reward, cell_timeout_s=cfg.bash_timeout)}
-            finally:
-                await client.aclose()
+        root = Path(cfg.rollout_root)
+        root.mkdir(parents=True, exist_ok=True)
+        async with _service_client(cfg.docker_url, "TEST_SERVICE_TOKEN", TestServiceClient, "envs.r2e.test_service",
+                                   "--runtime", "process", "--cache-dir", str(cache_dir(cfg)),
+                                   "--max-concurrent", _local_workers(cfg)) as client:
+            yield {"r2e": R2ESettings(tests=client, rollout_root=root, system_prompt=cfg.system_prompt,
+                                      reward=cfg.reward, cell_timeout_s=cfg.bash_timeout)}
 
     # The bundled samples have no held-out split: evaluation reruns them (documented); hub data uses dev_10pr_v1.
     def load_val(cfg: Any) -> list[Scenario]:
