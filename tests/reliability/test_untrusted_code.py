@@ -1,0 +1,105 @@
+"""Abuse by model-written code, through both places it runs: the R2E REPL sandbox and the gmsh service.
+
+Each case must be contained (a limit hit or a clear observation), leave the REPL / service serving, and leave no
+process behind. (Part of the reliability suite; the fault, resume-at-random-points and load parts are to come.)
+"""
+
+import base64
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from envs.gmsh.wire import RunRequest
+from envs.r2e.cache import SAMPLES
+from envs.r2e.repl import Repl
+from envs.sandbox import SandboxLimits
+from envs.service_process import ServiceProcess
+
+MARK = "reliability-sleeper"
+CASES = {
+    "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    "infinite loop": "while True:\n    pass\n",
+    "allocate 8 GB": "blob = bytearray(8 * 1024 ** 3)\n",
+    "write outside the work dir": "open('/etc/owned-by-model', 'w').write('x')\n",
+    "read the trainer's secrets": "import os\nprint('KEY=' + str(os.environ.get('WANDB_API_KEY')))\n",
+    "print 100 MB": "import sys\nsys.stdout.write('x' * 100_000_000)\n",
+    "print invalid UTF-8": "import sys\nsys.stdout.flush()\nsys.stdout.buffer.write(b'\\xff\\xfe\\xfa bad bytes')\n",
+    "kill its own parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+    "leave a background process": (f"import subprocess\nsubprocess.Popen(['sleep', '1000', '{MARK}'], "
+                                   "start_new_session=True)\n"),
+}
+
+
+def leftovers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if MARK in cmdline or "repl_server.py" in cmdline or "script_runner.py" in cmdline:
+            found.append(proc)
+    return found
+
+
+def contained(name: str, stdout: str, error: str | None, timed_out: bool) -> bool:
+    """What 'contained' means for each case, seen from the outside."""
+    if name in {"fork bomb", "infinite loop"}:
+        return timed_out
+    if name == "allocate 8 GB":
+        return bool(error) and "MemoryError" in (error or "")
+    if name == "write outside the work dir":
+        return not Path("/etc/owned-by-model").exists() and bool(error)
+    if name == "read the trainer's secrets":
+        return "KEY=None" in stdout and "reliability-secret" not in stdout
+    if name == "print 100 MB":
+        return len(stdout) < 1_000_000 and "cut" in stdout
+    return True  # the rest: the process may die or not; what matters is the checks after it
+
+
+@pytest.fixture(autouse=True)
+def trainer_secret(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "reliability-secret")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_repl_contains(name, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(SAMPLES / "stats" / "repo", workdir)
+    repl = Repl(workdir, SandboxLimits(memory_mb=1024, wall_s=1e9, cpu_s=600, max_processes=32,
+                                       max_output_chars=8000), cell_timeout_s=4)
+    await repl.start()
+    try:
+        result = await repl.run_cell(CASES[name])
+        assert contained(name, result.stdout, result.error, result.timed_out), result
+        after = await repl.run_cell("print('still serving')")
+        assert after.stdout.strip() == "still serving"
+    finally:
+        await repl.close()
+    time.sleep(0.2)
+    assert leftovers() == []
+
+
+@pytest.fixture(scope="module")
+def gmsh_service():
+    with ServiceProcess("envs.gmsh.service", "--workers", "2", "--timeout", "4", "--memory-mb", "1024") as svc:
+        yield svc
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gmsh_service_contains(gmsh_service, name):
+    body = RunRequest(script=CASES[name], geometry_b64=base64.b64encode(b"not a real geometry").decode(),
+                      timeout=4).model_dump()
+    headers = {"Authorization": f"Bearer {gmsh_service.token}"}
+    started = time.monotonic()
+    response = httpx.post(f"{gmsh_service.url}/run", json=body, headers=headers, timeout=60)
+    assert response.status_code == 200 and time.monotonic() - started < 30
+    result = response.json()
+    error = result["error"] or result["stderr"][-500:]
+    assert contained(name, result["stdout"], error if not result["ok"] else None, result["timed_out"]), result
+    assert httpx.get(f"{gmsh_service.url}/health").json()["status"] == "ok"
+    time.sleep(0.2)
+    assert leftovers() == []
+    assert not os.path.exists("/etc/owned-by-model")
