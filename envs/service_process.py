@@ -26,9 +26,9 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, module: str, *args: str, startup_timeout: float = 60.0):
+    def __init__(self, module: str, *args: str, startup_timeout: float = 60.0, token: str | None = None):
         self.module, self.args, self.startup_timeout = module, list(args), startup_timeout
-        self.token = secrets.token_urlsafe(16)
+        self.token = token or secrets.token_urlsafe(16)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
