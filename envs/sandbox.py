@@ -49,12 +49,23 @@ def bwrap_available() -> bool:
     return shutil.which("bwrap") is not None
 
 
+# Read-only is not enough for these: they hold other users' and root's secrets (keys, tokens, shadow).
+HIDDEN_DIRS = ("/root", "/home")
+HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow")
+
+
 def _bwrap_prefix(workdir: Path) -> list[str]:
     argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    # The private /tmp must not hide the interpreter or the project when they live under /tmp themselves.
-    for needed in {Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[1]}:
-        if Path("/tmp") in needed.parents:
-            argv += ["--ro-bind", str(needed), str(needed)]
+    # The interpreter and the project must stay visible even when they live under a hidden or private dir.
+    needed = {Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[1]}
+    for hidden in HIDDEN_DIRS:
+        if Path(hidden).is_dir():
+            argv += ["--tmpfs", hidden]
+    argv += [arg for f in HIDDEN_FILES if Path(f).exists() for arg in ("--ro-bind", "/dev/null", f)]
+    private = [Path("/tmp"), *map(Path, HIDDEN_DIRS)]
+    for path in sorted(needed):
+        if any(p in path.parents for p in private):
+            argv += ["--ro-bind", str(path), str(path)]
     return argv + ["--bind", str(workdir), str(workdir), "--unshare-all", "--die-with-parent", "--new-session",
                    "--chdir", str(workdir)]
 
