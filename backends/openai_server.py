@@ -101,7 +101,7 @@ def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_
     """`served_names()` returns the model names accepted right now (they change as the step advances)."""
     app = FastAPI(title="art-agent-trainer CPU policy server")
     batcher = MicroBatcher(policy)
-    app.state.batcher = batcher
+    app.router.on_shutdown.append(batcher.close)  # the app owns its sampler thread and ends it with itself
     tokenizer = policy.tokenizer
 
     def check_key(authorization: str | None = Header(default=None)) -> None:
@@ -209,7 +209,6 @@ class ServerThread:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
-        self.app.state.batcher.close()
 
 
 def new_api_key() -> str:

@@ -33,7 +33,6 @@ class InFlightCounter:
 def fake_app(latency_s: float, reply: str = "aaaa", counter: InFlightCounter | None = None) -> FastAPI:
     app = FastAPI()
     app.state.counter = counter or InFlightCounter()
-    app.state.batcher = _NoBatcher()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict:
@@ -57,11 +56,6 @@ def fake_app(latency_s: float, reply: str = "aaaa", counter: InFlightCounter | N
         }
 
     return app
-
-
-class _NoBatcher:
-    def close(self) -> None:  # ServerThread.stop() closes the real server's batcher
-        pass
 
 
 def start_fake_server(latency_s: float, reply: str = "aaaa") -> tuple[ServerThread, InFlightCounter]:

@@ -75,7 +75,6 @@ async def test_a_hanging_service_times_out_instead_of_hanging():
         return {}
 
     server = ServerThread(app)
-    app.state.batcher = type("NoBatcher", (), {"close": lambda self: None})()
     server.start()
     client = GmshClient([server.base_url.removesuffix("/v1")], "t", retries=1, backoff_s=0.1, slack_s=0.5)
     started = time.monotonic()
@@ -98,7 +97,6 @@ async def test_model_endpoint_errors_fail_the_rollout_cleanly_after_retries(cyli
         calls["n"] += 1
         raise RuntimeError("model server fell over")
 
-    app.state.batcher = type("NoBatcher", (), {"close": lambda self: None})()
     server = ServerThread(app)
     server.start()
     try:
