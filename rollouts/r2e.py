@@ -62,7 +62,6 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         return choice.message.content or ""
 
     repl = Repl(workdir, settings.limits, settings.cell_timeout_s, llm_query)
-    cells: list[dict[str, Any]] = []
     turn_log: list[dict[str, Any]] = []
     turns, finished, trimmed, context_exhausted = 0, False, 0, False
     try:
@@ -85,7 +84,6 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                 trajectory.messages_and_choices.append({"role": "user", "content": R2E_NO_CODE_NUDGE})
                 continue
             cell = await repl.run_cell(code)
-            cells.append({"turn": turns, "code": code})
             turn_log.append({
                 "prompt": messages if turns == 1 else str(messages[-1].get("content")),
                 "response": choice.message.content or "",
@@ -119,6 +117,6 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         "context_exhausted": float(context_exhausted),
     })
     trajectory.metadata["changed_files"] = ",".join(changed)[:500]
-    trajectory.logs.extend(f"cell {c['turn']}: {c['code'][:200]!r}" for c in cells)
+    trajectory.logs.extend(f"cell {i}: {t['code_blocks'][0]['code'][:200]!r}" for i, t in enumerate(turn_log, 1))
     attach_turns(trajectory, turn_log)
     return trajectory
