@@ -376,6 +376,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         interval_s=config.health_check_interval, max_child_processes=config.max_child_processes,
         max_tmp_usage_gb=config.max_tmp_usage_gb)).start()
     services = contextlib.AsyncExitStack()
+    ctx: RolloutContext | None = None
     try:
         await model.register(backend)
         if config.vllm_url:
@@ -456,6 +457,8 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         return model.read_state() or {}
     finally:
         await services.aclose()
+        if ctx is not None:
+            await ctx.aclose()
         monitor.stop()
         await backend.close()
         if model._wandb_run is not None:

@@ -24,6 +24,7 @@ import art  # noqa: E402
 import httpx  # noqa: E402
 
 from backends.openai_server import free_port  # noqa: E402
+from bench.figures import figure  # noqa: E402
 from envs.scenario import Scenario  # noqa: E402
 from rollouts.context import CONNECTIONS_PER_CLIENT, RolloutContext, RolloutSettings  # noqa: E402
 from rollouts.gather import GatherLimits, gather_step  # noqa: E402
@@ -59,11 +60,13 @@ async def measure(base_url: str, concurrency: int, latency: float, waves: int, p
     groups = concurrency * waves // per_group
     scenarios = [Scenario(id=f"s{i}", prompt="Say a.", data={"target": "a"}) for i in range(groups)]
     limits = GatherLimits.create(concurrency, 1e6)
-    await gather_step(scenarios[:1], rollout, ctx, per_group, limits, 0.0)  # warm the connection pool
+    # One full wave first: a training run keeps its connections from step to step, so opening them is not measured.
+    await gather_step(scenarios[: max(1, concurrency // per_group)], rollout, ctx, per_group, limits, 0.0)
     started = time.perf_counter()
     result = await gather_step(scenarios, rollout, ctx, per_group, limits, 0.0)
     elapsed = time.perf_counter() - started
     done = sum(len(g.trajectories) for g in result)
+    await ctx.aclose()
     return done / elapsed, concurrency / latency
 
 
@@ -78,6 +81,7 @@ def main() -> None:
         with fake_server_process(args.latency) as base_url:
             achieved, ideal = asyncio.run(measure(base_url, c, args.latency, args.waves))
         print(f"concurrency {c:3d}: {achieved:7.1f} rollouts/s, ideal {ideal:7.1f}, ratio {achieved / ideal:.3f}")
+        figure(f"gather achieved / ideal, {c} concurrent, latency {args.latency} s", achieved / ideal, ">= 0.95")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.figures import figure  # noqa: E402
 from envs.gmsh.client import GmshClient  # noqa: E402
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks  # noqa: E402
 from envs.gmsh.wire import RunRequest  # noqa: E402
@@ -82,6 +83,8 @@ def main() -> None:
     print(f"service:     {service_wall:.2f}s wall, p50 {statistics.median(service_times) * 1000:.0f} ms per script")
     print(f"throughput ratio (service / direct) = {direct_wall / service_wall:.3f} (goal >= 0.85)")
     print(f"p50 added latency = {statistics.median(added) * 1000:.0f} ms (goal < 50 ms)")
+    figure("gmsh throughput service / direct", direct_wall / service_wall, ">= 0.85")
+    figure("gmsh p50 added latency per script", statistics.median(added) * 1000, "< 50", "ms")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import train  # noqa: E402
+from bench.figures import figure  # noqa: E402
 
 
 def main() -> None:
@@ -45,6 +46,9 @@ def main() -> None:
     print(f"steps {len(rewards)}, wall {wall:.1f}s (model build and load included)")
     print(f"mean reward: start (steps 1-2) {start:.3f}, end (last 3 steps) {end:.3f}, max possible 1.0")
     print(f"end / max = {end:.3f} (goal >= 0.8); first step with reward >= 0.8: {first_08}")
+    figure("toy: mean reward of the last 3 steps / max", end, ">= 0.8")
+    figure("toy: mean reward of steps 1-2", start)
+    figure(f"toy: wall time for {len(rewards)} steps", wall, "<= 600", "s")
 
 
 if __name__ == "__main__":

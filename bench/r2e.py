@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.figures import figure  # noqa: E402
 from envs.r2e.cache import SAMPLES, build_from_samples, sample_rows  # noqa: E402
 from envs.r2e.client import TestServiceClient, tar_b64  # noqa: E402
 from envs.r2e.repl import Repl  # noqa: E402
@@ -53,6 +54,7 @@ def bench_copy(tmp: Path, runs: int = 20) -> None:
     shutil.rmtree(dest)
     print(f"repo copy into {root}: {size:.1f} MB, {sum(1 for _ in repo.rglob('*.py'))} files, "
           f"p50 {statistics.median(times) * 1000:.0f} ms (goal <= 100 ms)")
+    figure(f"repo copy p50 ({size:.1f} MB into {root})", statistics.median(times) * 1000, "<= 100", "ms")
 
 
 async def bench_test_service(tmp: Path, runs: int = 8) -> None:
@@ -84,6 +86,7 @@ async def bench_test_service(tmp: Path, runs: int = 8) -> None:
     ratio = statistics.median(direct) / statistics.median(service)
     print(f"/test round trip p50 {statistics.median(service) * 1000:.0f} ms vs direct "
           f"{statistics.median(direct) * 1000:.0f} ms: ratio {ratio:.3f} (goal >= 0.8)")
+    figure("/test vs direct (direct p50 / service p50)", ratio, ">= 0.8")
 
 
 async def bench_repl(tmp: Path, runs: int = 50) -> None:
@@ -99,6 +102,7 @@ async def bench_repl(tmp: Path, runs: int = 50) -> None:
         times.append(time.perf_counter() - started)
     await repl.close()
     print(f"REPL cell overhead: p50 {statistics.median(times) * 1000:.1f} ms over {runs} trivial cells")
+    figure("REPL cell overhead p50 (trivial cell)", statistics.median(times) * 1000, None, "ms")
 
 
 def main() -> None:

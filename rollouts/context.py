@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import art
+from openai.types.chat.chat_completion import Choice
+
+from rollouts.model_client import CONNECTIONS_PER_CLIENT, ModelClient
+
+__all__ = ["CONNECTIONS_PER_CLIENT", "RolloutContext", "RolloutSettings"]
 
 
 @dataclass(frozen=True)
@@ -19,11 +24,6 @@ class RolloutSettings:
     toy_max_tokens: int = 16
 
 
-# httpx's pool rescans all of its connections for every queued request, so one pool serving 64 rollouts in
-# flight spent ~80% of the gather loop's time there (bench/gather.py: ratio 0.21 at 64). Small pools don't.
-CONNECTIONS_PER_CLIENT = 8
-
-
 @dataclass
 class RolloutContext:
     model: art.Model
@@ -32,36 +32,23 @@ class RolloutContext:
     services: dict[str, Any] = field(default_factory=dict)
     pools: int = 16  # train.py sets max_concurrent / CONNECTIONS_PER_CLIENT
     count_tokens: Callable[[str], int] | None = None  # the policy's tokenizer, for context budgets
-    _clients: list[Any] = field(default_factory=list, repr=False)
+    _client: ModelClient | None = field(default=None, repr=False)
     _endpoint: tuple[str | None, str | None] = (None, None)
-    _next: int = 0
 
-    def client(self) -> Any:
-        """An OpenAI SDK client for the model's endpoint, configured as `model.openai_client()` is (same base URL,
-        key and timeouts), drawn round-robin from several small connection pools instead of one large one."""
+    def client(self) -> ModelClient:
+        """The model endpoint's client, remade when the endpoint changes (`--vllm-url` is set after registration)."""
         endpoint = (self.model.inference_base_url, self.model.inference_api_key)
-        if not self._clients or endpoint != self._endpoint:
-            import httpx
-            from openai import AsyncOpenAI, DefaultAsyncHttpxClient
-
+        if self._client is None or endpoint != self._endpoint:
             self._endpoint = endpoint
-            limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT,
-                                  max_keepalive_connections=CONNECTIONS_PER_CLIENT)
-            self._clients = [
-                AsyncOpenAI(base_url=endpoint[0], api_key=endpoint[1], http_client=DefaultAsyncHttpxClient(
-                    timeout=httpx.Timeout(timeout=1200, connect=5.0), limits=limits))
-                for _ in range(self.pools)
-            ]
-        self._next = (self._next + 1) % len(self._clients)
-        return self._clients[self._next]
+            self._client = ModelClient(endpoint[0] or "", endpoint[1], self.pools)
+        return self._client
 
-    async def complete(self, messages: list[dict[str, Any]], max_tokens: int) -> Any:
+    async def complete(self, messages: list[dict[str, Any]], max_tokens: int) -> Choice:
         """One chat completion from the policy being trained, with the token logprobs GRPO needs."""
-        response = await self.client().chat.completions.create(
-            model=self.model.get_inference_name(),
-            messages=messages,
-            max_tokens=max_tokens,
-            temperature=self.settings.temperature,
-            logprobs=True,
-        )
-        return response.choices[0]
+        return await self.client().complete(self.model.get_inference_name(), messages, max_tokens=max_tokens,
+                                            temperature=self.settings.temperature, logprobs=True)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -72,6 +72,7 @@ class HealthMonitor:
         disk = shutil.disk_usage(self.rollout_root)
         removed = self._remove_stale_dirs()
         figures = {
+            "trainer_rss_mb": psutil.Process().memory_info().rss / 2**20,  # a leak shows as a rising line in W&B
             "child_processes": float(children),
             "rollout_root_gb": tmp_gb,
             "disk_free_gb": disk.free / 1e9,

@@ -30,6 +30,22 @@ class InFlightCounter:
             self.now -= 1
 
 
+def completion_body(model: str, reply: str) -> dict:
+    """A chat completion as vLLM returns it, with a `token_id:N` logprob per character of `reply`."""
+    return {
+        "id": "fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{
+            "index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": reply},
+            "logprobs": {"content": [
+                {"token": f"token_id:{ord(c)}", "logprob": -0.1, "bytes": [ord(c)], "top_logprobs": []}
+                for c in reply
+            ]},
+        }],
+        "usage": {"prompt_tokens": 1, "completion_tokens": len(reply), "total_tokens": 1 + len(reply)},
+    }
+
+
 def fake_app(latency_s: float, reply: str = "aaaa", counter: InFlightCounter | None = None) -> FastAPI:
     app = FastAPI()
     app.state.counter = counter or InFlightCounter()
@@ -42,18 +58,7 @@ def fake_app(latency_s: float, reply: str = "aaaa", counter: InFlightCounter | N
             await asyncio.sleep(latency_s)
         finally:
             app.state.counter.leave()
-        return {
-            "id": "fake", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{
-                "index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": reply},
-                "logprobs": {"content": [
-                    {"token": f"token_id:{ord(c)}", "logprob": -0.1, "bytes": [ord(c)], "top_logprobs": []}
-                    for c in reply
-                ]},
-            }],
-            "usage": {"prompt_tokens": 1, "completion_tokens": len(reply), "total_tokens": 1 + len(reply)},
-        }
+        return completion_body(body["model"], reply)
 
     return app
 

@@ -1,37 +1,12 @@
-"""Bad flags stop the run before any work, with one line that names the flag."""
+"""Flag parsing, the config hash and the resume check (bad flags: tests/reliability/test_bad_input.py)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ROOT, read_state, run_train, subprocess_env
+from tests.helpers import ROOT, read_state, run_train
 from train import ConfigError, ExperimentConfig, check_resume, config_from_args
-
-
-@pytest.mark.parametrize(
-    ("flags", "named"),
-    [
-        (["--groups-per-step", "0"], "--groups-per-step"),
-        (["--rollouts-per-group", "1"], "--rollouts-per-group"),
-        (["--max-concurrent", "-3"], "--max-concurrent"),
-        (["--learning-rate", "5"], "--learning-rate"),
-        (["--log-sample-rate", "1.5"], "--log-sample-rate"),
-        (["--env", "nope"], "--env"),
-        (["--backend", "gpu"], "--backend"),
-        (["--num-epochs", "abc"], "--num-epochs"),
-        (["--base-model", "/no/such/model"], "--base-model"),
-        (["--advantage-balance", "2"], "--advantage-balance"),
-    ],
-)
-def test_bad_flag_is_one_line_naming_the_flag(tmp_path, flags, named):
-    cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", "x", "--art-path", str(tmp_path), *flags]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=ROOT)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and named in lines[0]
-    assert not (tmp_path / "art-agent-trainer").exists()  # no work started
 
 
 def test_missing_experiment_name_is_reported():

@@ -1,15 +1,11 @@
-"""`train.py` end to end on the CPU backend: steps, resume after a stop or a kill -9, and real learning."""
+"""`train.py` end to end on the CPU backend: steps, resume after a stop, and real learning (kill -9 at random
+points is in tests/reliability/test_crash_resume.py)."""
 
 import json
-import os
-import random
-import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
+from tests.helpers import history_rows, history_steps, model_dir, read_state, run_train
 
 
 def validate_logs(folder) -> int:
@@ -49,29 +45,6 @@ def test_two_steps_then_a_rerun_trains_only_the_third(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_during_a_step_loses_and_repeats_nothing(tmp_path):
-    rng = random.Random(7)
-    target = 6
-    cmd = train_cmd(tmp_path, "kill", "--max-training-steps", str(target), *SMALL)
-    for _attempt in range(2):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=subprocess_env(), cwd=ROOT)
-        for line in proc.stdout:  # kill somewhere inside the step that follows a completed one
-            if line.startswith("step "):
-                time.sleep(rng.uniform(0.0, 0.8))
-                break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-    done = run_train(tmp_path, "kill", "--max-training-steps", str(target), *SMALL)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert history_steps(tmp_path, "kill") == list(range(1, target + 1))
-    assert read_state(tmp_path, "kill")["step"] == target
-    checkpoints = sorted(p.name for p in (model_dir(tmp_path, "kill") / "checkpoints").iterdir())
-    assert checkpoints[-1] == f"{target:04d}" and not any(name.startswith(".tmp") for name in checkpoints)
-
-
-@pytest.mark.slow
 def test_toy_reward_rises_far_above_its_start(tmp_path):
     result = run_train(tmp_path, "learn", "--env", "toy", "--max-training-steps", "14", "--num-epochs", "10")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -79,17 +52,6 @@ def test_toy_reward_rises_far_above_its_start(tmp_path):
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
     assert first < 0.1, rewards
     assert last > first + 0.5, rewards
-
-
-@pytest.mark.slow
-def test_corrupted_state_file_is_a_one_line_error(tmp_path):
-    first = run_train(tmp_path, "bad", "--max-training-steps", "1", *SMALL)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (model_dir(tmp_path, "bad") / "state.json").write_text('{"step": 1, "conf')
-    second = run_train(tmp_path, "bad", "--max-training-steps", "2", *SMALL)
-    assert second.returncode == 2
-    assert second.stderr.strip().splitlines()[-1].startswith("error: ") and "state.json is corrupted" in second.stderr
-    assert json.loads(json.dumps(history_steps(tmp_path, "bad"))) == [1]
 
 
 @pytest.mark.slow

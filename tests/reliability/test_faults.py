@@ -52,7 +52,7 @@ async def test_a_dead_node_is_skipped_and_every_rollout_completes(cylinder):
     assert all(t.reward >= 0.6 for t in groups[0].trajectories)
 
 
-async def test_killing_a_node_mid_step_moves_its_rollouts_to_the_other(cylinder):
+async def test_killing_a_node_mid_step_moves_its_rollouts_to_the_other(cylinder, record_property):
     token = "one-token-for-the-pool"  # as a deployment configures its nodes
     with ServiceProcess("envs.gmsh.service", "--workers", "2", token=token) as a, \
             ServiceProcess("envs.gmsh.service", "--workers", "2", token=token) as b:
@@ -61,12 +61,13 @@ async def test_killing_a_node_mid_step_moves_its_rollouts_to_the_other(cylinder)
         a.proc.kill()
         groups = await asyncio.wait_for(task, 120)
     group = groups[0]
+    record_property("rollouts", f"{len(group.trajectories)} of 8 completed, {len(group.exceptions)} failed with reason")
     assert len(group.trajectories) + len(group.exceptions) == 8  # the step completed, every rollout accounted for
     assert len(group.trajectories) >= 4
     assert all("gmsh service unavailable" in e.message for e in group.exceptions)
 
 
-async def test_a_hanging_service_times_out_instead_of_hanging():
+async def test_a_hanging_service_times_out_instead_of_hanging(record_property):
     app = FastAPI()
 
     @app.post("/run")
@@ -85,10 +86,11 @@ async def test_a_hanging_service_times_out_instead_of_hanging():
     finally:
         await client.aclose()
         server.stop()
+    record_property("gave up after", f"{elapsed:.1f} s (the service would answer after 60 s)")
     assert elapsed < 10  # two attempts of 1.5 s and their backoff, not the service's 60 s
 
 
-async def test_model_endpoint_errors_fail_the_rollout_cleanly_after_retries(cylinder):
+async def test_model_endpoint_errors_fail_the_rollout_cleanly_after_retries(cylinder, record_property):
     app = FastAPI()
     calls = {"n": 0}
 
@@ -105,5 +107,6 @@ async def test_model_endpoint_errors_fail_the_rollout_cleanly_after_retries(cyli
         groups = await gather_step([cylinder], gmsh_rollout, ctx, 2, GatherLimits.create(2, 100), 1.0)
     finally:
         server.stop()
+    record_property("requests", f"{calls['n']} for 2 rollouts, then both failed")
     assert groups == [] or (not groups[0].trajectories and len(groups[0].exceptions) == 2)
     assert calls["n"] >= 2 * 3  # each rollout: the first try and the OpenAI SDK's two retries with backoff

@@ -1,7 +1,7 @@
 """Abuse by model-written code, through both places it runs: the R2E REPL sandbox and the gmsh service.
 
 Each case must be contained (a limit hit or a clear observation), leave the REPL / service serving, and leave no
-process behind. (Part of the reliability suite; the fault, resume-at-random-points and load parts are to come.)
+process behind. `python -m tests.reliability.report` turns the suite's results into docs/RELIABILITY.md.
 """
 
 import base64
@@ -59,13 +59,19 @@ def contained(name: str, stdout: str, error: str | None, timed_out: bool) -> boo
     return True  # the rest: the process may die or not; what matters is the checks after it
 
 
+def observed(stdout: str, error: str | None, timed_out: bool) -> str:
+    """One line for docs/RELIABILITY.md: what the model would have seen."""
+    first_error = (error or "").strip().splitlines()[-1:] or ["none"]
+    return f"timed out: {timed_out}; error: {first_error[0][:90]}; stdout: {len(stdout)} chars"
+
+
 @pytest.fixture(autouse=True)
 def trainer_secret(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "reliability-secret")
 
 
 @pytest.mark.parametrize("name", list(CASES))
-async def test_repl_contains(name, tmp_path):
+async def test_repl_contains(name, tmp_path, record_property):
     workdir = tmp_path / "work"
     shutil.copytree(SAMPLES / "stats" / "repo", workdir)
     repl = Repl(workdir, SandboxLimits(memory_mb=1024, wall_s=1e9, cpu_s=600, max_processes=32,
@@ -73,6 +79,7 @@ async def test_repl_contains(name, tmp_path):
     await repl.start()
     try:
         result = await repl.run_cell(CASES[name])
+        record_property("observation", observed(result.stdout, result.error, result.timed_out))
         assert contained(name, result.stdout, result.error, result.timed_out), result
         after = await repl.run_cell("print('still serving')")
         assert after.stdout.strip() == "still serving"
@@ -89,7 +96,7 @@ def gmsh_service():
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_gmsh_service_contains(gmsh_service, name):
+def test_gmsh_service_contains(gmsh_service, name, record_property):
     body = RunRequest(script=CASES[name], geometry_b64=base64.b64encode(b"not a real geometry").decode(),
                       timeout=4).model_dump()
     headers = {"Authorization": f"Bearer {gmsh_service.token}"}
@@ -98,6 +105,8 @@ def test_gmsh_service_contains(gmsh_service, name):
     assert response.status_code == 200 and time.monotonic() - started < 30
     result = response.json()
     error = result["error"] or result["stderr"][-500:]
+    record_property("observation", observed(result["stdout"], error if not result["ok"] else None,
+                                            result["timed_out"]))
     assert contained(name, result["stdout"], error if not result["ok"] else None, result["timed_out"]), result
     assert httpx.get(f"{gmsh_service.url}/health").json()["status"] == "ok"
     time.sleep(0.2)
