@@ -333,9 +333,9 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
     from backends.policy import LoraSettings
     from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
     from backends.trainer_model import TrainerModel
-    from rollouts.context import CONNECTIONS_PER_CLIENT, RolloutContext, RolloutSettings
+    from rollouts.context import RolloutContext, RolloutSettings
     from rollouts.evaluate import evaluate
-    from rollouts.gather import GatherLimits, gather_step
+    from rollouts.gather import GatherLimits, freeze_startup_heap, gather_step
     from rollouts.health import HealthLimits, HealthMonitor
     from rollouts.metrics import has_signal, step_metrics
     from rollouts.registry import get_env
@@ -390,10 +390,11 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         ctx = RolloutContext(model=model, settings=RolloutSettings(
             max_steps=max_steps, max_context_tokens=config.max_context_tokens,
             max_tokens_per_turn=config.max_tokens, temperature=config.temperature),
-            pools=-(-config.max_concurrent // CONNECTIONS_PER_CLIENT), count_tokens=_token_counter(base_model))
+            max_connections=config.max_concurrent, count_tokens=_token_counter(base_model))
         if env.services is not None:
             ctx.services = await services.enter_async_context(env.services(config))
         limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
+        freeze_startup_heap()
         val = env.load_val(config) if (config.eval_every or config.eval_only) and env.load_val else []
 
         async def run_eval(at_step: int) -> dict[str, float]:

@@ -26,8 +26,8 @@ import httpx  # noqa: E402
 from backends.openai_server import free_port  # noqa: E402
 from bench.figures import figure  # noqa: E402
 from envs.scenario import Scenario  # noqa: E402
-from rollouts.context import CONNECTIONS_PER_CLIENT, RolloutContext, RolloutSettings  # noqa: E402
-from rollouts.gather import GatherLimits, gather_step  # noqa: E402
+from rollouts.context import RolloutContext, RolloutSettings  # noqa: E402
+from rollouts.gather import GatherLimits, freeze_startup_heap, gather_step  # noqa: E402
 from rollouts.toy import rollout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +56,11 @@ def fake_server_process(latency: float):
 
 async def measure(base_url: str, concurrency: int, latency: float, waves: int, per_group: int = 8):
     model = art.Model(name="fake", project="bench", inference_base_url=base_url, inference_api_key="k")
-    ctx = RolloutContext(model=model, settings=RolloutSettings(), pools=-(-concurrency // CONNECTIONS_PER_CLIENT))
+    ctx = RolloutContext(model=model, settings=RolloutSettings(), max_connections=concurrency)
     groups = concurrency * waves // per_group
     scenarios = [Scenario(id=f"s{i}", prompt="Say a.", data={"target": "a"}) for i in range(groups)]
     limits = GatherLimits.create(concurrency, 1e6)
+    freeze_startup_heap()  # as train.py does before its first step
     # One full wave first: a training run keeps its connections from step to step, so opening them is not measured.
     await gather_step(scenarios[: max(1, concurrency // per_group)], rollout, ctx, per_group, limits, 0.0)
     started = time.perf_counter()

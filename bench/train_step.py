@@ -33,7 +33,7 @@ from bench.figures import figure  # noqa: E402
 
 SIZES = {
     "embedded": TinyModelSpec(),
-    "mid": TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1408),
+    "mid": TinyModelSpec(hidden_size=384, num_layers=6, num_heads=6, intermediate_size=1024),
 }
 
 
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--rollouts-per-group", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     for size in args.sizes:

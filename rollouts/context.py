@@ -9,9 +9,7 @@ from typing import Any
 import art
 from openai.types.chat.chat_completion import Choice
 
-from rollouts.model_client import CONNECTIONS_PER_CLIENT, ModelClient
-
-__all__ = ["CONNECTIONS_PER_CLIENT", "RolloutContext", "RolloutSettings"]
+from rollouts.model_client import ModelClient
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,7 @@ class RolloutContext:
     settings: RolloutSettings
     step: int = 0
     services: dict[str, Any] = field(default_factory=dict)
-    pools: int = 16  # train.py sets max_concurrent / CONNECTIONS_PER_CLIENT
+    max_connections: int = 128  # to the model endpoint; train.py sets --max-concurrent
     count_tokens: Callable[[str], int] | None = None  # the policy's tokenizer, for context budgets
     _client: ModelClient | None = field(default=None, repr=False)
     _endpoint: tuple[str | None, str | None] = (None, None)
@@ -40,7 +38,7 @@ class RolloutContext:
         endpoint = (self.model.inference_base_url, self.model.inference_api_key)
         if self._client is None or endpoint != self._endpoint:
             self._endpoint = endpoint
-            self._client = ModelClient(endpoint[0] or "", endpoint[1], self.pools)
+            self._client = ModelClient(endpoint[0] or "", endpoint[1], self.max_connections)
         return self._client
 
     async def complete(self, messages: list[dict[str, Any]], max_tokens: int) -> Choice:

@@ -7,6 +7,7 @@ the exception bound); this module only adds the shared limits and the timing eac
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,15 @@ class GatherLimits:
         rate_limit = max(int(rate_per_second), 1)
         throttler = Throttler(rate_limit=rate_limit, period=rate_limit / rate_per_second)
         return cls(asyncio.Semaphore(max_concurrent), throttler)
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up (torch, transformers, ART, the model) out of the garbage collector's
+    reach. Those millions of objects live for the whole run, yet each full collection walked them all, stalling the
+    event loop, and with it every rollout in flight, for ~0.3 s (bench/gather.py: 32 concurrent went from 0.82 to
+    0.96 of ideal). Objects created later are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _limited(rollout: RolloutFn, ctx: RolloutContext, scenario: Scenario, limits: GatherLimits) -> art.Trajectory:

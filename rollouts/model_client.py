@@ -1,11 +1,13 @@
-"""Chat completions from the policy server for rollouts: httpx straight to `/chat/completions`, answers as the OpenAI
-SDK's own types, errors as its own exceptions, retries as it does them.
+"""Chat completions from the policy server for rollouts: aiohttp straight to `/chat/completions`, answers as the
+OpenAI SDK's own types, errors as its own exceptions, retries as it does them.
 
-Why not `AsyncOpenAI.chat.completions.create`: on this project's 2-core machine the SDK's request building (a
-recursive TypedDict transform of every message) and response handling cost ~2.0-2.5 ms of event-loop CPU per call
-against ~1.0 ms for a plain post and the same pydantic types; at 64 rollouts in flight that difference decides
-whether the gather loop keeps up with the model server (bench/gather.py). Everything a rollout sees is unchanged:
-a `Choice` with token logprobs, `openai.BadRequestError` when the context is full, the SDK's retry policy.
+Why not `AsyncOpenAI.chat.completions.create`: every rollout turn is one call, and all of them share one event loop
+on one core. Measured on this project's 2-core machine (64 in flight, fake server in its own process), client CPU
+per call is ~2.0-2.5 ms through the SDK (a recursive TypedDict transform of every message, then httpx), ~1.2 ms
+with a bare httpx post, and ~0.2 ms with aiohttp. With model latency L and N rollouts finishing together, the loop
+adds about N x cost before the last of them can send again, so at 64 in flight that cost decides whether gather
+keeps up with the model server (bench/gather.py). What a rollout sees is unchanged: a `Choice` with token logprobs,
+`openai.BadRequestError` when the context is full, the SDK's retry policy.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ import asyncio
 import random
 from typing import Any
 
+import aiohttp
 import httpx
 import openai
 import pydantic
 from openai.types.chat import ChatCompletion
 from openai.types.chat.chat_completion import Choice
 
-# httpx's pool rescans all of its connections for every queued request, so one pool serving 64 rollouts in
-# flight spent ~80% of the gather loop's time there (bench/gather.py: ratio 0.21 at 64). Small pools don't.
-CONNECTIONS_PER_CLIENT = 8
 MAX_RETRIES = 2  # the OpenAI SDK's defaults: 2 retries, 0.5 s doubling to at most 8 s, Retry-After up to 60 s
 INITIAL_DELAY_S, MAX_DELAY_S, MAX_RETRY_AFTER_S = 0.5, 8.0, 60.0
 
@@ -37,26 +37,26 @@ def _retryable(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
-def _status_error(response: httpx.Response) -> openai.APIStatusError:
+def _status_error(url: str, status: int, headers: dict[str, str], content: bytes) -> openai.APIStatusError:
+    """The SDK's exception for this status, carrying an httpx response as the SDK's own would."""
+    response = httpx.Response(status, headers=headers, content=content, request=httpx.Request("POST", url))
     try:
         body: Any = response.json()
     except ValueError:
         body = response.text
     detail = body.get("error", body) if isinstance(body, dict) else body
     message = detail.get("message", str(detail)) if isinstance(detail, dict) else str(detail)
-    kind = _STATUS_ERRORS.get(response.status_code,
-                              openai.InternalServerError if response.status_code >= 500 else openai.APIStatusError)
-    return kind(f"Error code: {response.status_code} - {message}", response=response, body=body)
+    kind = _STATUS_ERRORS.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    return kind(f"Error code: {status} - {message}", response=response, body=body)
 
 
-def _delay(attempt: int, response: httpx.Response | None) -> float:
-    if response is not None:
-        try:
-            after = float(response.headers.get("retry-after", ""))
-            if 0 <= after <= MAX_RETRY_AFTER_S:
-                return after
-        except ValueError:
-            pass
+def _delay(attempt: int, headers: dict[str, str] | None) -> float:
+    try:
+        after = float((headers or {}).get("retry-after", ""))
+        if 0 <= after <= MAX_RETRY_AFTER_S:
+            return after
+    except ValueError:
+        pass
     return min(INITIAL_DELAY_S * 2**attempt, MAX_DELAY_S) * (1 - 0.25 * random.random())
 
 
@@ -70,44 +70,48 @@ def _parse(data: dict[str, Any]) -> ChatCompletion:
 
 
 class ModelClient:
-    """Round-robin over several small connection pools to one OpenAI-compatible endpoint."""
+    """One connection pool to one OpenAI-compatible endpoint, opened on first use inside the running loop."""
 
-    def __init__(self, base_url: str, api_key: str | None, pools: int, *, timeout_s: float = 1200.0):
+    def __init__(self, base_url: str, api_key: str | None, max_connections: int, *, timeout_s: float = 1200.0):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.headers = {"Authorization": f"Bearer {api_key or 'EMPTY'}"}
-        limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT, max_keepalive_connections=CONNECTIONS_PER_CLIENT)
-        self._clients = [httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), limits=limits)
-                         for _ in range(max(1, pools))]
-        # Requests in flight per pool. Round-robin let one pool queue a request behind its 8 busy connections while
-        # another sat idle (gather ratio 0.81 at 32 concurrent); the least busy pool never queues while any is free.
-        self._in_flight = [0] * len(self._clients)
+        self.max_connections = max(1, max_connections)
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections), timeout=self.timeout,
+                headers=self.headers)
+        return self._session
 
     async def chat(self, body: dict[str, Any]) -> ChatCompletion:
+        session = self._open()
         for attempt in range(MAX_RETRIES + 1):
-            pool = self._in_flight.index(min(self._in_flight))
-            self._in_flight[pool] += 1
-            response = None
+            headers: dict[str, str] | None = None
             try:
-                response = await self._clients[pool].post(self.url, json=body, headers=self.headers)
-            except httpx.TimeoutException as exc:
-                error: openai.APIError = openai.APITimeoutError(request=exc.request)
-            except httpx.TransportError as exc:
-                error = openai.APIConnectionError(message=f"Connection error: {exc!r}", request=exc.request)
-            finally:
-                self._in_flight[pool] -= 1
-            if response is not None:
-                if response.status_code < 400:
-                    return _parse(response.json())
-                error = _status_error(response)
-                if not _retryable(response.status_code):
-                    raise error
+                async with session.post(self.url, json=body) as response:
+                    if response.status < 400:
+                        return _parse(await response.json(content_type=None))
+                    headers = {k.lower(): v for k, v in response.headers.items()}
+                    error: openai.APIError = _status_error(self.url, response.status, headers, await response.read())
+                    if not _retryable(response.status):
+                        raise error
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                error = openai.APITimeoutError(request=httpx.Request("POST", self.url))
+            except aiohttp.ClientError as exc:  # refused, reset, disconnected: as the SDK, a connection error
+                error = openai.APIConnectionError(message=f"Connection error: {exc!r}",
+                                                  request=httpx.Request("POST", self.url))
             if attempt == MAX_RETRIES:
                 raise error
-            await asyncio.sleep(_delay(attempt, response))
+            await asyncio.sleep(_delay(attempt, headers))
         raise AssertionError("unreachable")
 
     async def complete(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Choice:
         return (await self.chat({"model": model, "messages": messages, **params})).choices[0]
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._clients))
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

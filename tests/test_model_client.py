@@ -41,7 +41,7 @@ def serve():
 
 
 async def test_answers_are_the_sdk_types_with_token_logprobs(serve):
-    client = ModelClient(serve(fake_app(0.0, reply="ab")), "key", pools=2)
+    client = ModelClient(serve(fake_app(0.0, reply="ab")), "key", max_connections=2)
     try:
         choice = await client.complete("m", [{"role": "user", "content": "hi"}], max_tokens=4, logprobs=True)
     finally:
@@ -53,7 +53,7 @@ async def test_answers_are_the_sdk_types_with_token_logprobs(serve):
 
 async def test_a_bad_request_is_raised_at_once_as_the_sdk_error(serve):
     app, seen = _flaky([400, 400, 400])
-    client = ModelClient(serve(app), "key", pools=1)
+    client = ModelClient(serve(app), "key", max_connections=1)
     try:
         with pytest.raises(openai.BadRequestError, match="context too long"):
             await client.complete("m", [{"role": "user", "content": "hi"}])
@@ -64,7 +64,7 @@ async def test_a_bad_request_is_raised_at_once_as_the_sdk_error(serve):
 
 async def test_server_errors_are_retried_honouring_retry_after(serve):
     app, seen = _flaky([503, 429], headers={"Retry-After": "0"})
-    client = ModelClient(serve(app), "key", pools=1)
+    client = ModelClient(serve(app), "key", max_connections=1)
     try:
         choice = await client.complete("m", [{"role": "user", "content": "hi"}])
     finally:
