@@ -50,3 +50,9 @@ class RolloutContext:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def __aenter__(self) -> RolloutContext:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -81,14 +81,15 @@ class ModelClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections), timeout=self.timeout,
-                headers=self.headers)
+            # Idle connections are dropped after 4 s, before vLLM's uvicorn (5 s keep-alive) closes them under us.
+            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=4.0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, headers=self.headers)
         return self._session
 
     async def chat(self, body: dict[str, Any]) -> ChatCompletion:
         session = self._open()
-        for attempt in range(MAX_RETRIES + 1):
+        attempt, stale_retried = 0, False
+        while True:
             headers: dict[str, str] | None = None
             try:
                 async with session.post(self.url, json=body) as response:
@@ -100,13 +101,21 @@ class ModelClient:
                         raise error
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 error = openai.APITimeoutError(request=httpx.Request("POST", self.url))
-            except aiohttp.ClientError as exc:  # refused, reset, disconnected: as the SDK, a connection error
+            except aiohttp.ServerDisconnectedError as exc:
+                # Most often a pooled connection the server had just closed (as uvicorn does after a 500): send
+                # once more on a fresh one, without spending a retry or waiting.
+                if not stale_retried:
+                    stale_retried = True
+                    continue
+                error = openai.APIConnectionError(message=f"Connection error: {exc!r}",
+                                                  request=httpx.Request("POST", self.url))
+            except aiohttp.ClientError as exc:  # refused, reset: as the SDK, a connection error
                 error = openai.APIConnectionError(message=f"Connection error: {exc!r}",
                                                   request=httpx.Request("POST", self.url))
             if attempt == MAX_RETRIES:
                 raise error
             await asyncio.sleep(_delay(attempt, headers))
-        raise AssertionError("unreachable")
+            attempt += 1
 
     async def complete(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Choice:
         return (await self.chat({"model": model, "messages": messages, **params})).choices[0]

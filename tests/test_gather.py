@@ -24,8 +24,8 @@ def fake_endpoint():
 @pytest.mark.parametrize("bound", [1, 3, 7])
 async def test_semaphore_bounds_in_flight_requests_across_groups(fake_endpoint, bound):
     model, counter = fake_endpoint
-    ctx = RolloutContext(model=model, settings=RolloutSettings())
-    groups = await gather_step(SCENARIOS, toy_rollout, ctx, 5, GatherLimits.create(bound, 1000), 0.0)
+    async with RolloutContext(model=model, settings=RolloutSettings()) as ctx:
+        groups = await gather_step(SCENARIOS, toy_rollout, ctx, 5, GatherLimits.create(bound, 1000), 0.0)
     assert counter.total == 20
     assert counter.peak == bound  # reached, never exceeded
     assert sum(len(g.trajectories) for g in groups) == 20
@@ -42,8 +42,8 @@ async def test_failing_rollouts_are_recorded_not_fatal(fake_endpoint):
             raise RuntimeError("sandbox died")
         return await toy_rollout(ctx, scenario)
 
-    ctx = RolloutContext(model=model, settings=RolloutSettings())
-    groups = await gather_step(SCENARIOS, flaky, ctx, 4, GatherLimits.create(4, 1000), max_failed_share=0.5)
+    async with RolloutContext(model=model, settings=RolloutSettings()) as ctx:
+        groups = await gather_step(SCENARIOS, flaky, ctx, 4, GatherLimits.create(4, 1000), max_failed_share=0.5)
     metrics = step_metrics(groups, expected_rollouts=16)
     assert metrics["failed_rollouts"] == 4 and metrics["rollouts"] == 12
     assert sum(len(g.exceptions) for g in groups) == 4
@@ -55,9 +55,9 @@ async def test_too_many_failures_fail_the_step(fake_endpoint):
     async def broken(ctx, scenario):
         raise RuntimeError("service down")
 
-    ctx = RolloutContext(model=model, settings=RolloutSettings())
-    with pytest.raises(StepFailed, match="service down"):
-        await gather_step(SCENARIOS, broken, ctx, 4, GatherLimits.create(4, 1000), max_failed_share=0.25)
+    async with RolloutContext(model=model, settings=RolloutSettings()) as ctx:
+        with pytest.raises(StepFailed, match="service down"):
+            await gather_step(SCENARIOS, broken, ctx, 4, GatherLimits.create(4, 1000), max_failed_share=0.25)
 
 
 def test_equal_reward_groups_carry_no_signal():

@@ -197,8 +197,8 @@ async def test_rollout_through_the_service_scores_a_correct_reply_high(service, 
     client = GmshClient([service.url], service.token)
     try:
         model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
-        ctx = RolloutContext(model=model, settings=RolloutSettings(max_steps=1), services={"gmsh": client})
-        groups = await gather_step([cylinder], gmsh_rollout, ctx, 2, GatherLimits.create(2, 100), 0.0)
+        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=1), services={"gmsh": client}) as ctx:
+            groups = await gather_step([cylinder], gmsh_rollout, ctx, 2, GatherLimits.create(2, 100), 0.0)
     finally:
         await client.aclose()
         server.stop()
@@ -213,8 +213,8 @@ async def test_rollout_without_code_scores_the_low_end(tasks):
     server, _ = start_fake_server(latency_s=0.0, reply="I would rather not.")
     try:
         model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
-        ctx = RolloutContext(model=model, settings=RolloutSettings(max_steps=2), services={"gmsh": None})
-        trajectory = await gmsh_rollout(ctx, tasks["cylinder"])
+        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=2), services={"gmsh": None}) as ctx:
+            trajectory = await gmsh_rollout(ctx, tasks["cylinder"])
     finally:
         server.stop()
     assert trajectory.reward == -1.0 and trajectory.metrics["no_code"] == 1.0

@@ -147,8 +147,9 @@ async def _rollouts(cache, service, tmp_path, name: str, count: int, reply: str)
         model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
         settings = R2ESettings(tests=client, rollout_root=tmp_path / "rollouts", cell_timeout_s=20)
         settings.rollout_root.mkdir()
-        ctx = RolloutContext(model=model, settings=RolloutSettings(max_steps=3), services={"r2e": settings})
-        return await gather_step([scenario], r2e_rollout, ctx, count, GatherLimits.create(count, 100), 0.0)
+        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=3),
+                                  services={"r2e": settings}) as ctx:
+            return await gather_step([scenario], r2e_rollout, ctx, count, GatherLimits.create(count, 100), 0.0)
     finally:
         await client.aclose()
         server.stop()

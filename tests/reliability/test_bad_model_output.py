@@ -57,9 +57,9 @@ async def test_bad_replies_end_as_penalties_or_observations(service_and_scenario
     try:
         model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
         settings = R2ESettings(tests=client, rollout_root=tmp_path, cell_timeout_s=10)
-        ctx = RolloutContext(model=model, settings=RolloutSettings(max_steps=2, max_context_tokens=200_000),
-                             services={"r2e": settings})
-        groups = await gather_step([scenario], r2e_rollout, ctx, 2, GatherLimits.create(2, 100), 0.0)
+        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=2, max_context_tokens=200_000),
+                                  services={"r2e": settings}) as ctx:
+            groups = await gather_step([scenario], r2e_rollout, ctx, 2, GatherLimits.create(2, 100), 0.0)
     finally:
         await client.aclose()
         server.stop()

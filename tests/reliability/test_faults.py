@@ -42,8 +42,8 @@ async def _gather(scenario, urls, token, reply, count=8):
     client = GmshClient(urls, token, retries=3, backoff_s=0.2)
     try:
         model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
-        ctx = RolloutContext(model=model, settings=RolloutSettings(max_steps=1), services={"gmsh": client})
-        return await gather_step([scenario], gmsh_rollout, ctx, count, GatherLimits.create(count, 100), 1.0)
+        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=1), services={"gmsh": client}) as ctx:
+            return await gather_step([scenario], gmsh_rollout, ctx, count, GatherLimits.create(count, 100), 1.0)
     finally:
         await client.aclose()
         server.stop()
@@ -108,8 +108,8 @@ async def test_model_endpoint_errors_fail_the_rollout_cleanly_after_retries(cyli
     server.start()
     try:
         model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
-        ctx = RolloutContext(model=model, settings=RolloutSettings(max_steps=1), services={"gmsh": None})
-        groups = await gather_step([cylinder], gmsh_rollout, ctx, 2, GatherLimits.create(2, 100), 1.0)
+        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=1), services={"gmsh": None}) as ctx:
+            groups = await gather_step([cylinder], gmsh_rollout, ctx, 2, GatherLimits.create(2, 100), 1.0)
     finally:
         server.stop()
     record_property("requests", f"{calls['n']} for 2 rollouts, then both failed")
@@ -137,12 +137,13 @@ async def test_killing_a_test_service_node_mid_step_moves_its_tests_to_the_other
             model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
             settings = R2ESettings(tests=client, rollout_root=tmp_path / "rollouts", cell_timeout_s=20)
             settings.rollout_root.mkdir()
-            ctx = RolloutContext(model=model, settings=RolloutSettings(max_steps=2), services={"r2e": settings})
-            task = asyncio.create_task(
-                gather_step([scenario], r2e_rollout, ctx, 8, GatherLimits.create(8, 100), 1.0))
-            await asyncio.sleep(1.5)  # REPL start-up, then the first /test calls land on both nodes
-            a.proc.kill()
-            groups = await asyncio.wait_for(task, 180)
+            async with RolloutContext(model=model, settings=RolloutSettings(max_steps=2),
+                                      services={"r2e": settings}) as ctx:
+                task = asyncio.create_task(
+                    gather_step([scenario], r2e_rollout, ctx, 8, GatherLimits.create(8, 100), 1.0))
+                await asyncio.sleep(1.5)  # REPL start-up, then the first /test calls land on both nodes
+                a.proc.kill()
+                groups = await asyncio.wait_for(task, 180)
         finally:
             await client.aclose()
             server.stop()
