@@ -13,6 +13,7 @@ keeps up with the model server (bench/gather.py). What a rollout sees is unchang
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 from typing import Any
 
@@ -25,6 +26,7 @@ from openai.types.chat.chat_completion import Choice
 
 MAX_RETRIES = 2  # the OpenAI SDK's defaults: 2 retries, 0.5 s doubling to at most 8 s, Retry-After up to 60 s
 INITIAL_DELAY_S, MAX_DELAY_S, MAX_RETRY_AFTER_S = 0.5, 8.0, 60.0
+MAX_STALE_RESENDS = 4
 
 _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
     400: openai.BadRequestError, 401: openai.AuthenticationError, 403: openai.PermissionDeniedError,
@@ -60,6 +62,12 @@ def _delay(attempt: int, headers: dict[str, str] | None) -> float:
     return min(INITIAL_DELAY_S * 2**attempt, MAX_DELAY_S) * (1 - 0.25 * random.random())
 
 
+def _stale(exc: aiohttp.ClientError) -> bool:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
 def _parse(data: dict[str, Any]) -> ChatCompletion:
     """Validation runs in pydantic-core (0.016 ms for a 16-token answer against 0.09 ms for the SDK's recursive
     construct, which grows with the logprobs); a server that strays from the schema gets the SDK's lenient parse."""
@@ -88,7 +96,7 @@ class ModelClient:
 
     async def chat(self, body: dict[str, Any]) -> ChatCompletion:
         session = self._open()
-        attempt, stale_retried = 0, False
+        attempt, stale_resends = 0, 0
         while True:
             headers: dict[str, str] | None = None
             try:
@@ -101,15 +109,13 @@ class ModelClient:
                         raise error
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 error = openai.APITimeoutError(request=httpx.Request("POST", self.url))
-            except aiohttp.ServerDisconnectedError as exc:
-                # Most often a pooled connection the server had just closed (as uvicorn does after a 500): send
-                # once more on a fresh one, without spending a retry or waiting.
-                if not stale_retried:
-                    stale_retried = True
+            except aiohttp.ClientError as exc:  # refused, reset, dropped: as the SDK, a connection error
+                # A pooled connection the server had just closed (as uvicorn does after a 500) shows as a disconnect
+                # or a reset; the pool drops it, so sending again reaches another connection or a new one. That
+                # costs no retry and no wait, a few times over (several pooled connections can go stale at once).
+                if _stale(exc) and stale_resends < MAX_STALE_RESENDS:
+                    stale_resends += 1
                     continue
-                error = openai.APIConnectionError(message=f"Connection error: {exc!r}",
-                                                  request=httpx.Request("POST", self.url))
-            except aiohttp.ClientError as exc:  # refused, reset: as the SDK, a connection error
                 error = openai.APIConnectionError(message=f"Connection error: {exc!r}",
                                                   request=httpx.Request("POST", self.url))
             if attempt == MAX_RETRIES:
