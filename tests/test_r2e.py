@@ -6,7 +6,6 @@ import os
 import shutil
 from pathlib import Path
 
-import art
 import psutil
 import pytest
 
@@ -21,11 +20,10 @@ from envs.sandbox import SandboxLimits
 from envs.scenario import DatasetError
 from envs.service_process import ServiceProcess
 from rewards.tests import binary_test_reward, parse_pytest_output, partial_test_reward
-from rollouts.context import RolloutContext, RolloutSettings
+from rollouts.context import RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
-from rollouts.r2e import R2ESettings
 from rollouts.r2e import rollout as r2e_rollout
-from tests.fake_openai_server import start_fake_server
+from tests.r2e_rollouts import fix_reply, r2e_context
 
 ROWS = {r.repo_name: r for r in sample_rows()}
 
@@ -133,30 +131,16 @@ async def test_repl_does_not_see_the_trainers_secrets(repl):
     assert "trainer-secret" not in result.stdout and result.stdout.startswith("None")
 
 
-def _fix_reply(name: str) -> str:
-    writes = "".join(f"write_file({p.name!r}, {p.read_text()!r})\n" for p in (SAMPLES / name / "fix").iterdir())
-    return f"I will fix it.\n```repl\n{writes}FINAL('done')\n```"
-
-
 async def _rollouts(cache, service, tmp_path, name: str, count: int, reply: str):
-    row = ROWS[name]
-    scenario = scenarios_from_rows([row], cache, read_index(cache))[0]
-    server, _ = start_fake_server(latency_s=0.0, reply=reply)
-    client = TestServiceClient([service.url], service.token)
-    try:
-        model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
-        settings = R2ESettings(tests=client, rollout_root=tmp_path / "rollouts", cell_timeout_s=20)
-        settings.rollout_root.mkdir()
-        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=3),
-                                  services={"r2e": settings}) as ctx:
-            return await gather_step([scenario], r2e_rollout, ctx, count, GatherLimits.create(count, 100), 0.0)
-    finally:
-        await client.aclose()
-        server.stop()
+    scenario = scenarios_from_rows([ROWS[name]], cache, read_index(cache))[0]
+    (tmp_path / "rollouts").mkdir()
+    async with r2e_context(TestServiceClient([service.url], service.token), reply, tmp_path / "rollouts",
+                           RolloutSettings(max_steps=3)) as ctx:
+        return await gather_step([scenario], r2e_rollout, ctx, count, GatherLimits.create(count, 100), 0.0)
 
 
 async def test_fake_model_replaying_a_fix_earns_reward_one(cache, service, tmp_path):
-    groups = await _rollouts(cache, service, tmp_path, "stats", 2, _fix_reply("stats"))
+    groups = await _rollouts(cache, service, tmp_path, "stats", 2, fix_reply("stats"))
     trajectory = groups[0].trajectories[0]
     assert trajectory.reward == 1.0
     assert trajectory.metrics["finished"] == 1.0 and trajectory.metrics["changed_files"] == 1.0
@@ -170,7 +154,7 @@ async def test_no_change_scores_zero_without_a_test_call(cache, service, tmp_pat
 
 
 async def test_ten_concurrent_rollouts_leave_no_process_or_dir_behind(cache, service, tmp_path):
-    groups = await _rollouts(cache, service, tmp_path, "slugger", 10, _fix_reply("slugger"))
+    groups = await _rollouts(cache, service, tmp_path, "slugger", 10, fix_reply("slugger"))
     assert sum(len(g.trajectories) for g in groups) == 10
     assert all(t.reward == 1.0 for t in groups[0].trajectories)
     assert list((tmp_path / "rollouts").iterdir()) == []

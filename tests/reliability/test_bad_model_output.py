@@ -2,18 +2,16 @@
 
 from pathlib import Path
 
-import art
 import pytest
 
 from envs.r2e.cache import build_from_samples, read_index, sample_rows
 from envs.r2e.client import TestServiceClient
 from envs.r2e.scenarios import scenarios_from_rows
 from envs.service_process import ServiceProcess
-from rollouts.context import RolloutContext, RolloutSettings
+from rollouts.context import RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
-from rollouts.r2e import R2ESettings
 from rollouts.r2e import rollout as r2e_rollout
-from tests.fake_openai_server import start_fake_server
+from tests.r2e_rollouts import r2e_context
 
 REPLIES = {
     "no code": "I think the bug is somewhere in the median function.",
@@ -52,17 +50,9 @@ def secret_file():
 @pytest.mark.parametrize("kind", list(REPLIES))
 async def test_bad_replies_end_as_penalties_or_observations(service_and_scenario, kind, tmp_path, secret_file):
     service, scenario = service_and_scenario
-    server, _ = start_fake_server(latency_s=0.0, reply=REPLIES[kind])
-    client = TestServiceClient([service.url], service.token)
-    try:
-        model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
-        settings = R2ESettings(tests=client, rollout_root=tmp_path, cell_timeout_s=10)
-        async with RolloutContext(model=model, settings=RolloutSettings(max_steps=2, max_context_tokens=200_000),
-                                  services={"r2e": settings}) as ctx:
-            groups = await gather_step([scenario], r2e_rollout, ctx, 2, GatherLimits.create(2, 100), 0.0)
-    finally:
-        await client.aclose()
-        server.stop()
+    async with r2e_context(TestServiceClient([service.url], service.token), REPLIES[kind], tmp_path,
+                           RolloutSettings(max_steps=2, max_context_tokens=200_000), cell_timeout_s=10) as ctx:
+        groups = await gather_step([scenario], r2e_rollout, ctx, 2, GatherLimits.create(2, 100), 0.0)
     trajectories = groups[0].trajectories
     assert len(trajectories) == 2 and not groups[0].exceptions  # nothing raised
     assert all(t.reward == 0.0 for t in trajectories)

@@ -12,17 +12,17 @@ from backends.openai_server import ServerThread, free_port
 from envs.gmsh.client import GmshClient, ServiceUnavailable
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks
 from envs.gmsh.wire import RunRequest
-from envs.r2e.cache import SAMPLES, build_from_samples, read_index, sample_rows
+from envs.r2e.cache import build_from_samples, read_index, sample_rows
 from envs.r2e.client import TestServiceClient
 from envs.r2e.scenarios import scenarios_from_rows
 from envs.service_process import ServiceProcess
 from rollouts.context import RolloutContext, RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
 from rollouts.gmsh import rollout as gmsh_rollout
-from rollouts.r2e import R2ESettings
 from rollouts.r2e import rollout as r2e_rollout
 from tests.fake_openai_server import start_fake_server
 from tests.gmsh_scripts import reference_script
+from tests.r2e_rollouts import fix_reply, r2e_context
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +117,6 @@ async def test_model_endpoint_errors_fail_the_rollout_cleanly_after_retries(cyli
     assert calls["n"] >= 2 * 3  # each rollout: the first try and the OpenAI SDK's two retries with backoff
 
 
-def _staggered_fix_reply(name: str) -> str:
-    """The reference fix, written after a random pause so the rollouts' /test calls spread over two seconds."""
-    writes = "".join(f"write_file({p.name!r}, {p.read_text()!r})\n" for p in (SAMPLES / name / "fix").iterdir())
-    return f"```repl\nimport random, time\ntime.sleep(random.uniform(0, 2))\n{writes}FINAL('done')\n```"
-
-
 async def test_killing_a_test_service_node_mid_step_moves_its_tests_to_the_other(tmp_path, record_property):
     cache = tmp_path / "cache"
     build_from_samples(cache)
@@ -130,23 +124,16 @@ async def test_killing_a_test_service_node_mid_step_moves_its_tests_to_the_other
     scenario = scenarios_from_rows([row], cache, read_index(cache))[0]
     token = "one-token-for-the-pool"
     args = ("envs.r2e.test_service", "--runtime", "process", "--cache-dir", str(cache))
+    (tmp_path / "rollouts").mkdir()
     with ServiceProcess(*args, token=token) as a, ServiceProcess(*args, token=token) as b:
-        server, _ = start_fake_server(latency_s=0.0, reply=_staggered_fix_reply("stats"))
         client = TestServiceClient([a.url, b.url], token, retries=3, backoff_s=0.2)
-        try:
-            model = art.Model(name="fake", project="p", inference_base_url=server.base_url, inference_api_key="k")
-            settings = R2ESettings(tests=client, rollout_root=tmp_path / "rollouts", cell_timeout_s=20)
-            settings.rollout_root.mkdir()
-            async with RolloutContext(model=model, settings=RolloutSettings(max_steps=2),
-                                      services={"r2e": settings}) as ctx:
-                task = asyncio.create_task(
-                    gather_step([scenario], r2e_rollout, ctx, 8, GatherLimits.create(8, 100), 1.0))
-                await asyncio.sleep(1.5)  # REPL start-up, then the first /test calls land on both nodes
-                a.proc.kill()
-                groups = await asyncio.wait_for(task, 180)
-        finally:
-            await client.aclose()
-            server.stop()
+        # The fix is written after a pause of up to 2 s, so the /test calls spread across the kill.
+        async with r2e_context(client, fix_reply("stats", max_pause_s=2.0), tmp_path / "rollouts",
+                               RolloutSettings(max_steps=2)) as ctx:
+            task = asyncio.create_task(gather_step([scenario], r2e_rollout, ctx, 8, GatherLimits.create(8, 100), 1.0))
+            await asyncio.sleep(1.5)  # REPL start-up, then the first /test calls land on both nodes
+            a.proc.kill()
+            groups = await asyncio.wait_for(task, 180)
     group = groups[0]
     rewards = [t.reward for t in group.trajectories]
     record_property("rollouts", f"{rewards.count(1.0)} of 8 passed their tests, {len(group.exceptions)} failed "
