@@ -394,7 +394,6 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         if env.services is not None:
             ctx.services = await services.enter_async_context(env.services(config))
         limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
-        freeze_startup_heap()
         val = env.load_val(config) if (config.eval_every or config.eval_only) and env.load_val else []
 
         async def run_eval(at_step: int) -> dict[str, float]:
@@ -409,6 +408,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
             figures = await run_eval(at)
             print(json.dumps({"eval_step": at, "scenarios": len(val), **figures}, indent=2), flush=True)
             return model.read_state() or {}
+        freeze_startup_heap()  # after everything that lives for the whole run is loaded, before the first step
         last_step = config.max_training_steps or sys.maxsize
         while step < last_step:
             batch, next_cursor = cursor.take(scenarios, config.groups_per_step, config.seed)
