@@ -171,9 +171,44 @@ class CPUBackend:
                 served.server = None
         self._models.clear()
 
-    def _train_sft(self, model: AnyTrainableModel, trajectories: Any, config: Any, dev_config: Any,
-                   verbose: bool = False) -> AsyncIterator[dict[str, float]]:
-        raise NotImplementedError("CPUBackend trains with RL (GRPO) only; run SFT with --backend local on a GPU")
+    async def _train_sft(self, model: AnyTrainableModel, trajectories: Iterable[Any], config: Any,
+                         dev_config: Any, verbose: bool = False) -> AsyncIterator[dict[str, float]]:
+        """ART's SFT contract, as LocalBackend keeps it: one metrics dict per batch, then one new checkpoint (the
+        step advances by one per call). `config.learning_rate` is one value or one per batch."""
+        from art.utils.sft import resolve_sft_batch_size
+
+        from backends.sft import sft_step, tokenize_conversation
+
+        policy = self._served(model).policy
+        batch_size = resolve_sft_batch_size(batch_size=config.batch_size, default_batch_size=2)
+        examples, dropped = [], 0
+        for trajectory in trajectories:
+            example = tokenize_conversation(policy.tokenizer, trajectory, policy.max_seq_length)
+            if example is None:
+                dropped += 1
+            else:
+                examples.append(example)
+        batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+        rate = config.learning_rate
+        rates = rate if isinstance(rate, list) else [rate] * len(batches)
+        trainable = sum(e.trainable_tokens for e in examples)
+        for batch, rate in zip(batches, rates, strict=False):
+            def step(batch=batch, rate=rate) -> dict[str, float]:
+                with policy.lock:
+                    policy.model.train()
+                    try:
+                        return sft_step(policy.model, policy.optimizer, batch, rate, policy.tokenizer.pad_token_id)
+                    finally:
+                        policy.model.eval()
+
+            metrics = await asyncio.to_thread(step)
+            yield metrics | {"data/step_num_trajectories": float(len(examples) + dropped),
+                             "data/step_trainer_tokens": float(trainable),
+                             "data/step_num_dropped_trajectories": float(dropped),
+                             "data/step_num_gradient_steps": float(len(batches))}
+        output_dir = Path(get_model_dir(model=model, art_path=self._path))
+        step = get_step_from_dir(str(output_dir)) + 1
+        await asyncio.to_thread(self._save_checkpoint, policy, output_dir, step)
 
     # ---- helpers -------------------------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ class EnvSpec:
     step_metrics: Callable[[list[Any]], dict[str, float]] | None = None
     # The held-out scenarios `--eval-every` / `--eval-only` run (never trained on).
     load_val: Callable[[Any], list[Scenario]] | None = None
+    # True when the env executes model output: the trainer then refuses to start without a working sandbox.
+    runs_model_code: bool = False
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +96,8 @@ def _gmsh() -> EnvSpec:
             yield {"gmsh": client}
 
     return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services,
-                   step_metrics=validation_metrics, load_val=lambda cfg: load_tasks(task_file(cfg, "val")))
+                   step_metrics=validation_metrics, load_val=lambda cfg: load_tasks(task_file(cfg, "val")),
+                   runs_model_code=True)
 
 
 def _r2e() -> EnvSpec:
@@ -137,7 +140,7 @@ def _r2e() -> EnvSpec:
         return scenarios_from_rows(load_rows(None, "dev_10pr_v1"), cache_dir(cfg), read_index(cache_dir(cfg)))
 
     return EnvSpec(name="r2e", load_scenarios=load, rollout=rollout, default_max_steps=10, services=services,
-                   load_val=load_val)
+                   load_val=load_val, runs_model_code=True)
 
 
 ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e}

@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_cmd(art_path: Path, name: str, *flags: str) -> list[str]:
+    """Tests run the random tiny model unless they name another: the pretrained default takes ~30 s to convert."""
+    model = [] if "--base-model" in flags else ["--base-model", "tiny-random"]
     return [sys.executable, str(ROOT / "train.py"), "--experiment-name", name, "--art-path", str(art_path),
-            "--rollout-root", str(art_path / "rollouts"), "--log-dir", str(art_path / "logs"), *flags]
+            "--rollout-root", str(art_path / "rollouts"), "--log-dir", str(art_path / "logs"), *model, *flags]
 
 
 def subprocess_env() -> dict[str, str]:

@@ -1,0 +1,87 @@
+"""Supervised fine-tuning for the CPU backend: what `CPUBackend._train_sft` runs under ART's `model.train_sft()`.
+
+Conversations are rendered with ART's own chat-template helpers (`art.preprocessing.tokenize`), the same
+rendering the RL step and the policy server use, so SFT teaches exactly the tokens the agent later sees. The
+loss covers assistant turns only: each assistant message's span is found by rendering the conversation up to it
+(with the generation prompt) and through it; everything else (system, user, observations, the assistant header)
+is masked with -100. ART's GPU path does the same with unsloth's `train_on_responses_only`, which needs CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trainable_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+def tokenize_conversation(tokenizer: Any, trajectory: Any, max_seq_length: int) -> SFTExample | None:
+    """Token ids and labels of one conversation; None when it is longer than `max_seq_length` (ART drops those too)."""
+    from art.preprocessing.tokenize import (
+        _apply_chat_template_token_ids,
+        _chat_template_kwargs,
+        _messages_for_chat_template,
+        _normalize_tools_for_chat_template,
+    )
+
+    messages = _messages_for_chat_template(tokenizer, trajectory.messages_and_choices)
+    kwargs: dict[str, Any] = _chat_template_kwargs(tokenizer, None)
+    tools = _normalize_tools_for_chat_template(trajectory.tools)
+    if tools:
+        kwargs["tools"] = tools
+
+    def render(upto: int, generation_prompt: bool) -> list[int]:
+        return _apply_chat_template_token_ids(tokenizer, messages[:upto], tokenize=True,
+                                              add_generation_prompt=generation_prompt, **kwargs)
+
+    input_ids = render(len(messages), False)
+    if len(input_ids) > max_seq_length:
+        return None
+    labels = [IGNORE] * len(input_ids)
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        start, end = len(render(index, True)), len(render(index + 1, False))
+        for position in range(start, min(end, len(input_ids))):
+            labels[position] = input_ids[position]
+    return SFTExample(input_ids, labels)
+
+
+def sft_step(model: Any, optimizer: torch.optim.Optimizer, examples: list[SFTExample], learning_rate: float,
+             pad_token_id: int, max_grad_norm: float = 1.0) -> dict[str, float]:
+    """One gradient step on a batch: mean cross-entropy over the batch's assistant tokens."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                             labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+    optimizer.zero_grad(set_to_none=True)
+    if math.isnan(loss.item()):  # a batch with no assistant token: nothing to learn, nothing to step
+        return {"loss/train": 0.0, "loss/learning_rate": learning_rate, "loss/grad_norm": 0.0}
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    return {"loss/train": loss.item(), "loss/learning_rate": learning_rate, "loss/grad_norm": float(norm)}

@@ -1,0 +1,275 @@
+"""The experiment's settings: `ExperimentConfig` (one dataclass, hashed for resume), the CLI that fills it, and
+the checks that turn a bad flag into one line naming it (exit 2) before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Named base models that need no download: a real pretrained one (the default) and a random tiny one for fast
+# tests. Anything else given to --base-model must be a local Hugging Face model folder.
+PRETRAINED_MODEL = "smollm2-135m"
+TINY_RANDOM_MODEL = "tiny-random"
+NAMED_MODELS = (PRETRAINED_MODEL, TINY_RANDOM_MODEL)
+# The randomly initialised tiny model is far from any optimum and learns the toy task within minutes only with a
+# much larger step; a LoRA on a pretrained model wants a small one.
+DEFAULT_LR = {TINY_RANDOM_MODEL: 1e-2, "pretrained": 5e-5}
+DEFAULT_SFT_LR = {TINY_RANDOM_MODEL: 1e-2, "pretrained": 2e-4}
+
+
+def default_rollout_root() -> str:
+    """Memory-backed when possible: copying a 5 MB repo per rollout took 42 ms into /dev/shm and 120-490 ms into
+    a disk-backed /tmp here (bench/r2e.py), and a rollout's files live only as long as the rollout."""
+    shm = Path("/dev/shm")
+    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else os.environ.get("TMPDIR", "/tmp")
+    return os.path.join(base, "art-rollouts")
+
+
+class ConfigError(ValueError):
+    """A flag has an unusable value; the message starts with the flag's name."""
+
+
+@dataclass
+class ExperimentConfig:
+    experiment_name: str
+    model_name: str | None = None
+    project: str = "art-agent-trainer"
+    base_model: str = PRETRAINED_MODEL
+    backend: str = "auto"
+    env: str = "r2e"
+    vllm_url: str | None = None
+    docker_url: list[str] = field(default_factory=list)
+    gmsh_url: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    split: str = "train"
+    reward: str = "binary"
+    system_prompt: str = "r2e_system_prompt"
+    bash_timeout: float = 60.0
+    cache_dir: str | None = None
+    num_epochs: int = 3
+    groups_per_step: int = 4
+    rollouts_per_group: int = 8
+    max_concurrent: int = 32
+    max_rollouts_per_second: float = 100.0
+    max_failed_share: float = 0.25
+    max_steps: int | None = None
+    max_context_tokens: int = 2048
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    learning_rate: float | None = None
+    dataset_size: int | None = None
+    toy_target: str = "a"
+    log_dir: str = "logs"
+    log_sample_rate: float = 0.1
+    max_training_steps: int | None = None
+    art_path: str = ".art"
+    seed: int = 0
+    advantage_balance: float = 0.0
+    scale_rewards: bool = True
+    loss_fn: str = "cispo"
+    lora_rank: int = 8
+    eval_every: int = 0
+    eval_only: bool = False
+    checkpoint: int | None = None
+    eval_rollouts: int = 1
+    keep_checkpoints: int = 0
+    save_every: int = 1
+    init_adapter: str | None = None
+    allow_config_change: bool = False
+    rollout_root: str = field(default_factory=lambda: default_rollout_root())
+    health_check_interval: float = 30.0
+    max_child_processes: int = 64
+    max_tmp_usage_gb: float = 10.0
+    wandb: str = "auto"
+    sft_data: list[str] = field(default_factory=list)
+    sft_only: bool = False
+    sft_epochs: int = 3
+    sft_learning_rate: float | None = None
+    sft_batch_size: int = 2
+    allow_unsandboxed: bool = False
+
+    # Fields that steer how a run is executed, not what it learns: changing them between a stop and a resume
+    # is normal (run longer, more concurrency, another service node), so they stay out of the hash.
+    RUN_CONTROL = frozenset({
+        "max_training_steps", "num_epochs", "allow_config_change", "max_concurrent", "max_rollouts_per_second",
+        "max_failed_share", "vllm_url", "docker_url", "gmsh_url", "log_dir", "log_sample_rate", "backend",
+        "rollout_root", "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
+        "eval_every", "eval_only", "checkpoint", "eval_rollouts", "keep_checkpoints", "save_every",
+        "sft_only", "allow_unsandboxed",
+    })
+
+    def __post_init__(self) -> None:
+        self.model_name = self.model_name or self.experiment_name
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LR[self._model_kind()]
+        if self.sft_learning_rate is None:
+            self.sft_learning_rate = DEFAULT_SFT_LR[self._model_kind()]
+
+    def _model_kind(self) -> str:
+        return TINY_RANDOM_MODEL if self.base_model == TINY_RANDOM_MODEL else "pretrained"
+
+    def hashed_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_CONTROL}
+
+    def config_hash(self) -> str:
+        """Short stable hash of what defines the experiment; a resume with a different one is refused."""
+        blob = json.dumps(self.hashed_fields(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def validate(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (bool(self.experiment_name.strip()), "--experiment-name must not be empty"),
+            (all(c.isalnum() or c in "-_." for c in self.model_name or ""),
+             "--model-name may hold only letters, digits, '-', '_' and '.'"),
+            (self.num_epochs >= 1, "--num-epochs must be at least 1"),
+            (self.groups_per_step >= 1, "--groups-per-step must be at least 1"),
+            (self.rollouts_per_group >= 2, "--rollouts-per-group must be at least 2 (GRPO compares rollouts)"),
+            (self.max_concurrent >= 1, "--max-concurrent must be at least 1"),
+            (self.max_rollouts_per_second > 0, "--max-rollouts-per-second must be positive"),
+            (0 <= self.max_failed_share <= 1, "--max-failed-share must be between 0 and 1"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.max_context_tokens >= 64, "--max-context-tokens must be at least 64"),
+            (self.max_tokens >= 1, "--max-tokens must be at least 1"),
+            (0 <= self.temperature <= 10, "--temperature must be between 0 and 10"),
+            (self.learning_rate is not None and 0 < self.learning_rate < 1, "--learning-rate must be in (0, 1)"),
+            (self.dataset_size is None or self.dataset_size >= 1, "--dataset-size must be at least 1"),
+            (0 <= self.log_sample_rate <= 1, "--log-sample-rate must be between 0 and 1"),
+            (self.max_training_steps is None or self.max_training_steps >= 1,
+             "--max-training-steps must be at least 1"),
+            (-1 <= self.advantage_balance <= 1, "--advantage-balance must be between -1 and 1"),
+            (self.lora_rank >= 1, "--lora-rank must be at least 1"),
+            (self.health_check_interval > 0, "--health-check-interval must be positive"),
+            (self.bash_timeout > 0, "--bash-timeout must be positive"),
+            (self.eval_every >= 0, "--eval-every must be 0 (off) or more"),
+            (self.eval_rollouts >= 1, "--eval-rollouts must be at least 1"),
+            (self.keep_checkpoints >= 0, "--keep-checkpoints must be 0 (keep all) or more"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (self.checkpoint is None or self.eval_only, "--checkpoint goes with --eval-only"),
+            (self.init_adapter is None or (Path(self.init_adapter) / "adapter_config.json").is_file(),
+             f"--init-adapter {self.init_adapter}: not a PEFT adapter directory (no adapter_config.json)"),
+            (len(self.toy_target) == 1, "--toy-target must be exactly one character"),
+            (self.base_model in NAMED_MODELS or Path(self.base_model).is_dir(),
+             f"--base-model {self.base_model!r} is not a local model directory (nothing is downloaded at run "
+             f"time; pass a Hugging Face model folder, or one of: {', '.join(NAMED_MODELS)})"),
+            (self.sft_epochs >= 1, "--sft-epochs must be at least 1"),
+            (self.sft_batch_size >= 1, "--sft-batch-size must be at least 1"),
+            (self.sft_learning_rate is not None and 0 < self.sft_learning_rate < 1,
+             "--sft-learning-rate must be in (0, 1)"),
+            (not self.sft_only or bool(self.sft_data), "--sft-only needs at least one --sft-data file"),
+            (self.vllm_url is None or self.vllm_url.startswith(("http://", "https://")),
+             "--vllm-url must start with http:// or https://"),
+        ]
+        from rollouts.registry import ENVS
+
+        checks.append((self.env in ENVS, f"--env: unknown env {self.env!r}; choose from {', '.join(sorted(ENVS))}"))
+        for flag, urls in (("--docker-url", self.docker_url), ("--gmsh-url", self.gmsh_url)):
+            for url in urls:
+                checks.append((url.startswith(("http://", "https://")), f"{flag} {url!r} must start with http://"))
+        checks.append((self.dataset is None or Path(self.dataset).is_file(), f"--dataset {self.dataset}: no such file"))
+        for path in self.sft_data:
+            checks.append((Path(path).is_file(), f"--sft-data {path}: no such file"))
+            checks.append((path.endswith((".jsonl", ".parquet")),
+                           f"--sft-data {path}: must be a .jsonl or .parquet file"))
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it (the usage text buries the reason)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ExperimentConfig(experiment_name="x")
+    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--experiment-name", required=True, help="names the run, its logs and (by default) the model")
+    a("--model-name", default=None, help="ART model name (default: the experiment name)")
+    a("--project", default=d.project)
+    a("--base-model", default=d.base_model,
+      help=f"a local HF model directory, or a named embedded model: {', '.join(NAMED_MODELS)}")
+    a("--backend", choices=["auto", "local", "cpu"], default=d.backend)
+    a("--env", default=d.env, help="environment (see rollouts/registry.py)")
+    a("--vllm-url", default=None, help="external OpenAI-compatible server for rollouts (it must serve the adapter)")
+    a("--docker-url", action="append", default=[], help="test service URL (repeat for several nodes)")
+    a("--gmsh-url", action="append", default=[],
+      help="gmsh service URL (repeat for several; token from GMSH_SERVICE_TOKEN); default: start one locally")
+    a("--dataset", default=None, help="the env's own dataset file (gmsh: task parquet; r2e: rows .jsonl/.parquet)")
+    a("--split", default=d.split, help="r2e: hub split when no --dataset (train, dev_10pr_v1, dev_100pr_v1)")
+    a("--reward", choices=["binary", "partial"], default=d.reward, help="r2e: test reward")
+    a("--system-prompt", choices=["r2e_system_prompt", "r2e_cot_system_prompt"], default=d.system_prompt)
+    a("--bash-timeout", type=float, default=d.bash_timeout, help="r2e: seconds per REPL cell")
+    a("--cache-dir", default=None)
+    a("--num-epochs", type=int, default=d.num_epochs)
+    a("--groups-per-step", type=int, default=d.groups_per_step)
+    a("--rollouts-per-group", type=int, default=d.rollouts_per_group)
+    a("--max-concurrent", type=int, default=d.max_concurrent, help="rollouts in flight at once")
+    a("--max-rollouts-per-second", type=float, default=d.max_rollouts_per_second, help="rollout start rate limit")
+    a("--max-failed-share", type=float, default=d.max_failed_share,
+      help="share of a step's rollouts that may raise before the step fails")
+    a("--max-steps", type=int, default=None, help="agent turns per rollout (default: the env's)")
+    a("--max-context-tokens", type=int, default=d.max_context_tokens)
+    a("--max-tokens", type=int, default=d.max_tokens, help="tokens per model turn")
+    a("--temperature", type=float, default=d.temperature)
+    a("--learning-rate", type=float, default=None,
+      help=f"RL step size: default {DEFAULT_LR['pretrained']}, {DEFAULT_LR[TINY_RANDOM_MODEL]} for {TINY_RANDOM_MODEL}")
+    a("--dataset-size", type=int, default=None, help="scenarios to load (env default if omitted)")
+    a("--toy-target", default=d.toy_target, help="toy env: the character to learn")
+    a("--log-dir", default=d.log_dir)
+    a("--log-sample-rate", type=float, default=d.log_sample_rate)
+    a("--max-training-steps", type=int, default=None, help="stop once the model's step reaches N")
+    a("--art-path", default=d.art_path)
+    a("--seed", type=int, default=d.seed)
+    a("--advantage-balance", type=float, default=d.advantage_balance)
+    a("--scale-rewards", action=argparse.BooleanOptionalAction, default=d.scale_rewards)
+    a("--loss-fn", choices=["cispo", "ppo"], default=d.loss_fn)
+    a("--lora-rank", type=int, default=d.lora_rank)
+    a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
+    a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")
+    a("--eval-only", action="store_true", help="evaluate the current (or --checkpoint) model and exit")
+    a("--checkpoint", type=int, default=None, help="with --eval-only: the step to evaluate")
+    a("--eval-rollouts", type=int, default=1, help="rollouts per val scenario")
+    a("--keep-checkpoints", type=int, default=0, help="keep the K newest saved checkpoints (+latest, +best eval)")
+    a("--save-every", type=int, default=1, help="checkpoints kept by --keep-checkpoints fall on every N steps")
+    a("--init-adapter", default=None, help="warm-start from a Hugging Face LoRA adapter directory (CPU backend)")
+    a("--rollout-root", default=d.rollout_root, help="where per-rollout work dirs live")
+    a("--health-check-interval", type=float, default=d.health_check_interval)
+    a("--max-child-processes", type=int, default=d.max_child_processes)
+    a("--max-tmp-usage-gb", type=float, default=d.max_tmp_usage_gb)
+    a("--wandb", choices=["auto", "online", "offline", "disabled"], default=d.wandb,
+      help="auto: online when WANDB_API_KEY is set, else offline")
+    a("--sft-data", action="append", default=[],
+      help="SFT before RL: a .jsonl of OpenAI chat `messages` (optional `tools`), or a .jsonl/.parquet of "
+           "`prompt`/`response` columns (repeatable)")
+    a("--sft-only", action="store_true", help="stop after the SFT stage")
+    a("--sft-epochs", type=int, default=d.sft_epochs)
+    a("--sft-learning-rate", type=float, default=None,
+      help=f"peak SFT step size (linear decay): default {DEFAULT_SFT_LR['pretrained']}, "
+           f"{DEFAULT_SFT_LR[TINY_RANDOM_MODEL]} for {TINY_RANDOM_MODEL}")
+    a("--sft-batch-size", type=int, default=d.sft_batch_size, help="conversations per SFT gradient step")
+    a("--allow-unsandboxed", action="store_true",
+      help="run model-written code without bubblewrap when none can run here (weak isolation: you accept the risk)")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
+    args = build_parser().parse_args(argv)
+    config = ExperimentConfig(**vars(args))
+    config.validate()
+    return config
+
+

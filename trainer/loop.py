@@ -1,0 +1,232 @@
+"""The run: wiring (env, backend, services, model), the optional SFT stage, then the GRPO step loop.
+
+Every step, SFT epoch or RL step alike, ends with `model.merge_state(...)`: the one commit point that resume
+relies on (see trainer/resume.py). Evaluation on the env's held-out split runs before any training, after SFT,
+every `--eval-every` steps and after the last step, so the reward's rise is measured on tasks never trained on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config import PRETRAINED_MODEL, TINY_RANDOM_MODEL, ConfigError, ExperimentConfig
+from trainer.resume import Cursor, check_resume, rollback_uncommitted
+
+log = logging.getLogger("train")
+
+
+def resolve_base_model(config: ExperimentConfig) -> tuple[str, str | list[str]]:
+    """A named embedded model -> its local folder (built or converted once); returns (folder, LoRA targets)."""
+    if config.base_model == TINY_RANDOM_MODEL:
+        from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+
+        return ensure_tiny_model(config.art_path), LORA_TARGETS
+    if config.base_model == PRETRAINED_MODEL:
+        from backends.pretrained import ensure_pretrained
+
+        return ensure_pretrained(PRETRAINED_MODEL, config.art_path), "all-linear"
+    return config.base_model, "all-linear"
+
+
+@dataclass
+class Run:
+    """What one run holds while it trains; built by `run()`, used by the stages."""
+
+    config: ExperimentConfig
+    env: Any
+    model: Any
+    backend: Any
+    model_dir: Path
+    ctx: Any = None
+    limits: Any = None
+    val: list[Any] = dataclasses.field(default_factory=list)
+    max_steps: int = 1
+
+    async def evaluate(self, at_step: int, label: str) -> dict[str, float]:
+        from rollouts.evaluate import evaluate
+
+        groups, figures = await evaluate(self.val, self.env.rollout, self.ctx, self.config.eval_rollouts,
+                                         self.limits, self.env.step_metrics)
+        await self.model.log([g for g in groups if g.trajectories], split="val", step=at_step, metrics=figures)
+        print(f"eval {label} (step {at_step}): reward {figures.get('reward_mean', float('nan')):.3f} on "
+              f"{len(self.val)} held-out task(s), pass rate {figures.get('pass_rate', float('nan')):.0%}", flush=True)
+        return figures
+
+    def commit(self, step: int, **extra: Any) -> dict[str, Any]:
+        return self.model.merge_state({"step": step, "config_hash": self.config.config_hash(),
+                                       "config": self.config.hashed_fields(), **extra})
+
+
+async def run(config: ExperimentConfig) -> dict[str, Any]:
+    """Train until the step reaches --max-training-steps or the epochs run out; returns the final state."""
+    from backends import choose_backend, create_backend
+    from backends.cpu import CPUBackendSettings
+    from backends.policy import LoraSettings
+    from backends.trainer_model import TrainerModel
+    from rollouts.context import RolloutContext, RolloutSettings
+    from rollouts.gather import GatherLimits
+    from rollouts.health import HealthLimits, HealthMonitor
+    from rollouts.logs import remove_steps_after
+    from rollouts.registry import get_env
+    from trainer.sft import load_sft_conversations
+
+    env = get_env(config.env)
+    if env.runs_model_code:
+        _require_sandbox(config)
+    scenarios = env.load_scenarios(config)
+    if len(scenarios) < config.groups_per_step:
+        raise ConfigError(
+            f"--groups-per-step {config.groups_per_step} is more than the {len(scenarios)} scenarios loaded"
+        )
+    conversations = load_sft_conversations(config.sft_data) if config.sft_data else []
+    choice = choose_backend(config.backend)
+    print(f"backend: {choice.kind} ({choice.reason})", flush=True)
+    base_model, lora_targets = resolve_base_model(config)
+    print(f"base model: {config.base_model} ({base_model})", flush=True)
+    model = TrainerModel(name=config.model_name, project=config.project, base_model=base_model,
+                         base_path=config.art_path)
+    _configure_wandb(model, config)
+    model_dir = Path(config.art_path) / config.project / "models" / config.model_name
+    state = model.read_state() or {}
+    check_resume(config, state)
+    committed = int(state.get("step", 0))
+    for item in rollback_uncommitted(model_dir, committed) + remove_steps_after(config.log_dir, config.experiment_name,
+                                                                              committed):
+        print(f"resume: rolled back uncommitted {item}", flush=True)
+
+    cpu_settings = CPUBackendSettings(lora=LoraSettings(rank=config.lora_rank, alpha=2 * config.lora_rank,
+                                                        target_modules=lora_targets),
+                                      seed=config.seed, max_seq_length=config.max_context_tokens,
+                                      default_max_tokens=config.max_tokens, init_adapter=config.init_adapter)
+    backend = create_backend(choice, config.art_path, cpu_settings)
+    monitor = HealthMonitor(config.rollout_root, HealthLimits(
+        interval_s=config.health_check_interval, max_child_processes=config.max_child_processes,
+        max_tmp_usage_gb=config.max_tmp_usage_gb)).start()
+    services = contextlib.AsyncExitStack()
+    the_run = Run(config, env, model, backend, model_dir, max_steps=config.max_steps or env.default_max_steps)
+    try:
+        await model.register(backend)
+        if config.vllm_url:
+            model.inference_base_url = config.vllm_url.rstrip("/")
+            log.warning("rollouts use %s; it must load each new adapter itself", config.vllm_url)
+        step = await model.get_step()
+        if step != committed:
+            raise RuntimeError(f"checkpoint step {step} does not match the committed step {committed} in state.json")
+        cursor = Cursor(**state.get("cursor", {}))
+        print(f"resume: starting after step {step} (epoch {cursor.epoch}, position {cursor.position})"
+              if step else "start: step 0", flush=True)
+        the_run.ctx = RolloutContext(model=model, settings=RolloutSettings(
+            max_steps=the_run.max_steps, max_context_tokens=config.max_context_tokens,
+            max_tokens_per_turn=config.max_tokens, temperature=config.temperature),
+            max_connections=config.max_concurrent, count_tokens=_token_counter(base_model))
+        if env.services is not None:
+            the_run.ctx.services = await services.enter_async_context(env.services(config))
+        the_run.limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
+        wants_eval = config.eval_every or config.eval_only
+        the_run.val = env.load_val(config) if wants_eval and env.load_val else []
+        if config.eval_only:
+            if config.checkpoint is not None:
+                await _load_checkpoint(backend, model, model_dir, config.checkpoint)
+            at = config.checkpoint if config.checkpoint is not None else step
+            figures = await the_run.evaluate(at, "only")
+            print(json.dumps({"eval_step": at, "scenarios": len(the_run.val), **figures}, indent=2), flush=True)
+            return model.read_state() or {}
+        if the_run.val and step == 0:
+            await the_run.evaluate(0, "before training")
+        if conversations:
+            await _sft_stage(the_run, conversations)
+        if not config.sft_only:
+            from trainer.rl import rl_loop
+
+            await rl_loop(the_run, scenarios, monitor)
+        _write_report(config, model_dir)
+        return model.read_state() or {}
+    finally:
+        await services.aclose()
+        if the_run.ctx is not None:
+            await the_run.ctx.aclose()
+        monitor.stop()
+        await backend.close()
+        if model._wandb_run is not None:
+            model._wandb_run.finish()
+
+
+async def _sft_stage(the_run: Run, conversations: list[dict[str, Any]]) -> None:
+    from trainer.sft import SFTPlan, run_sft_stage
+
+    config = the_run.config
+    plan = SFTPlan(epochs=config.sft_epochs, batch_size=config.sft_batch_size,
+                   learning_rate=float(config.sft_learning_rate or 0), seed=config.seed)
+
+    def commit(step: int, epochs_done: int, metrics: dict[str, float]) -> None:
+        the_run.commit(step, sft={"epochs_done": epochs_done, "epochs": plan.epochs,
+                                  "conversations": len(conversations)})
+        loss = metrics.get("train/loss/train", metrics.get("loss/train", float("nan")))
+        print(f"sft epoch {epochs_done}/{plan.epochs} (step {step}): loss {loss:.4f}, "
+              f"{metrics.get('sft/seconds', 0):.1f}s", flush=True)
+
+    trained = await run_sft_stage(the_run.model, conversations, plan, commit)
+    if trained and the_run.val:
+        await the_run.evaluate(await the_run.model.get_step(), "after SFT")
+
+
+def _require_sandbox(config: ExperimentConfig) -> None:
+    """Model-written code runs only in a sandbox that works here, or with the user's explicit opt-out."""
+    from envs.sandbox import check_sandbox
+
+    if config.allow_unsandboxed:
+        os.environ["ART_ALLOW_UNSANDBOXED"] = "1"
+    status = check_sandbox(config.allow_unsandboxed)
+    print(f"sandbox: {status.describe()}", flush=True)
+
+
+def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
+    """The HTML report is a convenience: a failure to draw it is logged, never a failed run."""
+    try:
+        from rollouts.report import write_report
+
+        path = write_report(Path(config.log_dir) / config.experiment_name, model_dir / "history.jsonl")
+        print(f"report: {path}", flush=True)
+    except Exception:
+        log.exception("could not write the HTML report")
+
+
+async def _load_checkpoint(backend: Any, model: Any, model_dir: Path, step: int) -> None:
+    from backends.cpu import CPUBackend
+
+    checkpoint = model_dir / "checkpoints" / f"{step:04d}"
+    if not checkpoint.is_dir():
+        raise ConfigError(f"--checkpoint {step}: no checkpoint at {checkpoint}")
+    if not isinstance(backend, CPUBackend):
+        raise ConfigError("--checkpoint: evaluating an older checkpoint is supported on the CPU backend only")
+    await asyncio.to_thread(backend.policy(model).load, checkpoint)
+
+
+def _token_counter(base_model: str):
+    """Exact token counts for context budgets, from the policy's own tokenizer (a local directory)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _configure_wandb(model: Any, config: ExperimentConfig) -> None:
+    mode = config.wandb
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if "WANDB_API_KEY" in os.environ else "offline")
+    if mode == "disabled":
+        os.environ["WANDB_MODE"] = "disabled"
+        model.report_metrics = []
+    elif mode == "online" and "WANDB_API_KEY" not in os.environ:
+        raise ConfigError("--wandb online needs WANDB_API_KEY in the environment")
+    else:
+        model.report_metrics = ["wandb"]
+

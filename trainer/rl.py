@@ -1,0 +1,83 @@
+"""The GRPO step loop: gather groups, score, train the groups with a reward spread, log, commit.
+
+Each step: `gather_step` (one semaphore + start-rate throttle) -> `backend.train()` on the groups that carry a
+signal -> `model.log()` (history.jsonl, W&B) -> RLM-format logs -> `state.json` (the commit point, with the data
+cursor). Zero-variance groups are counted and left out, as ART's own loop does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any
+
+from trainer.resume import Cursor
+
+
+async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
+    from backends.checkpoints import best_val_step, steps_to_keep
+    from rollouts.gather import freeze_startup_heap, gather_step
+    from rollouts.logs import write_step
+    from rollouts.metrics import has_signal, step_metrics
+
+    config, env, model, backend = the_run.config, the_run.env, the_run.model, the_run.backend
+    state = model.read_state() or {}
+    cursor = Cursor(**state.get("cursor", {}))
+    step = await model.get_step()
+    freeze_startup_heap()  # after everything that lives for the whole run is loaded, before the first step
+    last_step = config.max_training_steps or sys.maxsize
+    first_step, evaluated_at = step, None
+    while step < last_step:
+        batch, next_cursor = cursor.take(scenarios, config.groups_per_step, config.seed)
+        if next_cursor.epoch >= config.num_epochs:
+            print(f"done: {config.num_epochs} epoch(s) completed at step {step}", flush=True)
+            break
+        step += 1
+        the_run.ctx.step = step
+        started = time.monotonic()
+        groups = await gather_step(batch, env.rollout, the_run.ctx, config.rollouts_per_group, the_run.limits,
+                                   config.max_failed_share, desc=f"step {step}")
+        gather_s = time.monotonic() - started
+        metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
+        if env.step_metrics is not None:
+            metrics |= env.step_metrics(groups)
+        trainable = [g for g in groups if has_signal(g)]
+        result = await backend.train(model, trainable, learning_rate=config.learning_rate,
+                                     advantage_balance=config.advantage_balance,
+                                     scale_rewards=config.scale_rewards, loss_fn=config.loss_fn)
+        if result.step != step:
+            raise RuntimeError(f"backend trained to step {result.step}, expected {step}")
+        metrics |= {"gather_seconds": gather_s, "step_seconds": time.monotonic() - started,
+                    "trained_groups": float(len(trainable)), "epoch": float(next_cursor.epoch)}
+        metrics |= result.metrics | monitor.figures()
+        await model.log([g for g in groups if g.trajectories], split="train", step=step, metrics=metrics)
+        if config.eval_every and step % config.eval_every == 0 and the_run.val:
+            await the_run.evaluate(step, f"at step {step}")
+            evaluated_at = step
+        await write_step(config.log_dir, config.experiment_name, step, groups, seed=config.seed,
+                         rate=config.log_sample_rate, meta={"env": config.env, "model": config.model_name,
+                                                            "experiment": config.experiment_name,
+                                                            "config_hash": config.config_hash(),
+                                                            "max_steps": the_run.max_steps})
+        the_run.commit(step, epoch=next_cursor.epoch, cursor=dataclasses.asdict(next_cursor))
+        cursor = next_cursor
+        print(summary_line(step, metrics), flush=True)
+        if config.keep_checkpoints:
+            existing = [int(p.name) for p in (the_run.model_dir / "checkpoints").iterdir() if p.name.isdigit()]
+            keep = steps_to_keep(existing, step, config.keep_checkpoints, config.save_every,
+                                 best_val_step(the_run.model_dir))
+            await backend._delete_checkpoint_files(model, keep)
+    if the_run.val and evaluated_at != step and step > first_step:
+        await the_run.evaluate(step, "after training")
+
+
+def summary_line(step: int, m: dict[str, float]) -> str:
+    loss = f"{m['train/loss']:.4f}" if "train/loss" in m and m.get("train/num_gradient_steps") else "-"
+    return (
+        f"step {step}: reward {m.get('reward_mean', float('nan')):.3f} "
+        f"[{m.get('reward_min', float('nan')):.2f}, {m.get('reward_max', float('nan')):.2f}] "
+        f"zero-var {m['zero_variance_group_share']:.0%} failed {int(m['failed_rollouts'])} "
+        f"trained {int(m['trained_groups'])} groups, loss {loss}, "
+        f"{m['step_seconds']:.1f}s"
+    )
