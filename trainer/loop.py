@@ -185,7 +185,7 @@ def _require_sandbox(config: ExperimentConfig) -> None:
     if config.allow_unsandboxed:
         os.environ["ART_ALLOW_UNSANDBOXED"] = "1"
     status = check_sandbox(config.allow_unsandboxed)
-    print(f"sandbox: {status.describe()}", flush=True)
+    print(status.describe(), flush=True)
 
 
 def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
