@@ -29,6 +29,9 @@ summary{cursor:pointer} pre{background:#f6f6f6;padding:.5em;overflow-x:auto;whit
 .turn{border-left:3px solid #88a;padding-left:.6em;margin:.5em 0} .reward{font-weight:bold}
 </style></head><body>
 <h1>{{ title }}</h1>
+{% if summary %}<p id="learning"><b>Held-out reward:</b>
+{% for label, value in summary.items() %}{{ label }} <b>{{ "%.3f"|format(value) }}</b>
+{% if not loop.last %} &rarr; {% endif %}{% endfor %}</p>{% endif %}
 <p>{{ steps }} step(s) in <code>{{ history }}</code>;
 {{ rollouts|length }} logged rollout(s) from <code>{{ log_dir }}</code>.</p>
 <div id="charts">{{ charts|safe }}</div>
@@ -81,9 +84,29 @@ def charts(rows: list[dict[str, Any]]) -> str:
         ("Zero-variance group share", ["train/zero_variance_group_share"]),
         ("Rollout seconds and completion tokens", ["train/rollout_seconds_mean", "train/completion_tokens_mean"]),
         ("Training", [f"train/{k}" for k in sorted(TRAINING)]),
+        ("SFT (per epoch)", ["loss/train", "loss/grad_norm", "loss/learning_rate"]),
         ("Health", [k for k in keys if "health/" in k]),
     ]
     return "\n".join(_figure(rows, title, panel_keys, i == 0) for i, (title, panel_keys) in enumerate(panels))
+
+
+def learning_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The held-out reward before training, right after the SFT stage and at the end (what a run set out to show).
+
+    SFT steps are the rows that carry `loss/train` (ART's SFT metric); evaluation rows carry `val/reward_mean`."""
+    evals = {r["step"]: r["val/reward_mean"] for r in rows if "val/reward_mean" in r}
+    if not evals:
+        return {}
+    summary = {}
+    if 0 in evals:
+        summary["before training"] = evals[0]
+    sft_steps = [r["step"] for r in rows if "loss/train" in r]
+    if sft_steps and max(sft_steps) in evals:
+        summary["after SFT"] = evals[max(sft_steps)]
+    last = max(evals)
+    if last not in (0, max(sft_steps, default=-1)):
+        summary[f"after RL (step {last})"] = evals[last]
+    return summary
 
 
 def read_rollouts(log_dir: Path, limit: int = 200) -> list[dict[str, Any]]:
@@ -105,7 +128,8 @@ def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
     out = out or log_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     page = PAGE.render(title=f"Run report: {html.escape(log_dir.name)}", steps=len({r['step'] for r in rows}),
-                       history=history, log_dir=log_dir, charts=charts(rows), rollouts=read_rollouts(log_dir))
+                       history=history, log_dir=log_dir, charts=charts(rows), rollouts=read_rollouts(log_dir),
+                       summary=learning_summary(rows))
     tmp = out.with_suffix(".tmp")
     tmp.write_text(page)
     tmp.replace(out)

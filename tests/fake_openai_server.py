@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 
@@ -68,6 +70,25 @@ def start_fake_server(latency_s: float, reply: str = "aaaa") -> tuple[ServerThre
     server = ServerThread(app)
     server.start()
     return server, app.state.counter
+
+
+def scripted_app(respond: Callable[[list[dict[str, Any]]], str]) -> FastAPI:
+    """An endpoint whose reply depends on the request's messages, e.g. the next turn of a recorded
+    conversation, so a test can replay a whole multi-turn episode through the real rollout."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict:
+        body = await request.json()
+        return completion_body(body["model"], respond(body["messages"]))
+
+    return app
+
+
+def start_scripted_server(respond: Callable[[list[dict[str, Any]]], str]) -> ServerThread:
+    server = ServerThread(scripted_app(respond))
+    server.start()
+    return server
 
 
 def main() -> None:

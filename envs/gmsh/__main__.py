@@ -1,5 +1,6 @@
-"""`python -m envs.gmsh generate --out DIR [--seed S]` and
-`python -m envs.gmsh score --geometry G --requirements R.json --script S.py [--url URL --token T]`.
+"""`python -m envs.gmsh generate --out DIR [--seed S]`,
+`python -m envs.gmsh score --geometry G --requirements R.json --script S.py [--url URL --token T]` and
+`python -m envs.gmsh demos --out F.jsonl [--split train|heldout|all] [--count N] [--seed S] [--tasks-dir D]`.
 
 `score` prints one JSON object {reward, breakdown, stats}; with no --url it starts and stops its own service.
 """
@@ -55,11 +56,33 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--url", default=None, help="a running gmsh service (default: start one)")
     score.add_argument("--token", default=os.environ.get("GMSH_SERVICE_TOKEN"))
     score.add_argument("--timeout", type=float, default=30.0)
+    demos = sub.add_parser("demos", help="write SFT demonstrations (OpenAI messages JSONL), each proven at full score")
+    demos.add_argument("--out", type=Path, required=True, help="the .jsonl file to write")
+    demos.add_argument("--split", default="train", help="train (the tasks GRPO trains on), heldout (val), or all")
+    demos.add_argument("--count", type=int, default=None, help="demos to write, in task order (default: all tasks)")
+    demos.add_argument("--seed", type=int, default=0, help="as train.py's --seed: the same task set")
+    demos.add_argument("--tasks-dir", type=Path, default=None,
+                       help="task store to reuse, or to generate with --seed (default: a temp one)")
+    demos.add_argument("--url", default=None, help="a running gmsh service to check the scripts (default: start one)")
+    demos.add_argument("--token", default=os.environ.get("GMSH_SERVICE_TOKEN"))
+    demos.add_argument("--no-verify", action="store_true", help="write every script without scoring it")
     args = parser.parse_args(argv)
     if args.command == "generate":
         from envs.gmsh.tasks import generate
 
         generate(args.out, args.seed, args.train, args.val)
+        return 0
+    if args.command == "demos":
+        from envs.gmsh.demos import write_demos
+        from envs.scenario import DatasetError
+
+        try:
+            written = write_demos(args.out, args.split, args.count, args.seed, args.tasks_dir, args.url, args.token,
+                                  verify=not args.no_verify)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{len(written)} demonstration(s) ({args.split}) in {args.out}")
         return 0
     for flag in ("geometry", "requirements", "script"):
         if not Path(getattr(args, flag)).is_file():

@@ -194,3 +194,15 @@ def load_tasks(path: Path) -> list[Scenario]:
             "requirements": requirements, "bbox": row["bbox"],
         }))
     return scenarios
+
+
+# Which task files a split reads. "heldout" is the val set `train.py` evaluates on and never trains on: its
+# geometries come from the same generator and seed but later draws, so no SFT demonstration or GRPO step sees them.
+SPLIT_FILES = {"train": ("train.parquet",), "heldout": ("val.parquet",), "all": ("train.parquet", "val.parquet")}
+
+
+def split_tasks(store: Path, split: str) -> list[Scenario]:
+    """The tasks of `split` ("train", "heldout" or "all") in a task store written by `generate`."""
+    if split not in SPLIT_FILES:
+        raise DatasetError(f"--split {split!r}: choose from {', '.join(SPLIT_FILES)}")
+    return [s for name in SPLIT_FILES[split] for s in load_tasks(store / name)]

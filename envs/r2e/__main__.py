@@ -1,7 +1,9 @@
-"""`python -m envs.r2e cache ...` builds the repo cache; `python -m envs.r2e score ...` scores changed files.
+"""`python -m envs.r2e cache ...` builds the repo cache; `python -m envs.r2e score ...` scores changed files;
+`python -m envs.r2e demos ...` writes SFT demonstrations of the bundled samples.
 
 cache: --cache-dir D (--from-samples | --split S [--dataset FILE] --max-entries N [--skip-existing] [--dry-run])
 score: --cache-dir D --dataset FILE --instance-id ID --files DIR  -> {reward, partial, tests: {...}}
+demos: --out F.jsonl [--split train|heldout|all] [--cache-dir D] [--system-prompt P]
 """
 
 from __future__ import annotations
@@ -62,8 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--files", required=True, help="a directory holding the changed files at their repo paths")
     score.add_argument("--url", default=None, help="a running test service (default: start a process one)")
     score.add_argument("--token", default=None)
+    demos = sub.add_parser("demos", help="write SFT demonstrations (OpenAI messages JSONL) of the bundled samples")
+    demos.add_argument("--out", type=Path, required=True, help="the .jsonl file to write")
+    demos.add_argument("--split", default="train", help="train (all but the held-out sample), heldout, or all")
+    demos.add_argument("--cache-dir", type=Path, default=None,
+                       help="repo cache (the samples are added to it; default: a temporary one)")
+    demos.add_argument("--system-prompt", default="r2e_system_prompt", help="as train.py's --system-prompt")
     args = parser.parse_args(argv)
     try:
+        if args.command == "demos":
+            from envs.r2e.demos import write_demos
+
+            written = write_demos(args.out, args.split, args.cache_dir, args.system_prompt)
+            print(f"{len(written)} demonstration(s) ({args.split}) in {args.out}")
+            return 0
         if args.command == "cache":
             from envs.r2e.cache import build_from_docker, build_from_samples
             from envs.r2e.data import load_rows
