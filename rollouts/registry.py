@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envs.scenario import Scenario
+from envs.scenario import DatasetError, Scenario
 from envs.service_process import ServiceProcess
 
 if TYPE_CHECKING:  # the registry is read while flags are checked, before the heavy imports
@@ -38,6 +38,8 @@ class EnvSpec:
     load_val: Callable[[Any], list[Scenario]] | None = None
     # True when the env executes model output: the trainer then refuses to start without a working sandbox.
     runs_model_code: bool = False
+    # (config, out.jsonl) -> writes the env's demonstrations of its train split for the SFT stage (--sft-demos).
+    write_demos: Callable[[Any, Path], Any] | None = None
 
 
 @contextlib.asynccontextmanager
@@ -95,9 +97,17 @@ def _gmsh() -> EnvSpec:
                                    "--workers", _local_workers(cfg)) as client:
             yield {"gmsh": client}
 
+    def write_demos(cfg: Any, out: Path) -> None:
+        from envs.gmsh.demos import write_demos
+
+        if cfg.dataset:
+            raise DatasetError("--sft-demos: gmsh demonstrations exist for the generated tasks only; with --dataset "
+                               "give --sft-data FILE or --sft-demos off")
+        write_demos(out, "train", seed=cfg.seed, tasks_dir=task_file(cfg, "train").parent)
+
     return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services,
                    step_metrics=validation_metrics, load_val=lambda cfg: load_tasks(task_file(cfg, "val")),
-                   runs_model_code=True)
+                   runs_model_code=True, write_demos=write_demos)
 
 
 def _r2e() -> EnvSpec:
@@ -133,14 +143,37 @@ def _r2e() -> EnvSpec:
             yield {"r2e": R2ESettings(tests=client, rollout_root=root, system_prompt=cfg.system_prompt,
                                       reward=cfg.reward, cell_timeout_s=cfg.bash_timeout)}
 
-    # The bundled samples have no held-out split: evaluation reruns them (documented); hub data uses dev_10pr_v1.
+    # On the bundled samples evaluation reruns all six and reports the held-out one (never demonstrated to SFT)
+    # apart from the five with demonstrations; hub data evaluates on dev_10pr_v1.
     def load_val(cfg: Any) -> list[Scenario]:
         if cfg.dataset is None and cfg.cache_dir is None:
             return load(cfg)
         return scenarios_from_rows(load_rows(None, "dev_10pr_v1"), cache_dir(cfg), read_index(cache_dir(cfg)))
 
+    def write_demos(cfg: Any, out: Path) -> None:
+        from envs.r2e.demos import write_demos
+
+        if cfg.dataset is not None or cfg.cache_dir is not None:
+            raise DatasetError("--sft-demos: r2e demonstrations exist for the bundled samples only; with your own "
+                               "data give --sft-data FILE or --sft-demos off")
+        write_demos(out, "train", cache_dir=cache_dir(cfg), system_prompt=cfg.system_prompt)
+
     return EnvSpec(name="r2e", load_scenarios=load, rollout=rollout, default_max_steps=10, services=services,
-                   load_val=load_val, runs_model_code=True)
+                   load_val=load_val, runs_model_code=True, step_metrics=_sample_split_rewards,
+                   write_demos=write_demos)
+
+
+def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
+    """Mean reward on the held-out bundled sample and on the demonstrated ones (nothing for other data)."""
+    from envs.r2e.scenarios import sample_split_ids
+
+    heldout, demonstrated = set(sample_split_ids("heldout")), set(sample_split_ids("train"))
+    figures: dict[str, float] = {}
+    for name, ids in (("heldout_reward", heldout), ("demonstrated_reward", demonstrated)):
+        rewards = [t.reward for g in groups for t in g.trajectories if t.metadata.get("scenario_id") in ids]
+        if rewards:
+            figures[name] = sum(rewards) / len(rewards)
+    return figures
 
 
 ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e}

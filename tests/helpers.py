@@ -12,8 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_cmd(art_path: Path, name: str, *flags: str) -> list[str]:
-    """Tests run the random tiny model unless they name another: the pretrained default takes ~30 s to convert."""
+    """Tests run the random tiny model unless they name another (the pretrained default takes ~30 s to convert),
+    and skip the default held-out evaluations before and after training unless they ask for them."""
     model = [] if "--base-model" in flags else ["--base-model", "tiny-random"]
+    if not any(f.startswith("--eval-before-after") or f == "--no-eval-before-after" for f in flags):
+        model.append("--no-eval-before-after")
     return [sys.executable, str(ROOT / "train.py"), "--experiment-name", name, "--art-path", str(art_path),
             "--rollout-root", str(art_path / "rollouts"), "--log-dir", str(art_path / "logs"), *model, *flags]
 

@@ -89,6 +89,8 @@ class ExperimentConfig:
     max_tmp_usage_gb: float = 10.0
     wandb: str = "auto"
     sft_data: list[str] = field(default_factory=list)
+    sft_demos: str = "auto"
+    eval_before_after: bool = True
     sft_only: bool = False
     sft_epochs: int = 3
     sft_learning_rate: float | None = None
@@ -102,7 +104,7 @@ class ExperimentConfig:
         "max_failed_share", "vllm_url", "docker_url", "gmsh_url", "log_dir", "log_sample_rate", "backend",
         "rollout_root", "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
         "eval_every", "eval_only", "checkpoint", "eval_rollouts", "keep_checkpoints", "save_every",
-        "sft_only", "allow_unsandboxed",
+        "sft_only", "allow_unsandboxed", "eval_before_after",
     })
 
     def __post_init__(self) -> None:
@@ -111,6 +113,13 @@ class ExperimentConfig:
             self.learning_rate = DEFAULT_LR[self._model_kind()]
         if self.sft_learning_rate is None:
             self.sft_learning_rate = DEFAULT_SFT_LR[self._model_kind()]
+
+    def wants_demos(self, env_has_demos: bool) -> bool:
+        """SFT on the env's own demonstrations: `on`, `off`, or `auto` = when the env writes demonstrations and the
+        base model is a real one (the random tiny model is for fast tests, where a warm start only costs time)."""
+        if self.sft_demos == "auto":
+            return env_has_demos and self.base_model != TINY_RANDOM_MODEL
+        return self.sft_demos == "on"
 
     def _model_kind(self) -> str:
         return TINY_RANDOM_MODEL if self.base_model == TINY_RANDOM_MODEL else "pretrained"
@@ -162,7 +171,8 @@ class ExperimentConfig:
             (self.sft_batch_size >= 1, "--sft-batch-size must be at least 1"),
             (self.sft_learning_rate is not None and 0 < self.sft_learning_rate < 1,
              "--sft-learning-rate must be in (0, 1)"),
-            (not self.sft_only or bool(self.sft_data), "--sft-only needs at least one --sft-data file"),
+            (not self.sft_only or bool(self.sft_data) or self.sft_demos != "off",
+             "--sft-only needs SFT data: --sft-data FILE, or the env's demonstrations (--sft-demos)"),
             (self.vllm_url is None or self.vllm_url.startswith(("http://", "https://")),
              "--vllm-url must start with http:// or https://"),
         ]
@@ -240,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lora-rank", type=int, default=d.lora_rank)
     a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
     a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")
+    a("--eval-before-after", action=argparse.BooleanOptionalAction, default=d.eval_before_after,
+      help="evaluate on the held-out split before any training, after SFT and after the last step")
     a("--eval-only", action="store_true", help="evaluate the current (or --checkpoint) model and exit")
     a("--checkpoint", type=int, default=None, help="with --eval-only: the step to evaluate")
     a("--eval-rollouts", type=int, default=1, help="rollouts per val scenario")
@@ -255,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sft-data", action="append", default=[],
       help="SFT before RL: a .jsonl of OpenAI chat `messages` (optional `tools`), or a .jsonl/.parquet of "
            "`prompt`/`response` columns (repeatable)")
+    a("--sft-demos", choices=["auto", "on", "off"], default=d.sft_demos,
+      help="SFT on the env's own demonstrations of its train split (gmsh, r2e samples) before RL; auto: on for "
+           "a pretrained base model")
     a("--sft-only", action="store_true", help="stop after the SFT stage")
     a("--sft-epochs", type=int, default=d.sft_epochs)
     a("--sft-learning-rate", type=float, default=None,

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,18 +87,26 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         raise ConfigError(
             f"--groups-per-step {config.groups_per_step} is more than the {len(scenarios)} scenarios loaded"
         )
+    model_dir = Path(config.art_path) / config.project / "models" / config.model_name
+    model = TrainerModel(name=config.model_name, project=config.project, base_model=config.base_model,
+                         base_path=config.art_path)
+    state = model.read_state() or {}
+    check_resume(config, state)
+    committed = int(state.get("step", 0))
     conversations = load_sft_conversations(config.sft_data) if config.sft_data else []
+    if config.wants_demos(env.write_demos is not None) and int((state.get("sft") or {}).get("epochs_done", 0)) < \
+            config.sft_epochs:
+        conversations += await _env_demonstrations(env, config, model_dir)
+    if config.sft_only and not conversations:
+        raise ConfigError("--sft-only: no SFT data (give --sft-data FILE; this env writes no demonstrations)")
     choice = choose_backend(config.backend)
     print(f"backend: {choice.kind} ({choice.reason})", flush=True)
     base_model, lora_targets = resolve_base_model(config)
     print(f"base model: {config.base_model} ({base_model})", flush=True)
-    model = TrainerModel(name=config.model_name, project=config.project, base_model=base_model,
-                         base_path=config.art_path)
+    if conversations:
+        _check_sft_lengths(conversations, base_model, config.max_context_tokens)
+    model.base_model = base_model
     _configure_wandb(model, config)
-    model_dir = Path(config.art_path) / config.project / "models" / config.model_name
-    state = model.read_state() or {}
-    check_resume(config, state)
-    committed = int(state.get("step", 0))
     for item in rollback_uncommitted(model_dir, committed) + remove_steps_after(config.log_dir, config.experiment_name,
                                                                               committed):
         print(f"resume: rolled back uncommitted {item}", flush=True)
@@ -130,7 +139,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         if env.services is not None:
             the_run.ctx.services = await services.enter_async_context(env.services(config))
         the_run.limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
-        wants_eval = config.eval_every or config.eval_only
+        wants_eval = config.eval_every or config.eval_only or config.eval_before_after
         the_run.val = env.load_val(config) if wants_eval and env.load_val else []
         if config.eval_only:
             if config.checkpoint is not None:
@@ -139,7 +148,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
             figures = await the_run.evaluate(at, "only")
             print(json.dumps({"eval_step": at, "scenarios": len(the_run.val), **figures}, indent=2), flush=True)
             return model.read_state() or {}
-        if the_run.val and step == 0:
+        if the_run.val and step == 0 and config.eval_before_after:
             await the_run.evaluate(0, "before training")
         if conversations:
             await _sft_stage(the_run, conversations)
@@ -176,6 +185,39 @@ async def _sft_stage(the_run: Run, conversations: list[dict[str, Any]]) -> None:
     trained = await run_sft_stage(the_run.model, conversations, plan, commit)
     if trained and the_run.val:
         await the_run.evaluate(await the_run.model.get_step(), "after SFT")
+
+
+def _check_sft_lengths(conversations: list[dict[str, Any]], base_model: str, context: int) -> None:
+    """Conversations longer than the context are dropped by the backend (as ART's are): say so up front, and stop
+    before training when none would be left."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    lengths = [len(tokenizer.apply_chat_template(c["messages"], tokenize=True, return_dict=True)["input_ids"])
+               for c in conversations]
+    too_long = sum(n > context for n in lengths)
+    if too_long == len(lengths):
+        raise ConfigError(f"--max-context-tokens {context}: every SFT conversation is longer (shortest "
+                          f"{min(lengths)} tokens), so SFT would learn nothing; raise it")
+    if too_long:
+        print(f"sft: {too_long} of {len(lengths)} conversation(s) are longer than --max-context-tokens {context} "
+              "and are left out", flush=True)
+
+
+async def _env_demonstrations(env: Any, config: ExperimentConfig, model_dir: Path) -> list[dict[str, Any]]:
+    """The env's own demonstrations of its train split, written once beside the model (reused on resume)."""
+    from trainer.sft import load_sft_conversations
+
+    path = model_dir / "sft_demos.jsonl"
+    if not path.exists():
+        model_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        await asyncio.to_thread(env.write_demos, config, path)
+        print(f"sft: wrote the {config.env} demonstrations to {path} ({time.monotonic() - started:.0f}s)", flush=True)
+    conversations = load_sft_conversations([str(path)])
+    print(f"sft: {len(conversations)} demonstration(s) of the {config.env} train split (--sft-demos off to skip)",
+          flush=True)
+    return conversations
 
 
 def _require_sandbox(config: ExperimentConfig) -> None:

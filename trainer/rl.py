@@ -68,7 +68,7 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
             keep = steps_to_keep(existing, step, config.keep_checkpoints, config.save_every,
                                  best_val_step(the_run.model_dir))
             await backend._delete_checkpoint_files(model, keep)
-    if the_run.val and evaluated_at != step and step > first_step:
+    if the_run.val and config.eval_before_after and evaluated_at != step and step > first_step:
         await the_run.evaluate(step, "after training")
 
 
