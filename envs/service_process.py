@@ -1,6 +1,8 @@
 """Start one of our HTTP services as a child process on a free 127.0.0.1 port, wait for /health, stop it at exit.
 
 This is the embedded default: with no service URL given, `train.py` and the `score` commands run their own.
+The child inherits the environment, ART_ALLOW_UNSANDBOXED and ART_SANDBOX_BWRAP included (`envs.sandbox`): a
+service that runs model code refuses to start without a sandbox or that opt-out, and `start()` raises with its line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -26,8 +29,10 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, module: str, *args: str, startup_timeout: float = 60.0, token: str | None = None):
+    def __init__(self, module: str, *args: str, startup_timeout: float = 60.0, token: str | None = None,
+                 env: Mapping[str, str] | None = None):
         self.module, self.args, self.startup_timeout = module, list(args), startup_timeout
+        self.extra_env = dict(env or {})
         self.token = token or secrets.token_urlsafe(16)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,15 +41,15 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         cmd = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(self.port),
                *self.args]
-        env = dict(os.environ, SERVICE_TOKEN=self.token)  # not on the command line, where `ps` shows it
+        env = dict(os.environ, **self.extra_env, SERVICE_TOKEN=self.token)  # not on the command line: `ps` shows it
         # A file, not a pipe: nobody reads a pipe while the service runs, and a full pipe would block it.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the service
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if (code := self.proc.poll()) is not None:
                 self.log.seek(0)
-                raise RuntimeError(f"{self.module} exited at start: {self.log.read()[-2000:]}")
+                raise RuntimeError(f"{self.module} exited at start (exit code {code}): {self.log.read()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self

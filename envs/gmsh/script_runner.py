@@ -2,7 +2,9 @@
 
 `python script_runner.py SCRIPT STATS_JSON`. `gmsh.finalize` is deferred so the mesh can be analysed after the
 script ends, whether it saved the mesh, crashed half way, or called sys.exit. The stats file is written last:
-if the sandbox kills this process, there are no stats, and the service reports that.
+if the sandbox kills this process, there are no stats, and the service reports that. It runs inside the sandbox
+(`envs.sandbox`: bubblewrap, a uid of its own) because the script it runs is model-written; the service trusts
+nothing it writes beyond the stats JSON it parses.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Each script runs in a fresh sandboxed subprocess (gmsh is not thread safe), in a temp dir of its own with the
 task's geometry copied in, and the mesh left in the gmsh model is measured after the script ends. At most
 `--workers` scripts run at once and at most `--queue` wait; past that the service answers 503 + Retry-After.
+The scripts are model-written: where no sandbox can run (`envs.sandbox`), the service refuses to start (one line
+on stderr, exit code 2) unless `--allow-unsandboxed` (or ART_ALLOW_UNSANDBOXED=1) opts out.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 from envs.gmsh.wire import RunRequest, RunResult
-from envs.sandbox import SandboxLimits, run_sandboxed
+from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
 
 RUNNER = Path(__file__).with_name("script_runner.py")
 
@@ -117,11 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="upper bound on a script's wall time (s)")
     parser.add_argument("--memory-mb", type=int, default=2048)
     parser.add_argument("--task-store", type=Path, default=None, help="directory geometry_file names refer to")
+    parser.add_argument("--allow-unsandboxed", action="store_true", help=ALLOW_UNSANDBOXED_HELP)
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("--token (or SERVICE_TOKEN in the environment) is required")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    sandbox_or_exit(args.allow_unsandboxed)  # before serving anything: no sandbox, no opt-out, no service
     app = build_app(args.token, args.task_store, args.workers, args.queue, args.timeout, args.memory_mb)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

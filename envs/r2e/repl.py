@@ -2,7 +2,9 @@
 
 Each cell has a wall-clock timeout; a cell that runs over, or kills the REPL, ends with the REPL restarted once
 per event (state lost, and the observation says so). `llm_query()` calls made inside a cell are answered by the
-`on_llm_query` callback the rollout provides, so the sandbox itself never needs network access.
+`on_llm_query` callback the rollout provides, so the sandbox itself never needs network access. The REPL runs in
+`envs.sandbox` like every other piece of model code: with no sandbox and no opt-out, `start()` raises
+`SandboxUnavailable` and nothing runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envs.sandbox import PidsCgroup, SandboxLimits, kill_group, spawn_sandboxed
+from envs.sandbox import SandboxedProcess, SandboxLimits, spawn_sandboxed
 
 SERVER = Path(__file__).with_name("repl_server.py")
 
@@ -38,20 +40,21 @@ class Repl:
                  on_llm_query: Callable[[str], Awaitable[str]] | None = None):
         self.workdir, self.limits, self.cell_timeout_s = workdir, limits, cell_timeout_s
         self.on_llm_query = on_llm_query
-        self.proc: asyncio.subprocess.Process | None = None
+        self.sandboxed: SandboxedProcess | None = None
         self.restarts = 0
 
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.sandboxed.proc if self.sandboxed is not None else None
+
     async def start(self) -> None:
-        self.cgroup = PidsCgroup(self.limits.max_processes)
-        self.proc = await spawn_sandboxed([sys.executable, "-u", str(SERVER)], self.workdir, self.limits,
-                                          stdin=asyncio.subprocess.PIPE, cgroup=self.cgroup)
+        self.sandboxed = await spawn_sandboxed([sys.executable, "-u", str(SERVER)], self.workdir, self.limits,
+                                               stdin=asyncio.subprocess.PIPE)
 
     async def close(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc.pid)
-            await self.proc.wait()
-            self.cgroup.remove()
-            self.proc = None
+        if self.sandboxed is not None:
+            sandboxed, self.sandboxed = self.sandboxed, None
+            await sandboxed.kill()
 
     async def restart(self) -> None:
         await self.close()

@@ -3,6 +3,9 @@
 
 `POST /test` applies the changed files to a fresh copy of the repository and runs its test command: in a fresh
 container (`docker`, always removed) or in a sandboxed subprocess on a temp copy of the cached repo (`process`).
+The test command runs the model's edits, so it is model code: with `process`, where no sandbox can run
+(`envs.sandbox`), the service refuses to start (one line on stderr, exit code 2) unless `--allow-unsandboxed` (or
+ART_ALLOW_UNSANDBOXED=1) opts out.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException
 
 from envs.r2e.cache import read_index
 from envs.r2e.wire import TestRequest, TestResult
-from envs.sandbox import SandboxLimits, run_sandboxed
+from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
 
 
 def _untar(files_tar_b64: str, into: Path) -> None:
@@ -47,6 +50,7 @@ class ProcessRuntime:
             raise HTTPException(404, f"instance {request.instance_id} is not in the repo cache")
         shm = Path("/dev/shm")
         workdir = Path(tempfile.mkdtemp(prefix="r2e-test-", dir=shm if os.access(shm, os.W_OK) else None))
+        workdir.chmod(0o711)  # the sandbox's own uid must reach testbed/ (searchable, not listable)
         try:
             repo = workdir / "testbed"
             await asyncio.to_thread(shutil.copytree, self.cache_dir / index[request.instance_id]["cache_path"], repo)
@@ -119,12 +123,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="bearer token clients must send (default: $SERVICE_TOKEN)")
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--memory-mb", type=int, default=2048)
+    parser.add_argument("--allow-unsandboxed", action="store_true", help=ALLOW_UNSANDBOXED_HELP)
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("--token (or SERVICE_TOKEN in the environment) is required")
     if args.runtime == "process":
         if args.cache_dir is None or not (args.cache_dir / "index.json").exists():
             parser.error("--runtime process needs --cache-dir with an index.json (python -m envs.r2e cache ...)")
+        sandbox_or_exit(args.allow_unsandboxed)  # before serving anything: no sandbox, no opt-out, no service
         runtime = ProcessRuntime(args.cache_dir, SandboxLimits(memory_mb=args.memory_mb, max_output_chars=200_000))
     else:
         runtime = DockerRuntime()

@@ -2,12 +2,16 @@
 
 Each case must be contained (a limit hit or a clear observation), leave the REPL / service serving, and leave no
 process behind. `python -m tests.reliability.report` turns the suite's results into docs/RELIABILITY.md.
+The sandbox is forced to the bundled bwrap (ART_SANDBOX_BWRAP=bundled): what a fresh machine gets from the lock
+file, tested even where a system bwrap would win.
 """
 
 import base64
+import contextlib
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -17,10 +21,13 @@ import pytest
 from envs.gmsh.wire import RunRequest
 from envs.r2e.cache import SAMPLES
 from envs.r2e.repl import Repl
-from envs.sandbox import SandboxLimits
+from envs.sandbox import ENV_BWRAP, SandboxLimits, check_sandbox
 from envs.service_process import ServiceProcess
 
-MARK = "reliability-sleeper"
+MARK = f"reliability-sleeper-{uuid.uuid4().hex[:8]}"  # this run's: processes of other runs are not ours to count
+BUNDLED = {ENV_BWRAP: "bundled"}
+# Outside every hidden dir, so only the uid model code runs as keeps it out (root-owned, mode 0600).
+ROOT_ONLY = Path("/var/tmp") / f"art-reliability-root-only-{uuid.uuid4().hex[:8]}"
 CASES = {
     "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
     "infinite loop": "while True:\n    pass\n",
@@ -30,16 +37,21 @@ CASES = {
     "print 100 MB": "import sys\nsys.stdout.write('x' * 100_000_000)\n",
     "print invalid UTF-8": "import sys\nsys.stdout.flush()\nsys.stdout.buffer.write(b'\\xff\\xfe\\xfa bad bytes')\n",
     "kill its own parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+    "read a root-only file": f"print(open({str(ROOT_ONLY)!r}).read())\n",
     "leave a background process": (f"import subprocess\nsubprocess.Popen(['sleep', '1000', '{MARK}'], "
                                    "start_new_session=True)\n"),
 }
 
 
 def leftovers() -> list[psutil.Process]:
+    """What this run started and left: a sandboxed process still below pytest, or this run's sleeper anywhere."""
     found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if {"repl_server.py", "script_runner.py"} & {Path(arg).name for arg in proc.cmdline()}:
+                found.append(proc)
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if MARK in cmdline or "repl_server.py" in cmdline or "script_runner.py" in cmdline:
+        if MARK in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
 
@@ -56,6 +68,8 @@ def contained(name: str, stdout: str, error: str | None, timed_out: bool) -> boo
         return "KEY=None" in stdout and "reliability-secret" not in stdout
     if name == "print 100 MB":
         return len(stdout) < 1_000_000 and "cut" in stdout
+    if name == "read a root-only file":
+        return "root-only-secret" not in stdout and "PermissionError" in (error or "")
     return True  # the rest: the process may die or not; what matters is the checks after it
 
 
@@ -68,10 +82,34 @@ def observed(stdout: str, error: str | None, timed_out: bool) -> str:
 @pytest.fixture(autouse=True)
 def trainer_secret(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "reliability-secret")
+    monkeypatch.setenv(ENV_BWRAP, "bundled")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def root_only_file():
+    if os.geteuid() != 0 or not ROOT_ONLY.parent.is_dir():
+        yield None
+        return
+    ROOT_ONLY.write_text("root-only-secret")
+    ROOT_ONLY.chmod(0o600)
+    yield ROOT_ONLY
+    ROOT_ONLY.unlink(missing_ok=True)
+
+
+def skip_unless_meaningful(name: str) -> None:
+    if name == "read a root-only file" and not ROOT_ONLY.exists():
+        pytest.skip("needs root and /var/tmp to make a root-only file the sandbox could see")
+
+
+def test_sandbox_is_the_bundled_bubblewrap(record_property):
+    status = check_sandbox()
+    record_property("observation", status.describe())
+    assert status.mode == "bubblewrap" and status.source == "bundled", status
 
 
 @pytest.mark.parametrize("name", list(CASES))
 async def test_repl_contains(name, tmp_path, record_property):
+    skip_unless_meaningful(name)
     workdir = tmp_path / "work"
     shutil.copytree(SAMPLES / "stats" / "repo", workdir)
     repl = Repl(workdir, SandboxLimits(memory_mb=1024, wall_s=1e9, cpu_s=600, max_processes=32,
@@ -91,12 +129,14 @@ async def test_repl_contains(name, tmp_path, record_property):
 
 @pytest.fixture(scope="module")
 def gmsh_service():
-    with ServiceProcess("envs.gmsh.service", "--workers", "2", "--timeout", "4", "--memory-mb", "1024") as svc:
+    with ServiceProcess("envs.gmsh.service", "--workers", "2", "--timeout", "4", "--memory-mb", "1024",
+                        env=BUNDLED) as svc:
         yield svc
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_gmsh_service_contains(gmsh_service, name, record_property):
+    skip_unless_meaningful(name)
     body = RunRequest(script=CASES[name], geometry_b64=base64.b64encode(b"not a real geometry").decode(),
                       timeout=4).model_dump()
     headers = {"Authorization": f"Bearer {gmsh_service.token}"}

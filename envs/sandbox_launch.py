@@ -1,0 +1,293 @@
+"""How one sandboxed process is started and ended (the mechanism behind `envs.sandbox`; see its docstring for why).
+
+Under root: a leased uid (`Identity`, an flock per slot so two live runs never share one), the work dir chowned
+to it, and paths that uid cannot reach (a Python or venv under /root) bind-mounted for it by root in a private
+mount namespace before the uid is dropped; bwrap then runs unprivileged in its own user namespace. At the end
+every process of that uid is killed (kill(-1) sent as the uid), and a pids cgroup where writable caps and kills
+the tree too. `Launch.prepare` builds the argv, the environment and the child's set-up; `cleanup` undoes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+UID_BASE, UID_SLOTS = 1_900_000_000, 4096  # far above real users and the usual /etc/subuid ranges
+RUN = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+LEASES, STAGE = RUN / "art-sandbox-uids", RUN / "art-sandbox-stage"
+# Read-only is not enough for these: they hold other users' and root's secrets (keys, tokens, shadow).
+HIDDEN_DIRS = ("/root", "/home")
+HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow")
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE, PR_SET_NO_NEW_PRIVS = 0x20000, 4096, 1 << 14, 1 << 18, 38
+
+
+class SandboxUnavailable(RuntimeError):
+    """No sandbox can hold model code here and nobody opted out; the message is one line."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_s: float = 30.0
+    cpu_s: int = 30
+    memory_mb: int = 2048
+    max_processes: int = 64
+    max_file_mb: int = 256
+    max_output_chars: int = 20_000
+
+
+PIDS_CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
+
+
+class PidsCgroup:
+    """A pids cgroup capping how many processes a sandboxed tree may hold at once: the fork-bomb stop.
+
+    Where the pids controller is writable (root, cgroup v1 here) each sandbox gets its own cgroup, and removing it
+    kills all that is left in it; elsewhere this is a no-op and RLIMIT_NPROC (per leased uid) is what there is.
+    """
+
+    def __init__(self, max_processes: int):
+        self.path: Path | None = None
+        if PIDS_CGROUP_ROOT.is_dir() and os.access(PIDS_CGROUP_ROOT, os.W_OK):
+            path = PIDS_CGROUP_ROOT / f"art-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(max_processes))
+                self.path = path
+            except OSError:
+                self.path = None
+
+    def join(self) -> None:
+        """Called in the child before exec: it and all it spawns count against the cap."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        if self.path is None:
+            return
+        for _ in range(50):  # the killed tree takes a moment to leave
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                for pid in (self.path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                time.sleep(0.02)
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class Identity:
+    """A uid (and gid) leased for one sandboxed run: an flock on LEASES/<slot>, held until release()."""
+
+    def __init__(self, uid: int, fd: int):
+        self.uid, self.fd = uid, fd
+
+    @classmethod
+    def lease(cls) -> Identity:
+        LEASES.mkdir(mode=0o700, exist_ok=True)
+        info = LEASES.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+            raise SandboxUnavailable(f"{LEASES} must be a directory owned by root with mode 0700")
+        for slot in range(UID_SLOTS):
+            fd = os.open(LEASES / str(slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return cls(UID_BASE + slot, fd)
+        raise SandboxUnavailable(f"all {UID_SLOTS} sandbox uids are in use")
+
+    def sweep(self) -> None:
+        """Kill every process of this uid: kill(-1) sent as the uid itself reaches all of them and nothing else."""
+        if self.uid < UID_BASE:
+            raise ValueError(f"refusing to sweep uid {self.uid}: not a leased sandbox uid")
+        # The shell checks its own uid first: kill(-1) from anyone else would hit far more than the sandbox.
+        script = f'[ "$(id -u)" = {self.uid} ] && kill -9 -1 2>/dev/null; exit 0'
+        for _ in range(2):  # the second pass catches a child forked while the first one ran
+            subprocess.run(["/bin/sh", "-c", script], user=self.uid, group=self.uid,
+                           extra_groups=[], env={}, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=10, check=False)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode) or info.st_nlink == 1:  # a hard link may be a file outside: leave it
+                os.chown(path, uid, uid, follow_symlinks=False)
+
+
+def _closed_ancestor(path: Path, deepest: bool = False) -> Path | None:
+    """The top-most (or deepest) ancestor of `path` (below /) that other users cannot search, if any."""
+    closed = [p for p in path.parents if p != Path("/") and not p.stat().st_mode & stat.S_IXOTH]
+    return (closed[0] if deepest else closed[-1]) if closed else None
+
+
+def _bwrap_prefix(binary: str, workdir: Path, drop: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """bwrap's arguments, and the (source, staging dir) pairs to bind-mount first for a dropped uid."""
+    staged: list[tuple[str, str]] = []
+    if drop and (closed := _closed_ancestor(Path(binary), deepest=True)) is not None:
+        # A venv under /root: the uid could not exec its bwrap. Staged from the dir below the last closed one, so
+        # the binary's $ORIGIN-relative libraries come along.
+        top = Path(binary).relative_to(closed).parts[0]
+        staged.append((str(closed / top), str(STAGE / "bin")))
+        binary = str(STAGE / "bin" / Path(binary).relative_to(closed / top))
+    argv = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    # The interpreter and the project must stay visible even when they live under a hidden or private dir.
+    needed = sorted({Path(sys.prefix), Path(sys.base_prefix), PROJECT})
+    private = [Path("/tmp"), *(Path(d) for d in HIDDEN_DIRS if Path(d).is_dir())]
+    if drop:  # a dir the uid cannot search hides nothing it could see: an empty tmpfs in its place
+        for target in (*needed, workdir):
+            closed = _closed_ancestor(target)
+            if closed is not None and not any(p == closed or p in closed.parents for p in private):
+                private.append(closed)
+    for path in private:
+        argv += ["--tmpfs", str(path)]
+    argv += [arg for f in HIDDEN_FILES if Path(f).exists() for arg in ("--ro-bind", "/dev/null", f)]
+    binds = [(p, "--ro-bind") for p in needed if any(q in p.parents for q in private)] + [(workdir, "--bind")]
+    for path, flag in binds:
+        source = str(path)
+        if drop and _closed_ancestor(path) is not None:  # unreachable for the uid: staged by root, see _preexec
+            source = str(STAGE / str(len(staged)))
+            staged.append((str(path), source))
+        argv += [flag, source, str(path)]
+    if staged:
+        argv += ["--tmpfs", str(STAGE)]
+    return argv + ["--unshare-all", "--die-with-parent", "--new-session", "--chdir", str(workdir), "--"], staged
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def _user_process_count() -> int:
+    import psutil
+
+    uid = os.getuid()
+    return sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
+
+
+def _preexec(limits: SandboxLimits, cgroup: PidsCgroup | None, identity: Identity | None,
+             staged: list[tuple[str, str]], unsandboxed: bool) -> Callable[[], None]:
+    # RLIMIT_NPROC counts every process (and thread) of the uid: a leased uid has none yet, ours has some.
+    nproc = limits.max_processes + 4 if identity else _user_process_count() + limits.max_processes
+
+    def apply() -> None:
+        try:
+            setup()
+        except BaseException as exc:  # never exec half set up; say why on the child's stderr (the probe shows it)
+            os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
+            os._exit(126)
+
+    def setup() -> None:
+        if cgroup is not None:
+            cgroup.join()
+        if staged:  # a private mount namespace where root makes the unreachable sources reachable
+            _check(_libc.unshare(CLONE_NEWNS))
+            _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
+            _check(_libc.mount(b"tmpfs", str(STAGE).encode(), b"tmpfs", 0, b"mode=0755,size=64k"))
+            for source, target in staged:
+                if os.path.isdir(source):
+                    os.mkdir(target)
+                else:
+                    os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o755))
+                _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+        memory = limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        size = limits.max_file_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if identity is not None:
+            os.setgroups([])
+            os.setresgid(identity.uid, identity.uid, identity.uid)
+            os.setresuid(identity.uid, identity.uid, identity.uid)
+        if unsandboxed:  # no setuid binary may lift it back (bwrap does this itself)
+            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+
+    return apply
+
+
+def clean_env(workdir: Path) -> dict[str, str]:
+    # The project's interpreter first, so `python` and `pytest` in model-written commands are ours.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+    return {"PATH": path, "HOME": str(workdir), "LANG": "C.UTF-8", "USER": "sandbox", "LOGNAME": "sandbox",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@dataclass
+class Launch:
+    """Everything one sandboxed start needs, and what to undo after it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    preexec: Callable[[], None]
+    cgroup: PidsCgroup | None
+    identity: Identity | None
+    done: bool = field(default=False)
+
+    @classmethod
+    def prepare(cls, argv: list[str], workdir: Path, limits: SandboxLimits, binary: str | None,
+                cgroup: PidsCgroup | None = None) -> Launch:
+        drop = os.geteuid() == 0
+        if drop and binary is None and (closed := _closed_ancestor(workdir)) is not None:
+            raise SandboxUnavailable(f"the unsandboxed fallback runs model code as an unprivileged uid, which "
+                                     f"cannot reach the work dir {workdir} ({closed} is closed to other users)")
+        identity = Identity.lease() if drop else None
+        try:
+            staged: list[tuple[str, str]] = []
+            if identity is not None:
+                _chown_tree(workdir, identity.uid)
+            if binary is not None:
+                prefix, staged = _bwrap_prefix(binary, workdir, drop)
+                argv = prefix + argv
+            if staged:
+                STAGE.mkdir(mode=0o755, exist_ok=True)
+            preexec = _preexec(limits, cgroup, identity, staged, unsandboxed=binary is None)
+        except BaseException:
+            if identity is not None:
+                identity.release()
+            raise
+        return cls(argv, clean_env(workdir), preexec, cgroup, identity)
+
+    def cleanup(self) -> None:
+        """After the process group is killed: kill what is left of the uid and the cgroup, then free the uid."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            if self.identity is not None:
+                self.identity.sweep()
+        finally:
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            if self.identity is not None:
+                self.identity.release()

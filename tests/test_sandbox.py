@@ -1,0 +1,215 @@
+"""The sandbox for model code: which bwrap is chosen, refusal without one, the opt-out fallback, the check command.
+
+The adversarial cases through the REPL and the gmsh service are in tests/reliability/test_untrusted_code.py.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from envs import sandbox
+from envs.r2e.repl import Repl
+from envs.sandbox import ENV_ALLOW, ENV_BWRAP, SandboxLimits, SandboxUnavailable, check_sandbox, run_sandboxed
+from envs.sandbox_launch import UID_BASE, _closed_ancestor
+from envs.service_process import ROOT, ServiceProcess, free_port
+
+BUNDLED = sandbox._bundled()
+ROOT_ONLY_REASON = "the uid drop is what is tested: needs root"
+
+
+@pytest.fixture(autouse=True)
+def fresh_choice(monkeypatch):
+    """Each test probes afresh, with no opt-out unless it sets one."""
+    monkeypatch.setattr(sandbox, "_BACKENDS", {})
+    monkeypatch.setattr(sandbox, "_FALLBACK_ERRORS", {})
+    monkeypatch.setattr(sandbox, "_warned", False)
+    monkeypatch.delenv(ENV_ALLOW, raising=False)
+    monkeypatch.delenv(ENV_BWRAP, raising=False)
+
+
+def fake_system_bwrap(tmp_path: Path, monkeypatch, body: str) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "bwrap"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return fake
+
+
+def test_bundled_bwrap_is_probed_once_and_logged(monkeypatch, caplog):
+    monkeypatch.setenv(ENV_BWRAP, "bundled")
+    caplog.set_level("INFO", logger="sandbox")
+    status = check_sandbox()
+    assert (status.mode, status.source, status.binary) == ("bubblewrap", "bundled", BUNDLED)
+    assert 0 < status.probe_s < 10
+    check_sandbox()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sandbox: bubblewrap")]
+    assert lines == [lines[0]] and f"(bundled, {BUNDLED})" in lines[0]
+
+
+def test_a_working_system_bwrap_wins(tmp_path, monkeypatch):
+    fake = fake_system_bwrap(tmp_path, monkeypatch, f'exec {BUNDLED} "$@"')  # in a dir only root can search
+    status = check_sandbox()
+    assert (status.mode, status.source, status.binary) == ("bubblewrap", "system", str(fake))
+
+
+def test_a_broken_system_bwrap_loses_to_the_bundled_one(tmp_path, monkeypatch):
+    fake_system_bwrap(tmp_path, monkeypatch, 'echo "bwrap: No permissions to create new namespace" >&2; exit 1')
+    assert check_sandbox().source == "bundled"
+    monkeypatch.setattr(sandbox, "_BACKENDS", {})
+    monkeypatch.setenv(ENV_BWRAP, "system")  # forced: its probe's own error is the reason given
+    with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
+        check_sandbox()
+
+
+def test_an_explicit_path_is_used(monkeypatch):
+    monkeypatch.setenv(ENV_BWRAP, BUNDLED)
+    status = check_sandbox()
+    assert (status.source, status.binary) == ("path", BUNDLED)
+
+
+def assert_refusal(message: str) -> None:
+    assert "\n" not in message and "--allow-unsandboxed" in message and f"{ENV_ALLOW}=1" in message, message
+
+
+async def test_without_a_sandbox_nothing_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_BWRAP, "none")
+    with pytest.raises(SandboxUnavailable) as refused:
+        check_sandbox()
+    assert_refusal(str(refused.value))
+    with pytest.raises(SandboxUnavailable) as refused:
+        await run_sandboxed(["/bin/sh", "-c", "touch ran"], tmp_path, SandboxLimits())
+    assert_refusal(str(refused.value))
+    repl = Repl(tmp_path, SandboxLimits(), cell_timeout_s=5)
+    with pytest.raises(SandboxUnavailable):
+        await repl.start()
+    assert repl.proc is None and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("module", ["envs.gmsh.service", "envs.r2e.test_service"])
+def test_services_refuse_to_start_without_a_sandbox(module, tmp_path):
+    (tmp_path / "index.json").write_text("{}")
+    extra = ["--runtime", "process", "--cache-dir", str(tmp_path)] if module.endswith("test_service") else []
+    env = {k: v for k, v in os.environ.items() if k != ENV_ALLOW} | {ENV_BWRAP: "none"}
+    done = subprocess.run([sys.executable, "-m", module, "--token", "t", "--port", str(free_port()), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: no sandbox for model code") and done.stderr.count("\n") == 1
+    assert_refusal(done.stderr.strip())
+    with pytest.raises(RuntimeError, match="exit code 2.*allow-unsandboxed"):
+        ServiceProcess(module, *extra, env={ENV_BWRAP: "none"}).start()
+
+
+def test_a_service_takes_the_opt_out_flag():
+    with ServiceProcess("envs.gmsh.service", "--allow-unsandboxed", env={ENV_BWRAP: "bundled"}) as svc:
+        assert svc.proc is not None and svc.proc.poll() is None
+
+
+def test_the_fallback_names_what_keeps_the_interpreter_from_running(monkeypatch):
+    monkeypatch.setenv(ENV_BWRAP, "none")
+    python = Path(os.path.realpath(sys.executable))
+    closed = [p for p in (python, Path(sys.base_prefix), Path(sys.prefix)) if _closed_ancestor(p)]
+    if os.geteuid() == 0 and closed:
+        with pytest.raises(SandboxUnavailable, match=f"cannot run {sys.executable} as an unprivileged uid"):
+            check_sandbox(allow_unsandboxed=True)
+    else:
+        assert check_sandbox(allow_unsandboxed=True).mode == "unsandboxed"
+
+
+# The fallback run goes through a parent process of its own: if "kill the parent" got through, that parent dies,
+# not pytest.
+PARENT = r"""
+import asyncio, json, sys, tempfile
+from pathlib import Path
+from envs.sandbox import SandboxLimits, run_sandboxed
+SCRIPT = '''
+echo uid=$(id -u)
+echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$
+if (: > /etc/art-sandbox-test) 2>/dev/null; then rm -f /etc/art-sandbox-test; echo etc=writable
+else echo etc=denied; fi
+echo shadow=$(cat /etc/shadow 2>/dev/null | wc -c)
+echo secret=${ART_TEST_SECRET:-absent}
+echo ulimit_v=$(ulimit -v)
+kill -KILL $PPID 2>/dev/null; echo kill_parent=$?
+setsid sleep 1000 "$1" > /dev/null 2>&1 &
+echo left=yes
+'''
+result = asyncio.run(run_sandboxed(["/bin/sh", "-c", SCRIPT, "sh", sys.argv[1]], Path(tempfile.mkdtemp()),
+                                   SandboxLimits(wall_s=20, memory_mb=256)))
+print(json.dumps(result.__dict__))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_ONLY_REASON)
+def test_the_opted_out_fallback_still_drops_root():
+    mark = f"art-sandbox-test-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, **{ENV_BWRAP: "none", ENV_ALLOW: "1", "ART_TEST_SECRET": "s3cret"})
+    parent = subprocess.run([sys.executable, "-c", PARENT, mark], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert parent.returncode == 0, f"the sandboxed code killed its parent: {parent.returncode} {parent.stderr}"
+    result = json.loads(parent.stdout.strip().splitlines()[-1])
+    seen = dict(part.split("=", 1) for line in result["stdout"].splitlines() for part in line.split())
+    assert int(seen["uid"]) >= UID_BASE
+    assert seen["sid"] == seen["pid"]  # its own session
+    assert seen["etc"] == "denied" and seen["shadow"] == "0" and seen["secret"] == "absent"
+    assert seen["ulimit_v"] == str(256 * 1024) and seen["kill_parent"] != "0" and seen["left"] == "yes"
+    assert "weak" in parent.stderr or "NONE" in parent.stderr  # the one warning
+    assert not [p for p in psutil.process_iter(["cmdline"]) if mark in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_ONLY_REASON)
+async def test_bwrap_runs_each_sandbox_as_a_uid_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_BWRAP, "bundled")
+    secret = Path("/var/tmp") / f"art-sandbox-test-{uuid.uuid4().hex[:8]}"
+    secret.write_text("root-only")
+    secret.chmod(0o600)
+    try:
+        dirs = [tmp_path / "a", tmp_path / "b"]
+        for d in dirs:
+            d.mkdir()
+        script = f"id -u; cat {secret} || echo denied; sleep 0.5"
+        results = await asyncio.gather(*(run_sandboxed(["/bin/sh", "-c", script], d, SandboxLimits()) for d in dirs))
+    finally:
+        secret.unlink()
+    uids = [int(r.stdout.split()[0]) for r in results]
+    assert len(set(uids)) == 2 and min(uids) >= UID_BASE
+    assert all("denied" in r.stdout and "root-only" not in r.stdout for r in results)
+
+
+def run_check(*args: str, bwrap: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != ENV_ALLOW} | {ENV_BWRAP: bwrap}
+    return subprocess.run([sys.executable, "-m", "envs.sandbox", "check", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_check_command_with_the_bundled_bwrap_shows_all_holding():
+    done = run_check(bwrap="bundled")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"sandbox: bubblewrap (bundled, {BUNDLED})")
+    held = [line.split(None, 1)[1] for line in done.stdout.splitlines() if line.startswith("holds")]
+    for prop in ("read-only root", "/root and /etc/shadow hidden", "no network", "own PID namespace",
+                 "cannot kill processes outside", "environment scrubbed", "memory cap", "not root"):
+        assert any(line.startswith(prop) for line in held), (prop, done.stdout)
+    assert "NOT HELD" not in done.stdout and "all 9 hold" in done.stdout
+
+
+def test_check_command_refuses_without_a_sandbox():
+    done = run_check(bwrap="none")
+    assert done.returncode == 1 and done.stdout.startswith("refused: no sandbox")
+    assert "holds" not in done.stdout
+
+
+def test_check_command_on_the_fallback_says_what_does_not_hold():
+    done = run_check("--allow-unsandboxed", bwrap="none")
+    assert done.returncode == 1
+    for prop in ("no network", "own PID namespace"):
+        assert f"NOT HELD  {prop}" in done.stdout, done.stdout
+    assert "holds     environment scrubbed" in done.stdout
