@@ -213,3 +213,20 @@ def test_check_command_on_the_fallback_says_what_does_not_hold():
     for prop in ("no network", "own PID namespace"):
         assert f"NOT HELD  {prop}" in done.stdout, done.stdout
     assert "holds     environment scrubbed" in done.stdout
+
+
+@pytest.mark.parametrize("env_name", ["r2e", "gmsh"])
+def test_train_refuses_model_code_without_a_sandbox_before_any_work(env_name, tmp_path):
+    from tests.helpers import model_dir, subprocess_env, train_cmd
+
+    env = dict(subprocess_env(), **{ENV_BWRAP: "none"})
+    done = subprocess.run(train_cmd(tmp_path, "nobox", "--env", env_name), capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--allow-unsandboxed" in lines[0], done.stderr
+    assert not model_dir(tmp_path, "nobox").exists()
+    toy = subprocess.run(train_cmd(tmp_path, "toybox", "--env", "toy", "--max-training-steps", "1",
+                                   "--groups-per-step", "2", "--rollouts-per-group", "2"),
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert toy.returncode == 0, toy.stderr[-1500:]  # an env that runs no model code needs no sandbox

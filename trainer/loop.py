@@ -222,10 +222,10 @@ async def _env_demonstrations(env: Any, config: ExperimentConfig, model_dir: Pat
 
 def _require_sandbox(config: ExperimentConfig) -> None:
     """Model-written code runs only in a sandbox that works here, or with the user's explicit opt-out."""
-    from envs.sandbox import check_sandbox
+    from envs.sandbox import ENV_ALLOW, check_sandbox
 
     if config.allow_unsandboxed:
-        os.environ["ART_ALLOW_UNSANDBOXED"] = "1"
+        os.environ[ENV_ALLOW] = "1"  # the services this run starts inherit the opt-out
     status = check_sandbox(config.allow_unsandboxed)
     print(status.describe(), flush=True)
 
