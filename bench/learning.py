@@ -1,54 +1,90 @@
-"""Does the toy task get learned, and how fast? `uv run python bench/learning.py [--steps 24]`.
+"""Does the model learn, and how fast? `uv run python bench/learning.py --env toy|gmsh|r2e`.
 
-Runs the real loop (`train.run`) on the CPU backend with the embedded model in a fresh art path, then prints
-the mean reward of the first two and last three steps, the best step, and the wall time.
-Goal: end >= 0.8 of the maximum reward (1.0) within 10 minutes on 2 cores.
+Runs `train.py` itself in a fresh art path with the flags a README command uses, then reads ART's history:
+- toy (random tiny model, GRPO only): mean train reward of steps 1-2 and of the last 3 steps;
+- gmsh, r2e (SmolLM2-135M-Instruct: SFT on the env's demonstrations, then GRPO): the held-out reward before
+  training, after SFT and after RL (r2e: the held-out sample and the five demonstrated ones apart).
+Prints the figures, the steps and the wall time (model conversion and set-up included) as FIGURE lines.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TQDM_DISABLE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402
 from bench.figures import figure  # noqa: E402
+from rollouts.report import learning_summary  # noqa: E402
+
+# The README's commands (gmsh: the first one, with nothing but the experiment name).
+PRESETS: dict[str, list[str]] = {
+    "toy": ["--env", "toy", "--base-model", "tiny-random", "--max-training-steps", "24", "--num-epochs", "1000",
+            "--no-eval-before-after"],
+    "gmsh": [],
+    "r2e": ["--env", "r2e", "--max-training-steps", "5"],
+}
+
+
+def run(env: str, extra: list[str], tmp: str) -> tuple[list[dict], float, str]:
+    cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", f"bench-{env}", "--art-path", tmp,
+           "--log-dir", f"{tmp}/logs", "--rollout-root", f"{tmp}/rollouts", "--wandb", "disabled",
+           *PRESETS[env], *extra]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, TQDM_DISABLE="1", WANDB_MODE="disabled"))
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"train.py failed ({done.returncode}): {done.stderr[-2000:]}")
+    history = Path(tmp) / "art-agent-trainer" / "models" / f"bench-{env}" / "history.jsonl"
+    return [json.loads(line) for line in history.read_text().splitlines()], wall, done.stdout
+
+
+def toy_figures(rows: list[dict], wall: float) -> None:
+    rewards = [r["train/reward"] for r in rows if "train/reward" in r]
+    start, end = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
+    print(f"toy: {len(rewards)} steps, reward start {start:.3f} -> end {end:.3f}, wall {wall:.0f}s")
+    figure("toy: mean reward of the last 3 steps / max", end, ">= 0.8")
+    figure("toy: mean reward of steps 1-2", start)
+    figure(f"toy: wall time for {len(rewards)} steps", wall, "<= 600", "s")
+
+
+def held_out_figures(env: str, rows: list[dict], wall: float) -> None:
+    summary = learning_summary(rows)
+    for label, value in summary.items():
+        print(f"{env}: held-out reward {label}: {value:.3f}")
+        figure(f"{env}: held-out reward {label}", value)
+    values = list(summary.values())
+    if len(values) >= 2:
+        figure(f"{env}: held-out reward rise (last - before)", values[-1] - values[0], ">= 0.2")
+    for key in ("val/heldout_reward", "val/demonstrated_reward", "val/pass_rate"):
+        series = [(r["step"], r[key]) for r in rows if key in r]
+        if series:
+            print(f"{env}: {key} by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in series))
+            figure(f"{env}: {key} first -> last", series[-1][1] - series[0][1])
+    train = [(r["step"], r["train/reward"]) for r in rows if "train/reward" in r]
+    print(f"{env}: train reward by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in train))
+    sft = [r["step"] for r in rows if "loss/train" in r]
+    figure(f"{env}: steps (SFT epochs + RL steps)", float(len(sft) + len(train)))
+    figure(f"{env}: wall time, set-up included", wall, "<= 1200" if env == "gmsh" else None, "s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--env", choices=sorted(PRESETS), default="toy")
+    parser.add_argument("--art-path", default=None, help="reuse a folder (keeps the converted model); default: temp")
+    args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = train.config_from_args([
-            "--experiment-name", "bench-learning", "--env", "toy", "--art-path", tmp,
-            "--rollout-root", f"{tmp}/rollouts",
-            "--max-training-steps", str(args.steps), "--num-epochs", "1000", "--seed", str(args.seed),
-            "--wandb", "disabled",
-        ])
-        started = time.perf_counter()
-        asyncio.run(train.run(config))
-        wall = time.perf_counter() - started
-        history = Path(tmp) / config.project / "models" / config.model_name / "history.jsonl"
-        rewards = [json.loads(line)["train/reward"] for line in history.read_text().splitlines()]
-    start, end = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
-    first_08 = next((i + 1 for i, r in enumerate(rewards) if r >= 0.8), None)
-    print(f"steps {len(rewards)}, wall {wall:.1f}s (model build and load included)")
-    print(f"mean reward: start (steps 1-2) {start:.3f}, end (last 3 steps) {end:.3f}, max possible 1.0")
-    print(f"end / max = {end:.3f} (goal >= 0.8); first step with reward >= 0.8: {first_08}")
-    figure("toy: mean reward of the last 3 steps / max", end, ">= 0.8")
-    figure("toy: mean reward of steps 1-2", start)
-    figure(f"toy: wall time for {len(rewards)} steps", wall, "<= 600", "s")
+        rows, wall, stdout = run(args.env, extra, args.art_path or tmp)
+    print("\n".join(line for line in stdout.splitlines() if line.startswith(("eval", "sft", "step", "done"))))
+    (toy_figures if args.env == "toy" else lambda r, w: held_out_figures(args.env, r, w))(rows, wall)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Trainer memory after 1,000 rollouts vs after 100: `uv run python bench/memory.py [--steps 100]`.
 
-Runs `train.py` itself (toy env, embedded model, CPU backend: every step samples, scores, trains, logs and writes a
+Runs `train.py` itself (toy env, random tiny model, CPU backend: every step samples, scores, trains, logs and writes a
 checkpoint) and reads the resident memory of its process from outside, with psutil, each time a step's summary line
 appears. Prints RSS after 100 and after 1,000 rollouts and their ratio (goal: flat within 10%, i.e. <= 1.10).
 A leak in anything that lives for the whole run (history, the trajectory bookkeeping, the logs writer, the sampler)
@@ -47,7 +47,8 @@ def main() -> None:
         cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", "memory", "--art-path", tmp,
                "--rollout-root", f"{tmp}/rollouts", "--log-dir", f"{tmp}/logs", "--env", "toy",
                "--groups-per-step", str(args.groups_per_step), "--rollouts-per-group", str(args.rollouts_per_group),
-               "--dataset-size", "64", "--num-epochs", "1000", "--max-training-steps", str(args.steps)]
+               "--dataset-size", "64", "--num-epochs", "1000", "--max-training-steps", str(args.steps),
+               "--base-model", "tiny-random"]
         env = dict(os.environ, WANDB_MODE="disabled", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
         series: dict[int, float] = {}

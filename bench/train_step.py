@@ -32,7 +32,7 @@ from backends.tiny_model import LORA_TARGETS, TinyModelSpec, ensure_tiny_model  
 from bench.figures import figure  # noqa: E402
 
 SIZES = {
-    "embedded": TinyModelSpec(),
+    "tiny": TinyModelSpec(),
     "mid": TinyModelSpec(hidden_size=384, num_layers=6, num_heads=6, intermediate_size=1024),
 }
 

@@ -178,6 +178,15 @@ def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
 
 ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e}
 
+# Each env's defaults for the flags a user leaves out (ExperimentConfig field names), sized for the embedded
+# pretrained model on 2 CPU cores. gmsh is the default env: SFT on its demonstrations, GRPO, held-out evaluation.
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gmsh": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 640, "max_context_tokens": 1536,
+             "temperature": 0.7, "max_training_steps": 7},
+    "r2e": {"groups_per_step": 3, "rollouts_per_group": 4, "max_tokens": 256, "max_context_tokens": 2048,
+            "temperature": 0.7, "max_training_steps": 6},
+}
+
 
 def get_env(name: str) -> EnvSpec:
     if name not in ENVS:

@@ -70,8 +70,8 @@ def test_bad_file_stops_the_run_with_one_line_before_any_work(tmp_path):
         f"error: --sft-data {bad}: row 2: field 'response' is missing (rows hold 'messages', or 'prompt' and "
         "'response')")
     assert not model_dir(tmp_path, "bad").exists()  # nothing registered, nothing written
-    for flags, flag in ((["--sft-data", str(tmp_path / "none.jsonl")], "--sft-data"),
-                        (["--sft-only"], "--sft-only"), (["--sft-data", str(bad), "--sft-epochs", "0"], "--sft-epochs")):
+    for flags, flag in ((["--sft-data", str(tmp_path / "none.jsonl")], "--sft-data"), (["--sft-only"], "--sft-only"),
+                        (["--sft-data", str(bad), "--sft-epochs", "0"], "--sft-epochs")):
         done = run_train(tmp_path, "bad", "--env", "toy", *flags, timeout=60)
         assert done.returncode == 2 and done.stderr.strip().startswith(f"error: {flag}"), done.stderr
 
@@ -130,3 +130,17 @@ def test_kill_during_sft_resumes_without_losing_or_repeating_an_epoch(tmp_path):
     assert state["sft"]["epochs_done"] == 4 and state["step"] == 5  # 4 SFT epochs, then 1 RL step
     steps = [r["step"] for r in history_rows(tmp_path, "kill")]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_env_demonstrations_feed_the_sft_stage_once(tmp_path):
+    flags = ("--env", "gmsh", "--sft-demos", "on", "--sft-only", "--sft-epochs", "1", "--max-context-tokens", "3072",
+             "--wandb", "disabled")
+    done = run_train(tmp_path, "demos", *flags, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    demos = model_dir(tmp_path, "demos") / "sft_demos.jsonl"
+    rows = [json.loads(line) for line in demos.read_text().splitlines()]
+    assert len(rows) >= 15 and all(r["metadata"]["split"] == "train" for r in rows)
+    assert "sft: wrote the gmsh demonstrations" in done.stdout and "sft epoch 1/1" in done.stdout
+    assert read_state(tmp_path, "demos")["sft"] == {"epochs_done": 1, "epochs": 1, "conversations": len(rows)}
+    again = run_train(tmp_path, "demos", *flags, timeout=600)
+    assert again.returncode == 0 and "sft: wrote" not in again.stdout and "sft epoch" not in again.stdout

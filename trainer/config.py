@@ -5,6 +5,7 @@ the checks that turn a bad flag into one line naming it (exit 2) before any work
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -43,7 +44,7 @@ class ExperimentConfig:
     project: str = "art-agent-trainer"
     base_model: str = PRETRAINED_MODEL
     backend: str = "auto"
-    env: str = "r2e"
+    env: str = "gmsh"
     vllm_url: str | None = None
     docker_url: list[str] = field(default_factory=list)
     gmsh_url: list[str] = field(default_factory=list)
@@ -281,8 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_UNSET = object()
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The settings the user typed (argparse cannot tell a given value from its default)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = _UNSET
+    return {k for k, v in vars(probe.parse_args(argv)).items() if v is not _UNSET}
+
+
 def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
-    args = build_parser().parse_args(argv)
+    """Flags -> config. Settings the user left out take the env's own defaults first (`ENV_DEFAULTS`: sizes that
+    suit the env on the embedded model), then the global ones."""
+    from rollouts.registry import ENV_DEFAULTS
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = explicit_flags(parser, argv)
+    for key, value in ENV_DEFAULTS.get(args.env, {}).items():
+        if key not in given:
+            setattr(args, key, value)
     config = ExperimentConfig(**vars(args))
     config.validate()
     return config
