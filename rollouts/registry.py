@@ -183,8 +183,9 @@ ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "gmsh": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 640, "max_context_tokens": 1536,
              "temperature": 0.7, "max_training_steps": 7},
-    "r2e": {"groups_per_step": 3, "rollouts_per_group": 4, "max_tokens": 256, "max_context_tokens": 2048,
-            "temperature": 0.7, "max_training_steps": 6},
+    # r2e: one RL epoch over the six bundled samples is 3 steps; the demonstrations finish in 4 turns.
+    "r2e": {"groups_per_step": 2, "rollouts_per_group": 4, "max_steps": 6, "max_tokens": 256,
+            "max_context_tokens": 2048, "temperature": 0.7, "max_training_steps": 6},
 }
 
 
