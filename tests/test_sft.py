@@ -144,3 +144,21 @@ def test_env_demonstrations_feed_the_sft_stage_once(tmp_path):
     assert read_state(tmp_path, "demos")["sft"] == {"epochs_done": 1, "epochs": 1, "conversations": len(rows)}
     again = run_train(tmp_path, "demos", *flags, timeout=600)
     assert again.returncode == 0 and "sft: wrote" not in again.stdout and "sft epoch" not in again.stdout
+
+
+def test_head_on_labelled_positions_only_gives_the_full_loss(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backends.sft import assistant_token_loss
+
+    folder = ensure_tiny_model(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=4, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
+    example = tokenize_conversation(tokenizer, art.Trajectory(messages_and_choices=CHAT, reward=0.0), 4096)
+    ids, labels = torch.tensor([example.input_ids]), torch.tensor([example.labels])
+    mask = torch.ones_like(ids)
+    full = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(assistant_token_loss(model, ids, mask, labels), full, atol=1e-5)
