@@ -90,8 +90,6 @@ async def test_unsupported_train_keyword_is_refused(registered):
     backend, model = registered
     with pytest.raises(NotImplementedError, match="kl_penalty_coef"):
         await backend.train(model, [], learning_rate=1e-2, kl_penalty_coef=0.5)
-    with pytest.raises(NotImplementedError, match="SFT"):
-        backend._train_sft(model, [], None, None)
 
 
 async def test_grpo_raises_the_probability_of_rewarded_tokens(registered):
@@ -134,3 +132,28 @@ async def test_a_new_backend_resumes_from_the_newest_checkpoint(tiny_model, tmp_
     assert await again.get_step() == 1
     assert all((trained[k] == reloaded[k]).all() for k in trained)
     await second.close()
+
+
+def test_training_logprobs_match_a_full_forward_at_the_positions_the_loss_weighs(tiny_model):
+    """The chunked, checkpointed output head gives the same logprobs (and gradients) as full logits would."""
+    import torch
+
+    from backends.policy import LoraPolicy
+
+    policy = LoraPolicy(tiny_model, LoraSettings(target_modules=LORA_TARGETS))
+    tokens = torch.randint(0, 200, (2, 1200))
+    attention = torch.ones_like(tokens, dtype=torch.bool)
+    assistant = torch.zeros_like(tokens, dtype=torch.bool)
+    assistant[:, 300:900] = True  # more than one chunk of positions
+    ours = policy._token_logprobs(tokens, attention, assistant)
+    ours.sum().backward()
+    grad_ours = [p.grad.clone() for p in policy.model.parameters() if p.requires_grad]
+    policy.model.zero_grad()
+    logits = policy.model(input_ids=tokens, attention_mask=attention.long()).logits.float()
+    full = torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    weighed = assistant[:, 1:]
+    assert torch.allclose(ours[:, :-1][weighed], full[weighed], atol=1e-5)
+    assert bool((ours[:, :-1][~weighed] == 0).all())
+    (full * weighed).sum().backward()
+    for ours_grad, p in zip(grad_ours, [p for p in policy.model.parameters() if p.requires_grad], strict=True):
+        assert torch.allclose(ours_grad, p.grad, atol=1e-4)
