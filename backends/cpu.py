@@ -197,7 +197,7 @@ class CPUBackend:
                 with policy.lock:
                     policy.model.train()
                     try:
-                        return sft_step(policy.model, policy.optimizer, batch, rate, policy.tokenizer.pad_token_id)
+                        return sft_step(policy.model, policy.optimizer, batch, rate)
                     finally:
                         policy.model.eval()
 

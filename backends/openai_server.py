@@ -10,18 +10,20 @@ so ART's tokenisation recovers the exact sampled ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import secrets
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.policy import LoraPolicy, Sample, SampleRequest
@@ -54,10 +56,11 @@ class _Pending:
 class MicroBatcher:
     """One worker thread drains queued requests into batches: the policy is never sampled from two threads."""
 
-    def __init__(self, policy: LoraPolicy, max_batch: int = 64, wait_s: float = 0.005):
+    def __init__(self, policy: LoraPolicy, max_batch: int = 64, wait_s: float = 0.02, max_wait_s: float = 0.5):
         self.policy = policy
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.max_wait_s = max_wait_s
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="policy-sampler", daemon=True)
         self._thread.start()
@@ -76,25 +79,44 @@ class MicroBatcher:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + self.wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
+            batch = self._collect(first)
+
+            def done(i: int, samples: list[Sample], batch: list[_Pending] = batch) -> None:
+                with contextlib.suppress(InvalidStateError):  # its client went away (the future was cancelled)
+                    batch[i].future.set_result(samples)  # the caller goes on while longer rows still decode
+
             try:
-                results = self.policy.sample([p.request for p in batch])
+                self.policy.sample([p.request for p in batch], on_done=done)
             except Exception as exc:  # a failed batch fails its requests, never the worker
                 for p in batch:
-                    p.future.set_exception(exc)
-                continue
-            for p, samples in zip(batch, results, strict=True):
-                p.future.set_result(samples)
+                    with contextlib.suppress(InvalidStateError):  # handed over already, or cancelled
+                        p.future.set_exception(exc)
+
+    def _collect(self, first: _Pending) -> list[_Pending]:
+        """`first` and whatever arrives until `wait_s` passes with nothing new (at most `max_wait_s` in all).
+
+        A burst reaches the queue one request at a time, a few ms of Python each (client and server share the
+        process and its GIL under CPUBackend), so the fixed 5 ms window after the first request that this replaced
+        split a burst of 8 into 1 + 7 and a cap of 0.1 s split 32 into 17 + 15; the second part then waited for
+        the first to decode (bench/serving.py). Waiting up to 0.5 s is small next to a decode of many seconds.
+        Requests that come while a batch decodes still wait for it to end: joining rows to a running batch
+        (continuous batching) is not done here.
+        """
+        batch = [first]
+        hard_deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            timeout = min(self.wait_s, hard_deadline - time.monotonic())
+            if timeout <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # close() after this batch
+                break
+            batch.append(item)
+        return batch
 
 
 def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_max_tokens: int = 256) -> FastAPI:
@@ -103,6 +125,7 @@ def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_
     batcher = MicroBatcher(policy)
     app.router.on_shutdown.append(batcher.close)  # the app owns its sampler thread and ends it with itself
     tokenizer = policy.tokenizer
+    render = _TokenRenderer(tokenizer)
 
     def check_key(authorization: str | None = Header(default=None)) -> None:
         if authorization != f"Bearer {api_key}":
@@ -117,12 +140,13 @@ def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_
         return {"object": "list", "data": [{"id": n, "object": "model"} for n in served_names()]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat(body: ChatCompletionRequest) -> dict[str, Any]:
+    async def chat(body: ChatCompletionRequest) -> JSONResponse:
         if body.model not in served_names():
             raise HTTPException(status_code=404, detail=f"model {body.model!r} is not served here")
         if body.stop:
             raise HTTPException(status_code=400, detail="'stop' is not supported by the CPU policy server")
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        # The prompt is tokenized here, once; the sampler returns token ids and nothing is tokenized again.
         encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         prompt_ids = list(encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded)
         room = policy.max_seq_length - len(prompt_ids)
@@ -134,30 +158,42 @@ def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_
         wanted = body.max_completion_tokens or body.max_tokens or default_max_tokens
         request = SampleRequest(prompt_ids, min(wanted, room), body.temperature, body.n)
         samples = await asyncio.wrap_future(batcher.submit(request))
-        return _completion_json(body, prompt_ids, samples, tokenizer)
+        return JSONResponse(_completion_json(body, prompt_ids, samples, render))  # already plain JSON types
 
     return app
 
 
-def _completion_json(body: ChatCompletionRequest, prompt_ids: list[int], samples: list[Sample], tokenizer) -> dict:
+class _TokenRenderer:
+    """Per-token text for responses, computed once per token id rather than once per sampled token."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids)  # a property that rebuilds its list on every access
+        self._bytes: dict[int, list[int]] = {}
+
+    def content(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode([t for t in token_ids if t not in self.special])
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        if token_id not in self._bytes:
+            self._bytes[token_id] = list(self.tokenizer.decode([token_id]).encode("utf-8"))
+        return self._bytes[token_id]
+
+
+def _completion_json(body: ChatCompletionRequest, prompt_ids: list[int], samples: list[Sample],
+                     render: _TokenRenderer) -> dict[str, Any]:
     choices = []
     for index, s in enumerate(samples):
-        content_ids = [t for t in s.token_ids if t not in tokenizer.all_special_ids]
         choice: dict[str, Any] = {
             "index": index,
-            "message": {"role": "assistant", "content": tokenizer.decode(content_ids)},
+            "message": {"role": "assistant", "content": render.content(s.token_ids)},
             "finish_reason": s.finish_reason,
             "logprobs": None,
         }
-        if body.logprobs:
+        if body.logprobs:  # `token_id:N` gives ART the sampled ids back without re-tokenizing the text
             choice["logprobs"] = {
                 "content": [
-                    {
-                        "token": f"token_id:{t}",
-                        "logprob": lp,
-                        "bytes": list(tokenizer.decode([t]).encode("utf-8")),
-                        "top_logprobs": [],
-                    }
+                    {"token": f"token_id:{t}", "logprob": lp, "bytes": render.token_bytes(t), "top_logprobs": []}
                     for t, lp in zip(s.token_ids, s.logprobs, strict=True)
                 ]
             }

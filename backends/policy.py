@@ -8,32 +8,28 @@ A lock keeps sampling and training from touching the weights at the same time.
 from __future__ import annotations
 
 import math
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from backends.decoding import (
+    Sample,
+    SampleRequest,
+    decode,
+    store_frozen_linears_transposed,
+    use_grouped_decode_attention,
+)
+
+__all__ = ["LoraPolicy", "LoraSettings", "Sample", "SampleRequest", "TrainSettings"]
+
 ADAPTER_FILE = "adapter_model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
-
-
-@dataclass
-class SampleRequest:
-    """One prompt to complete; `n` samples of it are drawn."""
-
-    prompt_ids: list[int]
-    max_tokens: int
-    temperature: float = 1.0
-    n: int = 1
-
-
-@dataclass
-class Sample:
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str  # "stop" when the model ended the turn, "length" when max_tokens cut it
+LOGPROB_CHUNK = 512  # positions per output-head chunk when training (memory, see _token_logprobs)
 
 
 @dataclass
@@ -61,6 +57,18 @@ class TrainSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def default_sample_threads() -> int:
+    """Intra-op threads for sampling: `ART_SAMPLE_THREADS`, else half the cores (at least one).
+
+    Token-by-token decoding is hundreds of tiny parallel regions per token, and each waits for its slowest thread:
+    on this 2-core machine with one other busy process (a rollout's tool, an env service, the event loop), two
+    threads decoded 5-10x slower than one, because the second thread kept being descheduled. Half the cores
+    leaves room for the rest of the trainer.
+    """
+    configured = os.environ.get("ART_SAMPLE_THREADS")
+    return max(1, int(configured) if configured else (os.cpu_count() or 1) // 2)
+
+
 class LoraPolicy:
     def __init__(self, base_model: str, lora: LoraSettings, *, seed: int = 0, max_seq_length: int = 2048,
                  init_adapter: str | None = None):
@@ -72,6 +80,7 @@ class LoraPolicy:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        use_grouped_decode_attention(base)
         config = LoraConfig(
             r=lora.rank,
             lora_alpha=lora.alpha,
@@ -84,6 +93,7 @@ class LoraPolicy:
         else:
             self.model = get_peft_model(base, config)
         self.model.eval()
+        store_frozen_linears_transposed(self.model)
         self.max_seq_length = max_seq_length
         self.lock = threading.Lock()
         self.generator = torch.Generator().manual_seed(seed)
@@ -91,6 +101,7 @@ class LoraPolicy:
             [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0
         )
         self.eos_ids = self._stop_token_ids()
+        self.sample_threads = default_sample_threads()
 
     def _stop_token_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -119,66 +130,28 @@ class LoraPolicy:
 
     # ---- sampling ------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def sample(self, requests: list[SampleRequest]) -> list[list[Sample]]:
-        """Sample every request in one left-padded batch with a KV cache; per-row temperature and length."""
-        rows: list[tuple[int, SampleRequest]] = [(i, r) for i, r in enumerate(requests) for _ in range(r.n)]
-        if not rows:
-            return []
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r.prompt_ids) for _, r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, (_, r) in enumerate(rows):
-            ids[j, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[j, width - len(r.prompt_ids) :] = 1
-        temps = torch.tensor([max(r.temperature, 0.0) for _, r in rows])
-        limits = torch.tensor([r.max_tokens for _, r in rows])
-        out_ids: list[list[int]] = [[] for _ in rows]
-        out_lp: list[list[float]] = [[] for _ in rows]
-        done = torch.zeros(len(rows), dtype=torch.bool)
-        stopped = torch.zeros(len(rows), dtype=torch.bool)
-        eos = torch.tensor(sorted(self.eos_ids))
-        with self.lock:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            for t in range(int(limits.max())):
-                logits = out.logits[:, -1, :].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                greedy = logits.argmax(-1)
-                scaled = logits / temps.clamp(min=1e-5).unsqueeze(-1)
-                drawn = torch.multinomial(torch.softmax(scaled, -1), 1, generator=self.generator).squeeze(-1)
-                token = torch.where(temps > 0, drawn, greedy)
-                for j in range(len(rows)):
-                    if not done[j]:
-                        out_ids[j].append(int(token[j]))
-                        out_lp[j].append(float(logprobs[j, token[j]]))
-                hit_eos = torch.isin(token, eos)
-                stopped |= hit_eos & ~done
-                done |= hit_eos | (limits <= t + 1)
-                if bool(done.all()):
-                    break
-                mask = torch.cat([mask, (~done).long().unsqueeze(-1)], dim=-1)
-                positions = positions[:, -1:] + 1
-                out = self.model(
-                    input_ids=token.unsqueeze(-1),
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=out.past_key_values,
-                    use_cache=True,
-                )
-        grouped: list[list[Sample]] = [[] for _ in requests]
-        for j, (i, _) in enumerate(rows):
-            reason = "stop" if stopped[j] else "length"
-            grouped[i].append(Sample(out_ids[j], out_lp[j], reason))
-        return grouped
+    @torch.inference_mode()
+    def sample(self, requests: list[SampleRequest],
+               on_done: Callable[[int, list[Sample]], None] | None = None) -> list[list[Sample]]:
+        """Sample every request in one batch with a KV cache (backends/decoding.py); per-row temperature and length.
+
+        `on_done(i, samples)` hands over request `i` as soon as all its rows have ended. The sampler runs on
+        `sample_threads` intra-op threads, restored afterwards (see `default_sample_threads`).
+        """
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.sample_threads)
+        try:
+            with self.lock:
+                return decode(self.model, requests, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
+                              generator=self.generator, on_done=on_done)
+        finally:
+            torch.set_num_threads(threads)
 
     # ---- training ------------------------------------------------------------------------------------------
 
     def train_step(self, trajectory_groups: list[Any], settings: TrainSettings) -> dict[str, float]:
         """One GRPO update: ART's tokenisation and packing, ART's loss, a peft forward/backward on CPU."""
         from art import dev
-        from art.loss import loss_fn
         from art.preprocessing.pack import packed_tensors_from_tokenized_results
         from art.preprocessing.tokenize import tokenize_trajectory_groups
 
@@ -223,17 +196,14 @@ class LoraPolicy:
                     batch = {k: v[start : start + settings.rows_per_gradient_step] for k, v in tensors.items()}
                     if not bool(batch["assistant_mask"].any()):
                         continue
-                    new_logprobs = self._token_logprobs(batch["tokens"], batch["group_ids"] != -1)
-                    loss = loss_fn(batch, new_logprobs, None, None, config)  # type: ignore[arg-type]
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.policy_loss.backward()
+                    loss_value, corr = self._accumulate_gradients(batch, config)
                     params = [p for p in self.model.parameters() if p.requires_grad]
                     norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                     self.optimizer.step()
-                    losses.append(loss.policy_loss.item())
+                    losses.append(loss_value)
                     norms.append(float(norm))
-                    if not math.isnan(loss.probs_corr.item()):
-                        corrs.append(loss.probs_corr.item())
+                    if corr is not None:
+                        corrs.append(corr)
                     tokens += int(batch["assistant_mask"].sum())
             finally:
                 self.model.eval()
@@ -250,8 +220,55 @@ class LoraPolicy:
             metrics["probs_corr"] = sum(corrs) / len(corrs)
         return metrics
 
-    def _token_logprobs(self, tokens: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """logprob of token t+1 at position t (ART's loss shifts its inputs the same way); last position 0."""
-        logits = self.model(input_ids=tokens, attention_mask=attention.long()).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
-        return torch.nn.functional.pad(logprobs, (0, 1), value=0.0)
+    def _accumulate_gradients(self, batch: dict[str, torch.Tensor], config: Any) -> tuple[float, float | None]:
+        """The gradient of ART's loss over `batch`, one row at a time (gradient accumulation).
+
+        ART's loss is a mean over the batch's weighed tokens, so each row's loss is scaled by its share of them and
+        the sum of the row gradients is the batch gradient. One row at a time keeps the activations of one sequence
+        in memory: 8 rows of ~1,000 tokens through SmolLM2's 30 layers (attention probabilities included) ran a
+        24 GB machine out of memory."""
+        from art.loss import loss_fn
+
+        weighed = batch["assistant_mask"][:, 1:].sum(dim=1).float()  # ART's loss shifts the mask by one
+        total = float(weighed.sum())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value, corrs = 0.0, []
+        for row in range(batch["tokens"].shape[0]):
+            if weighed[row] == 0:
+                continue
+            micro = {k: v[row : row + 1] for k, v in batch.items()}
+            new_logprobs = self._token_logprobs(micro["tokens"], micro["group_ids"] != -1, micro["assistant_mask"])
+            loss = loss_fn(micro, new_logprobs, None, None, config)  # type: ignore[arg-type]
+            share = float(weighed[row]) / total
+            (loss.policy_loss * share).backward()
+            loss_value += loss.policy_loss.item() * share
+            if not math.isnan(loss.probs_corr.item()):
+                corrs.append(loss.probs_corr.item())
+        return loss_value, (sum(corrs) / len(corrs) if corrs else None)
+
+    def _token_logprobs(self, tokens: torch.Tensor, attention: torch.Tensor,
+                        assistant: torch.Tensor | None = None) -> torch.Tensor:
+        """logprob of token t+1 at position t (ART's loss shifts its inputs the same way); 0 where not needed.
+
+        Only positions whose next token is an assistant token are computed (the loss weighs nothing else), and the
+        output head runs on them in chunks that are recomputed in the backward pass: the full float logits of a
+        batch (8 x 900 tokens x SmolLM2's 49,152-word vocabulary: 1.4 GB, several times over with log-softmax and
+        autograd) ran a 24 GB machine out of memory."""
+        from torch.utils.checkpoint import checkpoint
+
+        causal_lm = self.model.get_base_model()
+        hidden = causal_lm.model(input_ids=tokens, attention_mask=attention.long()).last_hidden_state[:, :-1]
+        wanted = attention[:, 1:].bool() if assistant is None else assistant[:, 1:].bool()
+        targets = tokens[:, 1:][wanted]
+        chosen = hidden[wanted]
+
+        def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            logits = causal_lm.lm_head(h).float()
+            return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+        pieces = [checkpoint(chunk_logprobs, chosen[i : i + LOGPROB_CHUNK], targets[i : i + LOGPROB_CHUNK],
+                             use_reentrant=False) for i in range(0, len(targets), LOGPROB_CHUNK)]
+        logprobs = torch.zeros(tokens.shape, dtype=torch.float32)
+        if pieces:
+            logprobs[:, :-1][wanted] = torch.cat(pieces)
+        return logprobs

@@ -9,7 +9,6 @@ is masked with -100. ART's GPU path does the same with unsloth's `train_on_respo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,25 +73,27 @@ def assistant_token_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labe
 
 
 def sft_step(model: Any, optimizer: torch.optim.Optimizer, examples: list[SFTExample], learning_rate: float,
-             pad_token_id: int, max_grad_norm: float = 1.0) -> dict[str, float]:
-    """One gradient step on a batch: mean cross-entropy over the batch's assistant tokens."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
+             max_grad_norm: float = 1.0) -> dict[str, float]:
+    """One gradient step on a batch: mean cross-entropy over the batch's assistant tokens.
+
+    The gradient is accumulated one conversation at a time, each weighted by its share of the batch's trained
+    tokens (the same gradient as the whole batch at once), so only one sequence's activations are held."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate
-    loss = assistant_token_loss(model, ids, mask, labels)
+    total = sum(e.trainable_tokens for e in examples)
     optimizer.zero_grad(set_to_none=True)
-    if math.isnan(loss.item()):  # a batch with no assistant token: nothing to learn, nothing to step
+    if total == 0:  # nothing to learn in this batch, nothing to step
         return {"loss/train": 0.0, "loss/learning_rate": learning_rate, "loss/grad_norm": 0.0}
-    loss.backward()
+    loss_value = 0.0
+    for example in examples:
+        if not example.trainable_tokens:
+            continue
+        ids, labels = torch.tensor([example.input_ids]), torch.tensor([example.labels])
+        loss = assistant_token_loss(model, ids, torch.ones_like(ids), labels)
+        share = example.trainable_tokens / total
+        (loss * share).backward()
+        loss_value += loss.item() * share
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
-    return {"loss/train": loss.item(), "loss/learning_rate": learning_rate, "loss/grad_norm": float(norm)}
+    return {"loss/train": loss_value, "loss/learning_rate": learning_rate, "loss/grad_norm": float(norm)}

@@ -53,6 +53,13 @@ BENCHES = [
           "`train.py` on the toy env (10 rollouts per step, each step sampled, scored, trained, logged and "
           "checkpointed); RSS of the trainer and its children read from outside at each step's summary line. The "
           "rollouts are toy ones, the trainer is the real one."),
+    Bench("serving", ("bench/serving.py",), "CPU policy server tokens/s, SmolLM2-135M",
+          "The CPU backend's own endpoint (LoRA r8 all-linear over SmolLM2-135M-Instruct, micro-batched, KV cache) "
+          "answers 1, 8 and 32 concurrent chat completions over HTTP: system prompt plus a ~150-token task, "
+          "max_tokens 128, temperature 1, logprobs on; tokens/s = generated tokens / wall time of the wave. The "
+          "same prompts are also sampled without HTTP (`policy.sample`: HTTP / direct is what the server adds) and "
+          "with stock transformers `generate` on the bare base model (no LoRA, no logprobs). The sampler runs on "
+          "`ART_SAMPLE_THREADS` threads, by default half the cores (see backends/policy.py for why)."),
     Bench("train-step", ("bench/train_step.py",), "CPU backend train step vs plain peft forward/backward",
           "The same packed batch (32 sampled rollouts) through the policy's `train_step` (ART tokenisation, "
           "packing, loss, clipping, AdamW), through `CPUBackend.train` (that plus the PEFT checkpoint of each "

@@ -49,3 +49,14 @@ def test_rerun_with_changed_config_gets_one_line_error(tmp_path):
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith("error: --allow-config-change")
     assert read_state(tmp_path, "cfg")["step"] == 1  # nothing trained
+
+
+def test_env_defaults_fill_only_the_flags_left_out(tmp_path):
+    sft = tmp_path / "d.jsonl"
+    sft.write_text('{"prompt": "p", "response": "r"}\n')
+    gmsh = config_from_args(["--experiment-name", "x", "--sft-data", str(sft), "--gmsh-url", "http://h:1"])
+    assert (gmsh.env, gmsh.groups_per_step, gmsh.max_tokens, gmsh.sft_data) == ("gmsh", 2, 640, [str(sft)])
+    mine = config_from_args(["--experiment-name", "x", "--groups-per-step", "3", "--max-tokens", "100"])
+    assert (mine.groups_per_step, mine.max_tokens, mine.rollouts_per_group) == (3, 100, 4)
+    toy = config_from_args(["--experiment-name", "x", "--env", "toy"])
+    assert (toy.groups_per_step, toy.max_tokens, toy.max_training_steps) == (4, 1024, None)

@@ -288,9 +288,9 @@ _UNSET = object()
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
     """The settings the user typed (argparse cannot tell a given value from its default)."""
     probe = copy.deepcopy(parser)
-    for action in probe._actions:
-        action.default = _UNSET
-    return {k for k, v in vars(probe.parse_args(argv)).items() if v is not _UNSET}
+    for action in probe._actions:  # an append action needs a list or None to append to
+        action.default = None if isinstance(action, argparse._AppendAction) else _UNSET
+    return {k for k, v in vars(probe.parse_args(argv)).items() if v is not _UNSET and v is not None}
 
 
 def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
