@@ -34,8 +34,11 @@ class Bench:
 
 
 BENCHES = [
-    Bench("learning", ("bench/learning.py",), "Learning (toy env, embedded model, CPU backend)",
-          "The real loop (`train.run`) on the toy task with default flags, in a fresh art path."),
+    Bench("learning", ("bench/learning.py", "--env", "toy"), "Learning (toy env, random tiny model, CPU backend)",
+          "`train.py` on the toy task (GRPO only), in a fresh art path."),
+    Bench("learning-gmsh", ("bench/learning.py", "--env", "gmsh"), "Learning: the default run (gmsh, SmolLM2-135M)",
+          "The README's first command (`train.py --experiment-name demo`, nothing else) in a fresh art path: convert "
+          "the model, write demonstrations, held-out eval, 3 SFT epochs, eval, 3 GRPO steps, eval."),
     Bench("gather", ("bench/gather.py", "--latency", "0.2", "--waves", "10"), "Gather overhead, 0.2 s model latency",
           "A fake OpenAI-compatible server in its own process answers every request after a fixed latency, so the "
           "ideal is concurrency / latency rollouts per second; ratio = achieved / ideal. Overhead measured is ours "
