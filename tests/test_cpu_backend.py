@@ -92,27 +92,20 @@ async def test_unsupported_train_keyword_is_refused(registered):
         await backend.train(model, [], learning_rate=1e-2, kl_penalty_coef=0.5)
 
 
-async def test_grpo_raises_the_probability_of_rewarded_tokens(registered):
-    """Reward replies by how many 'a' they hold: a few steps must make 'a' clearly more likely."""
-    import torch
-
+async def test_grpo_raises_the_reward_of_rewarded_tokens(registered):
+    """Reward replies by their share of 'a': a few steps must raise it clearly. (The first token's probability of
+    'a' is no measure: the policy may as well learn to place its 'a's later in the reply.)"""
     backend, model = registered
-    policy = backend.policy(model)
-    prompt = policy.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)["input_ids"]
-    a_id = policy.tokenizer.encode("a", add_special_tokens=False)[0]
 
-    def p_a() -> float:
-        with torch.no_grad():
-            logits = policy.model(input_ids=torch.tensor([prompt])).logits[0, -1]
-        return torch.softmax(logits, -1)[a_id].item()
+    def reward(text: str) -> float:
+        return text.count("a") / max(len(text), 1)
 
-    before = p_a()
-    for _ in range(12):
-        groups = await art.gather_trajectory_groups(
-            [art.TrajectoryGroup(_trajectory(model, lambda t: t.count("a") / max(len(t), 1)) for _ in range(8))
-             for _ in range(4)], pbar_desc=None)
+    means = []
+    for _ in range(12):  # requests one at a time: the sampler's random draws do not depend on batching
+        groups = [art.TrajectoryGroup([await _trajectory(model, reward) for _ in range(8)]) for _ in range(4)]
+        means.append(sum(t.reward for g in groups for t in g.trajectories) / 32)
         await backend.train(model, groups, learning_rate=1e-2)
-    assert p_a() > 5 * before
+    assert max(means[6:]) > 2 * means[0] and max(means[6:]) > means[0] + 0.02, means  # without learning: ~flat
 
 
 async def test_a_new_backend_resumes_from_the_newest_checkpoint(tiny_model, tmp_path):

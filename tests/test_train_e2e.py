@@ -69,8 +69,8 @@ def test_gmsh_env_trains_two_steps_with_its_own_service(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_r2e_env_runs_on_the_bundled_samples_and_cleans_up(tmp_path):
-    result = run_train(tmp_path, "repl", "--max-training-steps", "2", "--groups-per-step", "2",
+def test_r2e_env_runs_on_the_bundled_samples_and_cleans_up(tmp_path):
+    result = run_train(tmp_path, "repl", "--env", "r2e", "--max-training-steps", "2", "--groups-per-step", "2",
                        "--rollouts-per-group", "2", "--max-steps", "2", "--max-tokens", "64", "--log-sample-rate", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert history_steps(tmp_path, "repl") == [1, 2]
