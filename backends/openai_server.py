@@ -56,7 +56,7 @@ class _Pending:
 class MicroBatcher:
     """One worker thread drains queued requests into batches: the policy is never sampled from two threads."""
 
-    def __init__(self, policy: LoraPolicy, max_batch: int = 64, wait_s: float = 0.02, max_wait_s: float = 0.5):
+    def __init__(self, policy: LoraPolicy, max_batch: int = 64, wait_s: float = 0.02, max_wait_s: float = 1.0):
         self.policy = policy
         self.max_batch = max_batch
         self.wait_s = wait_s
@@ -97,10 +97,10 @@ class MicroBatcher:
 
         A burst reaches the queue one request at a time, a few ms of Python each (client and server share the
         process and its GIL under CPUBackend), so the fixed 5 ms window after the first request that this replaced
-        split a burst of 8 into 1 + 7 and a cap of 0.1 s split 32 into 17 + 15; the second part then waited for
-        the first to decode (bench/serving.py). Waiting up to 0.5 s is small next to a decode of many seconds.
-        Requests that come while a batch decodes still wait for it to end: joining rows to a running batch
-        (continuous batching) is not done here.
+        split a burst of 8 into 1 + 7 and a cap of 0.1 s split 32 into 17 + 15 (0.5 s still split 32 when the
+        machine was loaded); the second part then waited for the first to decode (bench/serving.py). Waiting up
+        to 1 s is small next to a decode of many seconds. Requests that come while a batch decodes still wait for
+        it to end: joining rows to a running batch (continuous batching) is not done here.
         """
         batch = [first]
         hard_deadline = time.monotonic() + self.max_wait_s
