@@ -94,10 +94,9 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
     check_resume(config, state)
     committed = int(state.get("step", 0))
     conversations = load_sft_conversations(config.sft_data) if config.sft_data else []
-    if config.wants_demos(env.write_demos is not None) and int((state.get("sft") or {}).get("epochs_done", 0)) < \
-            config.sft_epochs:
-        conversations += await _env_demonstrations(env, config, model_dir)
     sft_done = int((state.get("sft") or {}).get("epochs_done", 0)) >= config.sft_epochs
+    if config.wants_demos(env.write_demos is not None) and not sft_done:
+        conversations += await _env_demonstrations(env, config, model_dir)
     if config.sft_only and not conversations and not sft_done:
         raise ConfigError("--sft-only: no SFT data (give --sft-data FILE; this env writes no demonstrations)")
     choice = choose_backend(config.backend)
