@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -191,6 +193,61 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
             "max_context_tokens": 2048, "temperature": 0.7, "lora_rank": 16, "sft_epochs": 3,
             "sft_learning_rate": 1e-3, "max_training_steps": 6},
 }
+
+
+# Envs with flags of their own: env name -> a light module (no heavy imports) with `add_flags(group)` and, optionally,
+# `validate(options: dict) -> None` raising ValueError("--flag ...") for a bad value. The values reach the env as
+# `cfg.env_options` (see `env_options`); trainer/config.py never needs to know them.
+ENV_FLAGS: dict[str, str] = {}
+
+
+class EnvFlagError(ValueError):
+    """An env flag given for another env, or with a bad value; the message names the flag."""
+
+
+def _flag_module(env: str) -> Any:
+    return importlib.import_module(ENV_FLAGS[env])
+
+
+def add_env_flags(parser: argparse.ArgumentParser) -> None:
+    for env in sorted(ENV_FLAGS):
+        _flag_module(env).add_flags(parser.add_argument_group(f"--env {env}"))
+
+
+def _env_dests(env: str) -> dict[str, Any]:
+    """dest -> default of the flags `env` declares."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _flag_module(env).add_flags(probe.add_argument_group(env))
+    return {action.dest: action.default for action in probe._actions}
+
+
+def split_env_options(values: dict[str, Any], env: str, given: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parsed flags -> (the common config fields, the chosen env's own options), checked by the env's module."""
+    common = dict(values)
+    options: dict[str, Any] = {}
+    for name in sorted(ENV_FLAGS):
+        for dest in _env_dests(name):
+            value = common.pop(dest, None)
+            if name == env:
+                options[dest] = value
+            elif dest in given:
+                raise EnvFlagError(f"--{dest.replace('_', '-')} belongs to --env {name}, not --env {env}")
+    if env in ENV_FLAGS:
+        validate = getattr(_flag_module(env), "validate", None)
+        if validate is not None:
+            try:
+                validate(options)
+            except ValueError as exc:
+                raise EnvFlagError(str(exc)) from None
+    return common, options
+
+
+def env_options(cfg: Any, env: str) -> dict[str, Any]:
+    """The env's options for this run: its flag defaults, overridden by what the config holds (a config built in
+    code, not from the CLI, may hold none)."""
+    if env not in ENV_FLAGS:
+        return {}
+    return {**_env_dests(env), **getattr(cfg, "env_options", {})}
 
 
 def get_env(name: str) -> EnvSpec:

@@ -60,3 +60,29 @@ def test_env_defaults_fill_only_the_flags_left_out(tmp_path):
     assert (mine.groups_per_step, mine.max_tokens, mine.rollouts_per_group) == (3, 100, 4)
     toy = config_from_args(["--experiment-name", "x", "--env", "toy"])
     assert (toy.groups_per_step, toy.max_tokens, toy.max_training_steps) == (4, 1024, None)
+
+
+def test_env_flags_reach_only_their_env_and_are_checked(tmp_path, monkeypatch):
+    """An env declares its own flags in a light module (registry.ENV_FLAGS); config.py never lists them."""
+    from rollouts import registry
+
+    (tmp_path / "demo_env_flags.py").write_text(
+        "def add_flags(group):\n"
+        "    group.add_argument('--demo-cases', default='a')\n"
+        "    group.add_argument('--demo-count', type=int, default=100)\n"
+        "def validate(options):\n"
+        "    if options['demo_count'] < 1:\n"
+        "        raise ValueError('--demo-count must be at least 1')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.ENV_FLAGS, "toy", "demo_env_flags")
+
+    config = config_from_args(["--experiment-name", "x", "--env", "toy", "--demo-count", "3"])
+    assert config.env_options == {"demo_cases": "a", "demo_count": 3}
+    assert registry.env_options(ExperimentConfig(experiment_name="y", env="toy"), "toy")["demo_count"] == 100
+    other = config_from_args(["--experiment-name", "x", "--env", "gmsh"])
+    assert other.env_options == {} and "env_options" not in other.hashed_fields()
+    assert config.config_hash() != config_from_args(["--experiment-name", "x", "--env", "toy"]).config_hash()
+    with pytest.raises(ConfigError, match="--demo-cases belongs to --env toy"):
+        config_from_args(["--experiment-name", "x", "--env", "gmsh", "--demo-cases", "b"])
+    with pytest.raises(ConfigError, match="--demo-count must be at least 1"):
+        config_from_args(["--experiment-name", "x", "--env", "toy", "--demo-count", "0"])

@@ -97,6 +97,9 @@ class ExperimentConfig:
     sft_learning_rate: float | None = None
     sft_batch_size: int = 2
     allow_unsandboxed: bool = False
+    # Flags that belong to one env (declared by its flags module, `rollouts.registry.ENV_FLAGS`): dest -> value,
+    # only for the env this run uses, so adding an env's flags never changes another env's config hash.
+    env_options: dict[str, Any] = field(default_factory=dict)
 
     # Fields that steer how a run is executed, not what it learns: changing them between a stop and a resume
     # is normal (run longer, more concurrency, another service node), so they stay out of the hash.
@@ -126,7 +129,10 @@ class ExperimentConfig:
         return TINY_RANDOM_MODEL if self.base_model == TINY_RANDOM_MODEL else "pretrained"
 
     def hashed_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_CONTROL}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_CONTROL}
+        if not fields["env_options"]:  # runs of envs without own flags keep the hash they had before the field
+            del fields["env_options"]
+        return fields
 
     def config_hash(self) -> str:
         """Short stable hash of what defines the experiment; a resume with a different one is refused."""
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sft-batch-size", type=int, default=d.sft_batch_size, help="conversations per SFT gradient step")
     a("--allow-unsandboxed", action="store_true",
       help="run model-written code without bubblewrap when none can run here (weak isolation: you accept the risk)")
+    from rollouts.registry import add_env_flags
+
+    add_env_flags(p)
     return p
 
 
@@ -296,7 +305,7 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> s
 def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
     """Flags -> config. Settings the user left out take the env's own defaults first (`ENV_DEFAULTS`: sizes that
     suit the env on the embedded model), then the global ones."""
-    from rollouts.registry import ENV_DEFAULTS
+    from rollouts.registry import ENV_DEFAULTS, EnvFlagError, split_env_options
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -304,7 +313,11 @@ def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
     for key, value in ENV_DEFAULTS.get(args.env, {}).items():
         if key not in given:
             setattr(args, key, value)
-    config = ExperimentConfig(**vars(args))
+    try:
+        common, env_options = split_env_options(vars(args), args.env, given)
+    except EnvFlagError as exc:
+        raise ConfigError(str(exc)) from None
+    config = ExperimentConfig(**common, env_options=env_options)
     config.validate()
     return config
 
