@@ -21,32 +21,13 @@ from typing import Any
 
 from art.backend import AnyModel, AnyTrainableModel
 from art.local.checkpoints import delete_checkpoints
-from art.types import TrainResult
+from art.types import LocalTrainResult
 from art.utils.get_model_step import get_step_from_dir
 from art.utils.output_dirs import get_model_dir, get_step_checkpoint_dir
 
 from backends.openai_server import ServerThread, build_app, new_api_key
-from backends.policy import LoraPolicy, LoraSettings, TrainSettings
-
-# Keywords of LocalBackend.train() that have no effect here; accepted with their defaults, refused otherwise.
-_IGNORED_DEFAULTS: dict[str, Any] = {
-    "loss_fn_config": None,
-    "adam_params": None,
-    "kl_penalty_coef": 0.0,
-    "kl_penalty_reference_step": None,
-    "kl_ref_adapter_path": None,
-    "max_negative_advantage_importance_sampling_weight": None,
-    "mask_prob_ratio": False,
-    "kimi_k2_tau": None,
-    "precalculate_logprobs": False,
-    "plot_tensors": False,
-    "truncated_importance_sampling": None,
-    "scale_learning_rate_by_reward_std_dev": False,
-    "logprob_calculation_chunk_size": 1024,
-    "packed_sequence_length": None,
-    "num_trajectories_learning_rate_multiplier_power": 0.0,
-    "verbose": False,
-}
+from backends.policy import LoraPolicy, LoraSettings
+from backends.train_options import train_settings
 
 
 @dataclass
@@ -58,6 +39,9 @@ class CPUBackendSettings:
     default_max_tokens: int = 256
     rows_per_gradient_step: int = 8
     init_adapter: str | None = None  # a PEFT adapter directory to start from instead of a fresh LoRA
+    # A local model folder served for every registered model, whatever base model it names: ART code written for a
+    # GPU names a hub model (e.g. Qwen/Qwen2.5-0.5B-Instruct) that this offline CPU machine swaps for an embedded one.
+    base_model: str | None = None
 
 
 @dataclass
@@ -74,6 +58,29 @@ class CPUBackend:
         self._models: dict[str, _Served] = {}
         os.makedirs(path, exist_ok=True)
 
+    @classmethod
+    def with_embedded_model(cls, path: str = ".art", name: str = "tiny-random", **settings: Any) -> CPUBackend:
+        """A backend that serves the named embedded model (`tiny-random`, `smollm2-135m`) for every registered model,
+        as `train.py --base-model NAME` does: ART code that names a hub model runs here unchanged, offline."""
+        from backends.embedded import embedded_model
+
+        folder, targets = embedded_model(name, path)
+        lora = settings.pop("lora", None) or LoraSettings(target_modules=targets)
+        return cls(path=path, settings=CPUBackendSettings(lora=lora, base_model=folder, **settings))
+
+    # LocalBackend is a (sync or async) context manager that closes its services on exit; so is this one.
+    def __enter__(self) -> CPUBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    async def __aenter__(self) -> CPUBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     # ---- protocol ------------------------------------------------------------------------------------------
 
     async def register(self, model: AnyModel) -> None:
@@ -85,7 +92,7 @@ class CPUBackend:
             return
         policy = await asyncio.to_thread(
             LoraPolicy,
-            model.base_model,  # type: ignore[attr-defined]
+            self.settings.base_model or model.base_model,  # type: ignore[attr-defined]
             self.settings.lora,
             seed=self.settings.seed,
             max_seq_length=self.settings.max_seq_length,
@@ -117,54 +124,88 @@ class CPUBackend:
             served.server.start()
         return served.server.base_url, served.api_key
 
-    async def train(
+    async def train(  # the keywords, defaults and order of LocalBackend.train()
         self,
         model: AnyTrainableModel,
         trajectory_groups: Iterable[Any],
         *,
         learning_rate: float = 5e-6,
         loss_fn: str = "cispo",
+        loss_fn_config: dict | None = None,
         normalize_advantages: bool = True,
+        adam_params: object | None = None,
+        kl_penalty_coef: float = 0.0,
+        kl_penalty_reference_step: int | None = None,
+        kl_ref_adapter_path: str | None = None,
         epsilon: float | None = None,
         epsilon_high: float | None = None,
         advantage_balance: float = 0.0,
         scale_rewards: bool = True,
         importance_sampling_level: str = "token",
+        max_negative_advantage_importance_sampling_weight: float | None = None,
+        mask_prob_ratio: bool = False,
+        kimi_k2_tau: float | None = None,
+        precalculate_logprobs: bool = False,
         allow_training_without_logprobs: bool = False,
+        plot_tensors: bool = False,
+        truncated_importance_sampling: float | None = None,
+        scale_learning_rate_by_reward_std_dev: bool = False,
+        logprob_calculation_chunk_size: int = 1024,
+        packed_sequence_length: int | None = None,
+        num_trajectories_learning_rate_multiplier_power: float = 0.0,
         save_checkpoint: bool = True,
-        **kwargs: Any,
-    ) -> TrainResult:
-        for key, value in kwargs.items():
-            if key not in _IGNORED_DEFAULTS:
-                raise TypeError(f"CPUBackend.train() got an unknown keyword {key!r}")
-            if value != _IGNORED_DEFAULTS[key]:
-                raise NotImplementedError(f"CPUBackend.train() does not support {key}={value!r}")
-        if loss_fn not in {"cispo", "ppo"}:
-            raise ValueError("CPUBackend supports loss_fn='cispo' or 'ppo' (as LocalBackend does)")
-        settings = TrainSettings(
-            learning_rate=learning_rate,
-            advantage_balance=advantage_balance,
-            scale_rewards=scale_rewards and normalize_advantages,
-            loss_fn=loss_fn,
-            epsilon=epsilon,
-            epsilon_high=epsilon_high,
+        verbose: bool = False,
+    ) -> LocalTrainResult:
+        """One RL step. A call whose groups leave nothing to train on (every group's rewards equal) still advances
+        the step: the latest checkpoint is renamed to the next step, as ART's LocalBackend does and its own
+        `test_step_skipping` expects, so the step counter and the checkpoints never disagree."""
+        output_dir = Path(get_model_dir(model=model, art_path=self._path))
+        kl_reference = kl_ref_adapter_path
+        if kl_reference is None and kl_penalty_reference_step is not None:
+            kl_reference = get_step_checkpoint_dir(str(output_dir), kl_penalty_reference_step)
+        settings = train_settings(
+            learning_rate=learning_rate, loss_fn=loss_fn, loss_fn_config=loss_fn_config,
+            normalize_advantages=normalize_advantages, epsilon=epsilon, epsilon_high=epsilon_high,
+            advantage_balance=advantage_balance, scale_rewards=scale_rewards,
             importance_sampling_level=importance_sampling_level,
+            max_negative_advantage_importance_sampling_weight=max_negative_advantage_importance_sampling_weight,
+            mask_prob_ratio=mask_prob_ratio, kimi_k2_tau=kimi_k2_tau, kl_penalty_coef=kl_penalty_coef,
+            kl_reference=kl_reference, precalculate_logprobs=precalculate_logprobs,
+            truncated_importance_sampling=truncated_importance_sampling,
             allow_training_without_logprobs=allow_training_without_logprobs,
+            logprob_calculation_chunk_size=logprob_calculation_chunk_size,
+            packed_sequence_length=packed_sequence_length,
             rows_per_gradient_step=self.settings.rows_per_gradient_step,
+            adam_params=adam_params, plot_tensors=plot_tensors,
+            scale_learning_rate_by_reward_std_dev=scale_learning_rate_by_reward_std_dev,
+            num_trajectories_learning_rate_multiplier_power=num_trajectories_learning_rate_multiplier_power,
         )
         served = self._served(model)
         groups = list(trajectory_groups)
+        if verbose:
+            print(f"CPUBackend.train: {len(groups)} group(s), {sum(len(g.trajectories) for g in groups)} "
+                  f"trajectories, loss {loss_fn}, learning rate {learning_rate}", flush=True)
         metrics = await asyncio.to_thread(served.policy.train_step, groups, settings)
-        output_dir = Path(get_model_dir(model=model, art_path=self._path))
-        step = get_step_from_dir(str(output_dir)) + 1
-        if save_checkpoint:
-            await asyncio.to_thread(self._save_checkpoint, served.policy, output_dir, step)
-        return TrainResult(step=step, metrics={f"train/{k}": v for k, v in metrics.items()})
+        current = get_step_from_dir(str(output_dir))
+        step, checkpoint = current + 1, None
+        if not metrics.get("num_gradient_steps"):
+            print("Skipping tuning as there is no suitable data (every group's rewards are equal, or no "
+                  "trajectory fits); the step advances with the weights unchanged.", flush=True)
+            checkpoint = await asyncio.to_thread(self._advance_checkpoint, served.policy, output_dir, current)
+        else:  # saved even without save_checkpoint, as LocalBackend does: the step is the newest checkpoint
+            checkpoint = await asyncio.to_thread(self._save_checkpoint, served.policy, output_dir, step)
+        if verbose:
+            print(f"CPUBackend.train: step {step}, {metrics}", flush=True)
+        return LocalTrainResult(step=step, metrics={f"train/{k}": v for k, v in metrics.items()},
+                                checkpoint_path=str(checkpoint) if save_checkpoint else None)
 
     async def _delete_checkpoint_files(self, model: AnyTrainableModel, steps_to_keep: list[int]) -> None:
         delete_checkpoints(get_model_dir(model=model, art_path=self._path), steps_to_keep)
 
     async def close(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
         for served in self._models.values():
             if served.server is not None:
                 served.server.stop()
@@ -220,8 +261,20 @@ class CPUBackend:
     def policy(self, model: AnyModel) -> LoraPolicy:
         return self._served(model).policy
 
+    @classmethod
+    def _advance_checkpoint(cls, policy: LoraPolicy, output_dir: Path, current: int) -> Path:
+        """The unchanged weights become the next step's checkpoint by renaming the latest one (atomic, no copy)."""
+        latest = Path(get_step_checkpoint_dir(str(output_dir), current))
+        following = Path(get_step_checkpoint_dir(str(output_dir), current + 1))
+        if not (latest / "adapter_model.safetensors").exists():
+            return cls._save_checkpoint(policy, output_dir, current + 1)
+        if following.exists():
+            shutil.rmtree(following)
+        os.rename(latest, following)
+        return following
+
     @staticmethod
-    def _save_checkpoint(policy: LoraPolicy, output_dir: Path, step: int) -> None:
+    def _save_checkpoint(policy: LoraPolicy, output_dir: Path, step: int) -> Path:
         """Write to a hidden temp dir, then rename: a kill mid-save never leaves a half checkpoint."""
         final = Path(get_step_checkpoint_dir(str(output_dir), step))
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -233,3 +286,4 @@ class CPUBackend:
             os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        return final

@@ -7,11 +7,12 @@ A lock keeps sampling and training from touching the weights at the same time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from backends.decoding import (
     store_frozen_linears_transposed,
     use_grouped_decode_attention,
 )
+from backends.train_options import TrainSettings
 
 __all__ = ["LoraPolicy", "LoraSettings", "Sample", "SampleRequest", "TrainSettings"]
 
@@ -38,23 +40,6 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-
-
-@dataclass
-class TrainSettings:
-    """The `backend.train()` keywords the CPU backend honours (names and meanings as in ART's LocalBackend)."""
-
-    learning_rate: float
-    advantage_balance: float = 0.0
-    scale_rewards: bool = True
-    loss_fn: str = "cispo"
-    epsilon: float | None = None
-    epsilon_high: float | None = None
-    importance_sampling_level: str = "token"
-    allow_training_without_logprobs: bool = False
-    max_grad_norm: float = 1.0
-    rows_per_gradient_step: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def default_sample_threads() -> int:
@@ -150,8 +135,12 @@ class LoraPolicy:
     # ---- training ------------------------------------------------------------------------------------------
 
     def train_step(self, trajectory_groups: list[Any], settings: TrainSettings) -> dict[str, float]:
-        """One GRPO update: ART's tokenisation and packing, ART's loss, a peft forward/backward on CPU."""
-        from art import dev
+        """One GRPO update: ART's tokenisation and packing, ART's loss, a peft forward/backward on CPU.
+
+        With `precalculate_logprobs` the old logprobs are the trainer's own, computed before the first gradient step
+        (the sampler's stay as `original_logprobs`, which truncated importance sampling weighs against); with a KL
+        coefficient the reference logprobs come from the base model (adapter off) or `kl_reference`'s adapter.
+        Both are computed once, up front, without gradients, as ART's unsloth service does."""
         from art.preprocessing.pack import packed_tensors_from_tokenized_results
         from art.preprocessing.tokenize import tokenize_trajectory_groups
 
@@ -163,8 +152,9 @@ class LoraPolicy:
                 scale_rewards=settings.scale_rewards,
             )
         )
-        too_long = [r for r in results if len(r.token_ids) > self.max_seq_length]
-        results = [r for r in results if len(r.token_ids) <= self.max_seq_length]
+        limit = min(self.max_seq_length, settings.max_sequence_length or self.max_seq_length)
+        too_long = [r for r in results if len(r.token_ids) > limit]
+        results = [r for r in results if len(r.token_ids) <= limit]
         metrics: dict[str, float] = {"dropped_too_long": float(len(too_long))}
         if not results:
             return metrics | {"num_gradient_steps": 0.0}
@@ -176,34 +166,32 @@ class LoraPolicy:
             advantage_balance=settings.advantage_balance,
             pack_results=False,
         )
-        config: dev.TrainConfig = {
-            "ppo": settings.loss_fn == "ppo",
-            "importance_sampling_level": settings.importance_sampling_level,  # type: ignore[typeddict-item]
-        }
-        if settings.epsilon is not None:
-            config["epsilon"] = settings.epsilon
-        if settings.epsilon_high is not None:
-            config["epsilon_high"] = settings.epsilon_high
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
         tensors = {k: v for k, v in packed.items() if isinstance(v, torch.Tensor)}
         rows = tensors["tokens"].shape[0]
-        losses, norms, corrs, tokens = [], [], [], 0
+        losses, norms, corrs, kls, tokens = [], [], [], [], 0
         with self.lock:
+            if settings.precalculate_logprobs:
+                tensors["original_logprobs"] = tensors["logprobs"]
+                tensors["logprobs"] = self._precalculated_logprobs(tensors)
+            if settings.kl_penalty_coef > 0:
+                with self._reference_weights(settings.kl_reference):
+                    tensors["ref_logprobs"] = self._logprobs_without_grad(tensors)
             self.model.train()
             try:
                 for start in range(0, rows, settings.rows_per_gradient_step):
                     batch = {k: v[start : start + settings.rows_per_gradient_step] for k, v in tensors.items()}
                     if not bool(batch["assistant_mask"].any()):
                         continue
-                    loss_value, corr = self._accumulate_gradients(batch, config)
+                    loss_value, corr, kl = self._accumulate_gradients(batch, settings.loss)
                     params = [p for p in self.model.parameters() if p.requires_grad]
                     norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                     self.optimizer.step()
                     losses.append(loss_value)
                     norms.append(float(norm))
-                    if corr is not None:
-                        corrs.append(corr)
+                    corrs += [corr] if corr is not None else []
+                    kls += [kl] if kl is not None else []
                     tokens += int(batch["assistant_mask"].sum())
             finally:
                 self.model.eval()
@@ -218,33 +206,74 @@ class LoraPolicy:
         )
         if corrs:
             metrics["probs_corr"] = sum(corrs) / len(corrs)
+        if kls:
+            metrics["kl_policy_ref"] = sum(kls) / len(kls)
         return metrics
 
-    def _accumulate_gradients(self, batch: dict[str, torch.Tensor], config: Any) -> tuple[float, float | None]:
+    def _accumulate_gradients(self, batch: dict[str, torch.Tensor],
+                              config: Any) -> tuple[float, float | None, float | None]:
         """The gradient of ART's loss over `batch`, one row at a time (gradient accumulation).
 
         ART's loss is a mean over the batch's weighed tokens, so each row's loss is scaled by its share of them and
         the sum of the row gradients is the batch gradient. One row at a time keeps the activations of one sequence
         in memory: 8 rows of ~1,000 tokens through SmolLM2's 30 layers (attention probabilities included) ran a
-        24 GB machine out of memory."""
+        24 GB machine out of memory. Returns the loss, the mean probs_corr and the mean KL to the reference."""
         from art.loss import loss_fn
 
         weighed = batch["assistant_mask"][:, 1:].sum(dim=1).float()  # ART's loss shifts the mask by one
         total = float(weighed.sum())
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value, corrs = 0.0, []
+        loss_value, corrs, kls = 0.0, [], []
         for row in range(batch["tokens"].shape[0]):
             if weighed[row] == 0:
                 continue
             micro = {k: v[row : row + 1] for k, v in batch.items()}
+            ref = micro.pop("ref_logprobs", None)
             new_logprobs = self._token_logprobs(micro["tokens"], micro["group_ids"] != -1, micro["assistant_mask"])
-            loss = loss_fn(micro, new_logprobs, None, None, config)  # type: ignore[arg-type]
+            loss = loss_fn(micro, new_logprobs, ref, None, config)  # type: ignore[arg-type]
             share = float(weighed[row]) / total
             (loss.policy_loss * share).backward()
             loss_value += loss.policy_loss.item() * share
             if not math.isnan(loss.probs_corr.item()):
                 corrs.append(loss.probs_corr.item())
-        return loss_value, (sum(corrs) / len(corrs) if corrs else None)
+            if loss.kl_policy_ref is not None:
+                kls.append(loss.kl_policy_ref.item() * share)
+        return (loss_value, (sum(corrs) / len(corrs) if corrs else None), (sum(kls) if kls else None))
+
+    @torch.no_grad()
+    def _logprobs_without_grad(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`_token_logprobs` of every row (shifted as ART's loss expects), one row at a time, with no graph."""
+        rows = [self._token_logprobs(tensors["tokens"][i : i + 1], tensors["group_ids"][i : i + 1] != -1,
+                                     tensors["assistant_mask"][i : i + 1]) for i in range(tensors["tokens"].shape[0])]
+        return torch.cat(rows)
+
+    def _precalculated_logprobs(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The policy's own logprob of each assistant token, in the packed layout (logprob of token t at t, NaN
+        elsewhere), as ART's unsloth service puts it in place of the sampler's before the first gradient step."""
+        shifted = self._logprobs_without_grad(tensors)
+        unshifted = torch.nn.functional.pad(shifted[:, :-1], (1, 0), value=0.0)
+        return torch.where(tensors["assistant_mask"].bool(), unshifted, torch.full_like(unshifted, float("nan")))
+
+    @contextlib.contextmanager
+    def _reference_weights(self, adapter_dir: str | None) -> Iterator[None]:
+        """The KL reference in place of the policy: the base model (adapter off), or another adapter's weights
+        (e.g. an earlier checkpoint) loaded into the LoRA layers and swapped back afterwards."""
+        if adapter_dir is None:
+            with self.model.disable_adapter():
+                yield
+            return
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(adapter_dir) / ADAPTER_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"KL reference: no adapter at {path}")
+        own = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        set_peft_model_state_dict(self.model, load_file(str(path)))
+        try:
+            yield
+        finally:
+            set_peft_model_state_dict(self.model, own)
 
     def _token_logprobs(self, tokens: torch.Tensor, attention: torch.Tensor,
                         assistant: torch.Tensor | None = None) -> torch.Tensor:
