@@ -1,0 +1,94 @@
+"""Taking the tasks elsewhere and teaching the format: the verl-layout parquet, and SFT demonstrations.
+
+The parquet has verl's columns: `prompt` (the chat messages a rollout sends), `data_source`, `ability`,
+`reward_model` ({style: rule, ground_truth: JSON of the legal action ids and strings}) and `extra_info` (env,
+case, task id, seed, split, history, player), so a verl reward function can rebuild the state with
+`pyspiel.load_game(case)` and the history. A demonstration is exactly a move-mode rollout's conversation with a
+well-formed answer: a seeded legal move, or OpenSpiel's MCTS bot's move (`--demo-policy`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from envs.openspiel.flags import GameOptions
+from envs.openspiel.moves import SYSTEM_PROMPT, answer
+from envs.openspiel.tasks import load_tasks, replay
+from envs.scenario import DatasetError, Scenario
+
+SPLITS = ("train", "val", "all")
+
+
+def scenarios_of(options: GameOptions, seed: int, split: str) -> list[Scenario]:
+    if split not in SPLITS:
+        raise DatasetError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
+    if split == "all":
+        return load_tasks(options, seed, "train") + load_tasks(options, seed, "val")
+    return load_tasks(options, seed, split)
+
+
+def messages(scenario: Scenario) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": scenario.prompt}]
+
+
+def verl_row(scenario: Scenario, index: int, reward_mode: str) -> dict[str, Any]:
+    data = scenario.data
+    state = replay(data["case"], data["history"])
+    legal = {str(a): state.action_to_string(data["player"], a) for a in data["legal_actions"]}
+    return {
+        "data_source": f"openspiel/{data['game']}",
+        "prompt": messages(scenario),
+        "ability": "game",
+        "reward_model": {"style": "rule", "ground_truth": json.dumps({"reward_mode": reward_mode,
+                                                                      "legal_actions": legal})},
+        "extra_info": {"env": "openspiel", "case": data["case"], "task_id": scenario.id, "index": index,
+                       "seed": int(data["seed"]), "split": data["split"], "history": list(data["history"]),
+                       "player": int(data["player"])},
+    }
+
+
+def write_tasks(out: Path, options: GameOptions, seed: int, split: str = "all") -> int:
+    """Writes the task set as a verl parquet; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if out.suffix != ".parquet":
+        raise DatasetError(f"--out {out}: must end with .parquet")
+    rows = [verl_row(s, i, options.reward_mode) for i, s in enumerate(scenarios_of(options, seed, split))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    tmp.replace(out)
+    return len(rows)
+
+
+def demo_action(scenario: Scenario, policy: str, simulations: int) -> int:
+    """The demonstrated move: a legal one drawn with the task's seed, or the MCTS bot's."""
+    from rewards.openspiel import choose
+
+    data = scenario.data
+    state = replay(data["case"], data["history"])
+    return choose(data["case"], state, "random" if policy == "legal" else "mcts", int(data["seed"]), simulations)
+
+
+def conversation(scenario: Scenario, action: int) -> dict[str, Any]:
+    return {"messages": [*messages(scenario), {"role": "assistant", "content": answer(action)}],
+            "metadata": {"env": "openspiel", "scenario_id": scenario.id, "split": scenario.data["split"]}}
+
+
+def write_demos(out: Path, options: GameOptions, seed: int, split: str = "train") -> list[dict[str, Any]]:
+    """Demonstrations of the `split` tasks (`--num-demos` of them, in task order; 0: all) as OpenAI-messages
+    JSONL, the format `--sft-data` and art.utils.sft read."""
+    if out.suffix != ".jsonl":
+        raise DatasetError(f"--out {out}: must end with .jsonl (the format art.utils.sft reads)")
+    scenarios = scenarios_of(options, seed, split)
+    if options.num_demos:
+        scenarios = scenarios[: options.num_demos]
+    demos = [conversation(s, demo_action(s, options.demo_policy, options.mcts_simulations)) for s in scenarios]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # no half-written file if this fails
+    tmp.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in demos))
+    tmp.replace(out)
+    return demos

@@ -1,0 +1,56 @@
+"""Playouts and MCTS moves off the event loop: a process pool (or one thread), so scoring never stalls rollouts.
+
+A playout of a large game, or one MCTS move, is milliseconds to seconds of pure CPU in pyspiel; run on the
+event loop it would hold up every rollout in flight. Workers are spawned, not forked: the trainer has torch and
+sampler threads, and a fork of a threaded process can inherit a held lock. The pool starts on first use, so a
+legal-mode run (instant rewards) never starts one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from envs.openspiel.flags import GameOptions
+from rewards.openspiel import Playout, next_move, play_out
+
+
+class PlayoutUnavailable(RuntimeError):
+    """The pool broke (a worker died); the rollout fails and is counted, the run goes on."""
+
+
+class PlayoutPool:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: Executor | None = None
+
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            self._executor = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                              if self.workers > 0 else ThreadPoolExecutor(1, thread_name_prefix="openspiel"))
+        return self._executor
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+        except BrokenProcessPool as exc:
+            self._executor = None  # the next call starts a fresh pool
+            raise PlayoutUnavailable(f"openspiel playout pool broke: {exc}") from exc
+
+    async def playouts(self, case: str, history: list[int], seat: int, options: GameOptions, seed: int,
+                       ) -> list[float]:
+        """`options.playouts` seeded playouts from the state after `history`; seeds seed, seed+1, ..."""
+        jobs = [Playout(case, tuple(history), seat, options.opponent, options.own_policy, seed + k,
+                        options.mcts_simulations) for k in range(options.playouts)]
+        return list(await asyncio.gather(*(self._run(play_out, job) for job in jobs)))
+
+    async def move(self, case: str, history: list[int], policy: str, seed: int, simulations: int) -> int:
+        return int(await self._run(next_move, case, tuple(history), policy, seed, simulations))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
