@@ -22,6 +22,7 @@ from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
 
 SCRIPT_TIMEOUT_S = 30.0
+NO_CODE_NUDGE = "No code found. Reply with one ```python block."
 
 
 @functools.lru_cache(maxsize=256)
@@ -52,12 +53,15 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         choice = await ctx.complete(trajectory.messages(), ctx.settings.max_tokens_per_turn)
         trajectory.messages_and_choices.append(choice)
         script = extract_code(choice.message.content or "")
+        turn = {"prompt": str(trajectory.messages()[-2].get("content")), "response": choice.message.content or "",
+                "code_blocks": [], "final_answer": None, "iteration_time": 0.0, "observation": None}
+        turn_log.append(turn)  # every turn is logged, a reply without code too
         if script is None:
             trajectory.log(f"turn {turns}: reply held no code")
             breakdown = {"no_code": 1.0}
             if turns < ctx.settings.max_steps:
-                trajectory.messages_and_choices.append(
-                    {"role": "user", "content": "No code found. Reply with one ```python block."})
+                turn["observation"] = NO_CODE_NUDGE
+                trajectory.messages_and_choices.append({"role": "user", "content": NO_CODE_NUDGE})
             continue
         geometry = _geometry_b64(str(Path(scenario.data["task_store"]) / scenario.data["geometry_file"]))
         request = RunRequest(script=script, geometry_b64=geometry, geometry_name=geometry_name,
@@ -67,23 +71,19 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         except ServiceUnavailable as exc:  # recorded on the group by the gather; never a crash of the run
             raise RuntimeError(f"gmsh service unavailable: {exc}") from exc
         trajectory.reward, breakdown = gmsh_reward(scenario.data["requirements"], scenario.data["bbox"], result)
-        turn_log.append({
-            "prompt": str(trajectory.messages()[-2].get("content")), "response": choice.message.content or "",
-            "code_blocks": [code_block(script, result["stdout"], result["stderr"],
-                                       {"stats": _summary(result["stats"]), "error": repr(result["error"])},
-                                       result["elapsed"])],
-            "final_answer": None, "iteration_time": result["elapsed"],
-        })
+        turn |= {"code_blocks": [code_block(script, result["stdout"], result["stderr"],
+                                            {"stats": _summary(result["stats"]), "error": repr(result["error"])},
+                                            result["elapsed"])],
+                 "iteration_time": result["elapsed"]}
         breakdown["no_code"] = 0.0
         trajectory.log(f"turn {turns}: error={result['error']!r} {_summary(result['stats'])}")
         if (result["ok"] and breakdown.get("groups_missing", 1) == 0) or turns == ctx.settings.max_steps:
             break
         tail = (result["stderr"] or result["stdout"])[-1500:]
-        trajectory.messages_and_choices.append(
-            {"role": "user", "content": gmsh_feedback(result["error"], _summary(result["stats"]), tail)})
+        turn["observation"] = gmsh_feedback(result["error"], _summary(result["stats"]), tail)
+        trajectory.messages_and_choices.append({"role": "user", "content": turn["observation"]})
     trajectory.metrics.update(breakdown | {"agent_steps": float(turns), "finished": 1.0 - breakdown["no_code"]})
-    if turn_log:
-        attach_turns(trajectory, turn_log)
+    attach_turns(trajectory, turn_log)
     return trajectory
 
 

@@ -1,8 +1,9 @@
 """Sampled trajectory logs in the RLM visualizer's JSONL format (`logs/<experiment>/step_NNNN/*.jsonl`).
 
-One file per logged rollout: a metadata line, then one iteration line per assistant turn. Which rollouts are
-logged is a pure function of (seed, step, group, index), so a resumed step logs the same ones. Each file is
-written to a temp name and renamed, off the event loop, so a killed run never leaves half a file.
+One file per logged rollout: a metadata line (holding the rollout's turn count), then one iteration line per
+assistant turn, also a turn whose reply held no code (`code_blocks: []`, with the `observation` the agent got).
+Which rollouts are logged is a pure function of (seed, step, group, index), so a resumed step logs the same ones.
+Each file is written to a temp name and renamed, off the event loop, so a killed run never leaves half a file.
 """
 
 from __future__ import annotations
@@ -51,23 +52,36 @@ def code_block(code: str, stdout: str = "", stderr: str = "", local_vars: dict[s
                                      "execution_time": float(execution_time), "rlm_calls": rlm_calls}}
 
 
+def count_turns(trajectory: art.Trajectory) -> int:
+    """The model's replies in the conversation: the log owes one iteration line to each, code or not."""
+    return sum(1 for item in trajectory.messages_and_choices
+               if not isinstance(item, dict) or item.get("role") == "assistant")
+
+
 def rlm_lines(trajectory: art.Trajectory, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metadata line (with the rollout's turn count, so a validator can tell a short log) and one iteration
+    line per turn: the env's own record where it kept one, else one per reply read off the conversation."""
     now = datetime.now(UTC).isoformat()
+    head = _metadata_line(now, meta, count_turns(trajectory))
     if TURNS_KEY in trajectory.metadata:
-        return [_metadata_line(now, meta)] + [
-            {"type": "iteration", "iteration": i, "timestamp": now, **turn}
+        return [head] + [
+            {"type": "iteration", "iteration": i, "timestamp": now, "observation": None, **turn}
             for i, turn in enumerate(json.loads(str(trajectory.metadata[TURNS_KEY])), 1)
         ]
-    lines: list[dict[str, Any]] = [_metadata_line(now, meta)]
+    lines: list[dict[str, Any]] = [head]
     history: list[dict[str, Any]] = []
     for item in trajectory.messages_and_choices:
-        if isinstance(item, dict):
+        if isinstance(item, dict) and item.get("role") != "assistant":
             history.append({"role": item.get("role"), "content": item.get("content")})
+            if len(lines) > 1:  # what the environment said back after the last reply
+                seen = lines[-1]["observation"]
+                lines[-1]["observation"] = f"{seen}\n{item.get('content')}" if seen else str(item.get("content"))
             continue
-        response = item.message.content or ""
+        response = (item.get("content") if isinstance(item, dict) else item.message.content) or ""
         lines.append({
             "type": "iteration", "iteration": len(lines), "timestamp": now, "prompt": list(history),
             "response": response, "code_blocks": [], "final_answer": None, "iteration_time": 0.0,
+            "observation": None,
         })
         history.append({"role": "assistant", "content": response})
     if len(lines) > 1:
@@ -75,10 +89,11 @@ def rlm_lines(trajectory: art.Trajectory, meta: dict[str, Any]) -> list[dict[str
     return lines
 
 
-def _metadata_line(now: str, meta: dict[str, Any]) -> dict[str, Any]:
+def _metadata_line(now: str, meta: dict[str, Any], turns: int) -> dict[str, Any]:
     return {"type": "metadata", "timestamp": now, "root_model": meta.get("model", ""), "max_depth": 1,
             "max_iterations": meta.get("max_steps", 1), "backend": "openai", "backend_kwargs": {},
-            "environment_type": meta.get("env", ""), "environment_kwargs": meta, "other_backends": None}
+            "environment_type": meta.get("env", ""), "environment_kwargs": meta, "other_backends": None,
+            "turns": turns}
 
 
 def _write_atomic(path: Path, lines: list[dict[str, Any]]) -> None:
@@ -144,11 +159,13 @@ def _check(obj: dict[str, Any], keys: dict[str, Any], where: str) -> str | None:
 
 
 def validate_file(path: Path) -> str | None:
-    """None when the file is what the RLM visualizer reads, else 'LINE: reason' for the first bad line."""
+    """None when the file is what the RLM visualizer reads and holds every turn of its rollout, else
+    'LINE: reason' for the first problem: a log that drops turns is as useless to a reader as a broken one."""
     lines = path.read_text(errors="replace").splitlines()
     if not lines:
         return "1: empty file"
     expected_iteration = 1
+    turns = 0
     for number, text in enumerate(lines, 1):
         try:
             obj = json.loads(text)
@@ -163,25 +180,42 @@ def validate_file(path: Path) -> str | None:
             problem = _check(obj, _METADATA_KEYS, "1")
             if problem or "other_backends" not in obj:
                 return problem or "1: missing 'other_backends'"
+            turns = obj.get("turns")
+            if not isinstance(turns, int) or isinstance(turns, bool) or turns < 1:
+                return f"1: 'turns' must be the rollout's turn count (an integer >= 1), is {turns!r}"
         elif kind == "run_context" and number == 2:
             continue
         elif kind == "iteration":
-            problem = _check(obj, _ITERATION_KEYS, str(number))
+            problem = _check_iteration(obj, number, expected_iteration)
             if problem:
                 return problem
-            if "prompt" not in obj or "final_answer" not in obj:
-                return f"{number}: missing 'prompt' or 'final_answer'"
-            if obj["iteration"] != expected_iteration:
-                return f"{number}: iteration {obj['iteration']}, expected {expected_iteration}"
             expected_iteration += 1
-            for b, block in enumerate(obj["code_blocks"]):
-                if not isinstance(block, dict) or not isinstance(block.get("code"), str):
-                    return f"{number}: code_blocks[{b}] needs a 'code' string"
-                problem = _check(block.get("result") or {}, _RESULT_KEYS, f"{number}: code_blocks[{b}].result")
-                if problem:
-                    return problem
         else:
             return f"{number}: unexpected line type {kind!r}"
+    iterations = expected_iteration - 1
+    if iterations == 0:
+        return f"{len(lines)}: no iteration lines (the rollout had {turns} turn(s))"
+    if iterations != turns:
+        return f"{len(lines)}: {iterations} iteration line(s) for a rollout of {turns} turn(s)"
+    return None
+
+
+def _check_iteration(obj: dict[str, Any], number: int, expected: int) -> str | None:
+    problem = _check(obj, _ITERATION_KEYS, str(number))
+    if problem:
+        return problem
+    if "prompt" not in obj or "final_answer" not in obj:
+        return f"{number}: missing 'prompt' or 'final_answer'"
+    if obj["iteration"] != expected:
+        return f"{number}: iteration {obj['iteration']}, expected {expected}"
+    if not isinstance(obj.get("observation"), str | None):
+        return f"{number}: 'observation' must be a string or null"
+    for b, block in enumerate(obj["code_blocks"]):
+        if not isinstance(block, dict) or not isinstance(block.get("code"), str):
+            return f"{number}: code_blocks[{b}] needs a 'code' string"
+        problem = _check(block.get("result") or {}, _RESULT_KEYS, f"{number}: code_blocks[{b}].result")
+        if problem:
+            return problem
     return None
 
 

@@ -80,22 +80,25 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                 break
             trajectory.messages_and_choices.append(choice)
             code = extract_code(choice.message.content or "")
+            # Every turn is logged, a reply without code too: a reader needs to see what the agent was told.
+            turn: dict[str, Any] = {"prompt": messages if turns == 1 else str(messages[-1].get("content")),
+                                    "response": choice.message.content or "", "code_blocks": [],
+                                    "final_answer": None, "observation": None}
+            turn_log.append(turn)
             if code is None:
+                turn |= {"observation": R2E_NO_CODE_NUDGE, "iteration_time": time.monotonic() - started}
                 trajectory.messages_and_choices.append({"role": "user", "content": R2E_NO_CODE_NUDGE})
                 continue
             cell = await repl.run_cell(code)
-            turn_log.append({
-                "prompt": messages if turns == 1 else str(messages[-1].get("content")),
-                "response": choice.message.content or "",
-                "code_blocks": [code_block(code, cell.stdout, cell.stderr + (f"\n{cell.error}" if cell.error else ""),
-                                           cell.locals, cell.execution_time, cell.llm_calls, ctx.model.name)],
-                "final_answer": cell.final, "iteration_time": time.monotonic() - started,
-            })
+            turn |= {"code_blocks": [code_block(code, cell.stdout,
+                                                cell.stderr + (f"\n{cell.error}" if cell.error else ""),
+                                                cell.locals, cell.execution_time, cell.llm_calls, ctx.model.name)],
+                     "final_answer": cell.final, "iteration_time": time.monotonic() - started}
             if cell.final is not None:
                 finished = True
                 break
-            trajectory.messages_and_choices.append(
-                {"role": "user", "content": r2e_observation(cell.stdout, cell.stderr, cell.error)})
+            turn["observation"] = r2e_observation(cell.stdout, cell.stderr, cell.error)
+            trajectory.messages_and_choices.append({"role": "user", "content": turn["observation"]})
         await repl.close()
         changed = changed_files(workdir, original)
         reward, breakdown = 0.0, {"tests_expected": float(len(scenario.data["expected"])), "tests_matching": 0.0}
@@ -117,6 +120,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         "context_exhausted": float(context_exhausted),
     })
     trajectory.metadata["changed_files"] = ",".join(changed)[:500]
-    trajectory.logs.extend(f"cell {i}: {t['code_blocks'][0]['code'][:200]!r}" for i, t in enumerate(turn_log, 1))
+    trajectory.logs.extend(f"cell {i}: {t['code_blocks'][0]['code'][:200]!r}"
+                           for i, t in enumerate(turn_log, 1) if t["code_blocks"])
     attach_turns(trajectory, turn_log)
     return trajectory

@@ -92,7 +92,9 @@ def test_retention_keeps_latest_best_and_newest_saved():
 
 
 def test_turns_of_a_code_env_become_iterations_with_code_blocks(tmp_path):
-    trajectory = art.Trajectory(messages_and_choices=[{"role": "user", "content": "fix it"}], reward=1.0)
+    trajectory = art.Trajectory(messages_and_choices=[{"role": "user", "content": "fix it"},
+                                                      {"role": "assistant", "content": "```repl\nprint(1)\n```"}],
+                                reward=1.0)
     attach_turns(trajectory, [{
         "prompt": [{"role": "user", "content": "fix it"}], "response": "```repl\nprint(1)\n```",
         "code_blocks": [code_block("print(1)", "1\n", "", {"x": "1"}, 0.01,
