@@ -52,6 +52,11 @@ BENCHES = [
           "Repo copy of a generated 5.6 MB repository into the default rollout root (/dev/shm when it exists); "
           "`/test` through the service (process runtime, sandboxed) vs `bash run_tests.sh` run directly; a trivial "
           "REPL cell."),
+    Bench("docker-runtime", ("bench/docker_runtime.py",), "R2E /test: docker runtime vs process runtime vs direct",
+          "The same request (the stats sample's reference fix) in turn: `bash run_tests.sh` on a fresh copy (no "
+          "sandbox), `/test` with the process runtime (bwrap sandbox) and with the docker runtime (a fresh container "
+          "per request, no network, limits, removed after); plus a bare `docker run --rm IMAGE true`. Needs a Docker "
+          "engine (`scripts/docker_engine.sh start`); the sample images are built offline when missing."),
     Bench("memory", ("bench/memory.py",), "Trainer memory over 1,000 rollouts",
           "`train.py` on the toy env (10 rollouts per step, each step sampled, scored, trained, logged and "
           "checkpointed); RSS of the trainer and its children read from outside at each step's summary line. The "

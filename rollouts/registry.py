@@ -139,8 +139,9 @@ def _r2e() -> EnvSpec:
     async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
         root = Path(cfg.rollout_root)
         root.mkdir(parents=True, exist_ok=True)
+        runtime = env_options(cfg, "r2e")["test_runtime"]  # envs/r2e/flags.py: --test-runtime process|docker
         async with _service_client(cfg.docker_url, "TEST_SERVICE_TOKEN", TestServiceClient, "envs.r2e.test_service",
-                                   "--runtime", "process", "--cache-dir", str(cache_dir(cfg)),
+                                   "--runtime", runtime, "--cache-dir", str(cache_dir(cfg)),
                                    "--max-concurrent", _local_workers(cfg)) as client:
             yield {"r2e": R2ESettings(tests=client, rollout_root=root, system_prompt=cfg.system_prompt,
                                       reward=cfg.reward, cell_timeout_s=cfg.bash_timeout)}
@@ -178,7 +179,16 @@ def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
     return figures
 
 
-ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e}
+def _openspiel() -> EnvSpec:
+    from rollouts import openspiel
+
+    # default_max_steps: our moves per whole game (--game-mode game); a move-mode rollout is one turn anyway.
+    return EnvSpec(name="openspiel", load_scenarios=openspiel.load_scenarios, rollout=openspiel.rollout,
+                   default_max_steps=64, services=openspiel.services, step_metrics=openspiel.game_metrics,
+                   load_val=lambda cfg: openspiel.load_scenarios(cfg, "val"), write_demos=openspiel.write_demos)
+
+
+ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e, "openspiel": _openspiel}
 
 # Each env's defaults for the flags a user leaves out (ExperimentConfig field names), sized for the embedded
 # pretrained model on 2 CPU cores. gmsh is the default env: SFT on its demonstrations, GRPO, held-out evaluation.
@@ -198,7 +208,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 # Envs with flags of their own: env name -> a light module (no heavy imports) with `add_flags(group)` and, optionally,
 # `validate(options: dict) -> None` raising ValueError("--flag ...") for a bad value. The values reach the env as
 # `cfg.env_options` (see `env_options`); trainer/config.py never needs to know them.
-ENV_FLAGS: dict[str, str] = {}
+ENV_FLAGS: dict[str, str] = {"r2e": "envs.r2e.flags", "openspiel": "envs.openspiel.flags"}
 
 
 class EnvFlagError(ValueError):

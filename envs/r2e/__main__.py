@@ -1,9 +1,11 @@
 """`python -m envs.r2e cache ...` builds the repo cache; `python -m envs.r2e score ...` scores changed files;
-`python -m envs.r2e demos ...` writes SFT demonstrations of the bundled samples.
+`python -m envs.r2e demos ...` writes SFT demonstrations of the bundled samples; `python -m envs.r2e images` builds
+R2E-style Docker images of the bundled samples offline (envs/r2e/images.py).
 
 cache: --cache-dir D (--from-samples | --split S [--dataset FILE] --max-entries N [--skip-existing] [--dry-run])
 score: --cache-dir D --dataset FILE --instance-id ID --files DIR  -> {reward, partial, tests: {...}}
 demos: --out F.jsonl [--split train|heldout|all] [--cache-dir D] [--system-prompt P]
+images: [--image-cache D] [--rows-out F.jsonl] [--mirror URL]  -> rows whose docker_image are the built images
 """
 
 from __future__ import annotations
@@ -46,6 +48,25 @@ async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
     return {"reward": reward, "partial": partial, "tests": found}
 
 
+def _images(args: argparse.Namespace) -> int:
+    from envs.r2e.docker_runtime import DockerError, engine_problem
+    from envs.r2e.images import DEFAULT_MIRROR, ImageBuildError, build_sample_images
+
+    if args.image_cache is not None and args.image_cache.exists() and not args.image_cache.is_dir():
+        print(f"error: --image-cache {args.image_cache}: not a directory", file=sys.stderr)
+        return 2
+    problem = engine_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        build_sample_images(args.image_cache, args.rows_out, args.mirror or DEFAULT_MIRROR)
+    except (DockerError, ImageBuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs.r2e", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,8 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     demos.add_argument("--cache-dir", type=Path, default=None,
                        help="repo cache (the samples are added to it; default: a temporary one)")
     demos.add_argument("--system-prompt", default="r2e_system_prompt", help="as train.py's --system-prompt")
+    images = sub.add_parser("images", help="build a Docker image per bundled sample, offline (needs an engine)")
+    images.add_argument("--image-cache", type=Path, default=None,
+                        help="where the debootstrapped base root is kept between runs (default: "
+                             "$ART_R2E_IMAGE_CACHE or ~/.cache/art-agent-trainer/r2e-images)")
+    images.add_argument("--rows-out", type=Path, default=None,
+                        help="write the sample rows (docker_image = the built images) here (default: "
+                             "<image-cache>/sample_rows.jsonl), for `cache --dataset` and train.py --dataset")
+    images.add_argument("--mirror", default=None, help="Debian mirror for debootstrap (default: deb.debian.org)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "images":
+            return _images(args)
         if args.command == "demos":
             from envs.r2e.demos import write_demos
 

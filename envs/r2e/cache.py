@@ -1,6 +1,7 @@
 """The repo cache: `index.json` (instance id -> metadata) and one folder per instance holding the repository.
 
-Built from Docker images (`/testbed` of each R2E image) where an engine exists, or from the bundled samples.
+Built from Docker images (`/testbed` of each R2E image, or of ours: `python -m envs.r2e images`) where an engine
+runs, or from the bundled samples.
 The index is rewritten after every entry, so an interrupted build resumes where it stopped.
 """
 
@@ -39,11 +40,17 @@ def _entry(row: R2ERow, folder: Path) -> dict[str, Any]:
             "size_mb": round(sum(p.stat().st_size for p in files) / 1e6, 3)}
 
 
+def sample_image(repo_name: str, commit_hash: str) -> str:
+    """The sample's image name, R2E's `namanjain12/<repo>_final:<commit>` under our own prefix (`local/`, which no
+    registry serves); `python -m envs.r2e images` builds it."""
+    return f"local/{repo_name}_final:{commit_hash}"
+
+
 def sample_rows() -> list[R2ERow]:
     raw = []
     for task in sorted(SAMPLES.glob("*/task.json")):
         data = json.loads(task.read_text())
-        raw.append({**data, "docker_image": f"local/{data['repo_name']}:sample"})
+        raw.append({**data, "docker_image": sample_image(data["repo_name"], data["commit_hash"])})
     return validate_rows(raw, str(SAMPLES))
 
 
@@ -64,7 +71,8 @@ def build_from_samples(cache_dir: Path) -> dict[str, dict[str, Any]]:
 
 def build_from_docker(cache_dir: Path, rows: list[R2ERow], max_entries: int | None, skip_existing: bool,
                       dry_run: bool, log=print) -> dict[str, dict[str, Any]]:
-    """Copy `/testbed` out of each row's image (docker SDK): pull, create a stopped container, archive, remove."""
+    """Copy `/testbed` out of each row's image (docker CLI): pulled only when the engine lacks it (our offline
+    images from `python -m envs.r2e images` never are), a stopped container created, archived and removed."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     index = read_index(cache_dir)
     todo = [r for r in rows if not (skip_existing and r.instance_id in index)][: max_entries or None]
@@ -72,22 +80,26 @@ def build_from_docker(cache_dir: Path, rows: list[R2ERow], max_entries: int | No
         for row in todo:
             log(f"would cache {row.instance_id} from {row.docker_image}")
         return index
-    import docker
+    from envs.r2e.docker_runtime import OWNER_LABEL, ROLE_LABEL, DockerError, docker, image_exists, owner_label
 
-    client = docker.from_env()
     for row in todo:
         target = cache_dir / row.instance_id
-        client.images.pull(row.docker_image)
-        container = client.containers.create(row.docker_image, command="true")
         try:
-            stream, _ = container.get_archive("/testbed")
-            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                    tar.extractall(tmp, filter="data")
-                shutil.rmtree(target, ignore_errors=True)
-                os.rename(Path(tmp) / "testbed", target)
-        finally:
-            container.remove(force=True)
+            if not image_exists(row.docker_image):
+                docker("pull", row.docker_image, timeout=3600)
+            cid = docker("create", "--network", "none", "--label", f"{ROLE_LABEL}=cache", "--label",
+                         f"{OWNER_LABEL}={owner_label()}", row.docker_image, "true").stdout.decode().strip()
+            try:
+                archive = docker("cp", f"{cid}:/testbed", "-", timeout=600).stdout
+            finally:
+                docker("rm", "-f", cid, check=False)
+        except DockerError as exc:
+            raise DatasetError(f"{row.instance_id}: {exc}") from None
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(tmp, filter="data")
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(Path(tmp) / "testbed", target)
         index[row.instance_id] = _entry(row, target)
         _write_index(cache_dir, index)
         log(f"cached {row.instance_id} ({index[row.instance_id]['file_count']} files)")

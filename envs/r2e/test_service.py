@@ -2,7 +2,9 @@
 --token T --max-concurrent N`. (The issue calls it the Docker test service; `process` is its no-Docker runtime.)
 
 `POST /test` applies the changed files to a fresh copy of the repository and runs its test command: in a fresh
-container (`docker`, always removed) or in a sandboxed subprocess on a temp copy of the cached repo (`process`).
+container of the task's image (`docker`, see envs/r2e/docker_runtime.py: no network, CPU/memory/pids limits, always
+removed; the service exits 2 at start when no engine answers and removes its own stale containers) or in a sandboxed
+subprocess on a temp copy of the cached repo (`process`). A client that disconnects stops its test run.
 The test command runs the model's edits, so it is model code: with `process`, where no sandbox can run
 (`envs.sandbox`), the service refuses to start (one line on stderr, exit code 2) unless `--allow-unsandboxed` (or
 ART_ALLOW_UNSANDBOXED=1) opts out.
@@ -14,19 +16,23 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import os
 import secrets
 import shutil
+import sys
 import tarfile
 import tempfile
-import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
 from envs.r2e.cache import read_index
+from envs.r2e.docker_runtime import ContainerLimits, DockerRuntime, engine_problem, remove_stale_containers
 from envs.r2e.wire import TestRequest, TestResult
 from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
 
@@ -64,33 +70,22 @@ class ProcessRuntime:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-class DockerRuntime:
-    """A fresh container per request from the row's image; files go into /testbed; always removed."""
-
-    def __init__(self) -> None:
-        import docker
-
-        self.client = docker.from_env()
-
-    async def run(self, request: TestRequest) -> TestResult:
-        return await asyncio.to_thread(self._run, request)
-
-    def _run(self, request: TestRequest) -> TestResult:
-        container = self.client.containers.create(request.docker_image, command="sleep infinity",
-                                                  working_dir="/testbed", network_disabled=True)
-        started = time.monotonic()
-        try:
-            container.start()
-            container.put_archive("/testbed", base64.b64decode(request.files_tar_b64))
-            exec_id = self.client.api.exec_create(
-                container.id, ["timeout", "--kill-after=5", str(int(request.timeout)), "bash", "-c",
-                               request.test_cmd], workdir="/testbed")
-            output = self.client.api.exec_start(exec_id).decode("utf-8", errors="replace")
-            code = self.client.api.exec_inspect(exec_id)["ExitCode"]
-            return TestResult(test_output=output[-200_000:], exit_code=None if code == 124 else code,
-                              elapsed=time.monotonic() - started, timed_out=code == 124)
-        finally:
-            container.remove(force=True)
+async def _unless_disconnected(work: Coroutine[Any, Any, TestResult], request: Request) -> TestResult:
+    """Run `work`, cancelling it (so its container or sandbox is removed now, not at its timeout) when the client
+    goes away: nobody would read the result, and a slot of the service would be held for nothing."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise HTTPException(499, "the client disconnected; the test run was stopped")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HTTPException):
+                await asyncio.shield(task)
 
 
 def build_app(token: str, runtime, max_concurrent: int = 2) -> FastAPI:
@@ -106,9 +101,9 @@ def build_app(token: str, runtime, max_concurrent: int = 2) -> FastAPI:
         return {"status": "ok", "runtime": type(runtime).__name__}
 
     @app.post("/test", dependencies=[Depends(check_token)])
-    async def test(request: TestRequest) -> TestResult:
+    async def test(body: TestRequest, request: Request) -> TestResult:
         async with slots:
-            return await runtime.run(request)
+            return await _unless_disconnected(runtime.run(body), request)
 
     return app
 
@@ -122,9 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=os.environ.get("SERVICE_TOKEN"),
                         help="bearer token clients must send (default: $SERVICE_TOKEN)")
     parser.add_argument("--max-concurrent", type=int, default=2)
-    parser.add_argument("--memory-mb", type=int, default=2048)
+    parser.add_argument("--memory-mb", type=int, default=2048, help="memory cap of one test run (both runtimes)")
+    parser.add_argument("--cpus", type=float, default=1.0, help="docker: CPUs one container may use")
+    parser.add_argument("--pids-limit", type=int, default=256, help="docker: processes one container may hold")
     parser.add_argument("--allow-unsandboxed", action="store_true", help=ALLOW_UNSANDBOXED_HELP)
     args = parser.parse_args(argv)
+    for flag, value in (("--cpus", args.cpus), ("--pids-limit", args.pids_limit), ("--memory-mb", args.memory_mb),
+                        ("--max-concurrent", args.max_concurrent)):
+        if value <= 0:
+            parser.error(f"{flag} must be positive")
     if not args.token:
         parser.error("--token (or SERVICE_TOKEN in the environment) is required")
     if args.runtime == "process":
@@ -133,7 +134,14 @@ def main(argv: list[str] | None = None) -> None:
         sandbox_or_exit(args.allow_unsandboxed)  # before serving anything: no sandbox, no opt-out, no service
         runtime = ProcessRuntime(args.cache_dir, SandboxLimits(memory_mb=args.memory_mb, max_output_chars=200_000))
     else:
-        runtime = DockerRuntime()
+        problem = engine_problem()
+        if problem:
+            print(f"error: --runtime docker: {problem}", file=sys.stderr)
+            sys.exit(2)
+        stale = remove_stale_containers()
+        if stale:
+            print(f"removed {len(stale)} stale container(s) of a test service that is gone", file=sys.stderr)
+        runtime = DockerRuntime(ContainerLimits(cpus=args.cpus, memory_mb=args.memory_mb, pids=args.pids_limit))
     uvicorn.run(build_app(args.token, runtime, args.max_concurrent), host=args.host, port=args.port,
                 log_level="warning", access_log=False)
 
