@@ -40,7 +40,7 @@ def parse_move(reply: str, legal: dict[int, str]) -> ParsedMove:
     lines = _MOVE_LINE.findall(reply or "")
     if not lines:
         return ParsedMove("unparsable", None, "")
-    value = lines[-1].strip()
+    value = lines[-1].strip().strip("*_` ")  # markdown around the value: **move:** 4, `move: 4`
     if re.fullmatch(r"[+-]?\d+", value):
         action = int(value)
         return ParsedMove("legal", action, value) if action in legal else ParsedMove("illegal", None, value)
