@@ -1,7 +1,10 @@
 """A self-contained HTML report of a run: `python -m rollouts.report logs/<experiment> [--art-path .art ...]`.
 
-Charts come from ART's `history.jsonl` (plotly, with plotly.js inlined so the file opens without a network);
-the browsable rollouts come from the RLM-format logs. Written at the end of every `train.py` run too.
+It reads at a glance: a headline block first (what ran, how the reward moved, where it was best), then one chart
+per question, each holding figures of one unit only (a reward beside a count hides both), on a whole-step axis,
+then every logged rollout turn by turn. Charts come from ART's `history.jsonl` (plotly, with plotly.js inlined so
+the file opens without a network); run facts from ART's `state.json` and checkpoint folder; rollouts from the
+RLM-format logs. Written at the end of every `train.py` run too.
 """
 
 from __future__ import annotations
@@ -9,45 +12,82 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 from jinja2 import Environment
 
-GENERIC = {"reward", "reward_mean", "reward_std", "reward_min", "reward_max", "exception_rate", "reward_std_dev",
-           "rollouts", "failed_rollouts", "zero_variance_group_share", "finished_mean", "agent_steps_mean",
-           "rollout_seconds_mean", "completion_tokens_mean", "gather_seconds", "step_seconds", "trained_groups",
-           "epoch", "rollout_seconds", "completion_tokens", "agent_steps", "finished", "duration"}
+from backends.checkpoints import best_val_step
 
-PAGE = Environment(autoescape=True).from_string("""<!doctype html>
-<html><head><meta charset="utf-8"><title>{{ title }}</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1200px}
-details{border:1px solid #ccc;border-radius:6px;margin:.4em 0;padding:.3em .6em}
-summary{cursor:pointer} pre{background:#f6f6f6;padding:.5em;overflow-x:auto;white-space:pre-wrap}
-.turn{border-left:3px solid #88a;padding-left:.6em;margin:.5em 0} .reward{font-weight:bold}
-</style></head><body>
-<h1>{{ title }}</h1>
-{% if summary %}<p id="learning"><b>Held-out reward:</b>
-{% for label, value in summary.items() %}{{ label }} <b>{{ "%.3f"|format(value) }}</b>
-{% if not loop.last %} &rarr; {% endif %}{% endfor %}</p>{% endif %}
-<p>{{ steps }} step(s) in <code>{{ history }}</code>;
-{{ rollouts|length }} logged rollout(s) from <code>{{ log_dir }}</code>.</p>
-<div id="charts">{{ charts|safe }}</div>
-<h2>Logged rollouts</h2>
-<div id="rollouts">
-{% for r in rollouts %}<details class="rollout"><summary>step {{ r.step }} &middot; {{ r.scenario }} &middot;
-<span class="reward">reward {{ "%.3f"|format(r.reward) }}</span> &middot; {{ r.turns|length }} turn(s)</summary>
-<p>Breakdown: {% for k, v in r.breakdown.items() %}<code>{{ k }}={{ v }}</code> {% endfor %}</p>
-{% for t in r.turns %}<div class="turn"><b>Turn {{ t.iteration }}</b>
-<details><summary>prompt</summary><pre>{{ t.prompt }}</pre></details>
-<p>Response:</p><pre>{{ t.response }}</pre>
-{% for b in t.code_blocks %}<p>Code:</p><pre>{{ b.code }}</pre>
-<p>Output:</p><pre>{{ b.result.stdout }}{{ b.result.stderr }}</pre>{% endfor %}
-{% if t.final_answer %}<p>Final answer: <code>{{ t.final_answer }}</code></p>{% endif %}</div>{% endfor %}
-</details>{% endfor %}
-</div></body></html>""")
+PAGE = Environment(autoescape=True).from_string((Path(__file__).with_name("report.html.j2")).read_text())
+
+UNIT_LABELS = {"reward": "reward", "rate": "rate, 0-1", "count": "count", "seconds": "seconds", "mb": "MB",
+               "gb": "GB", "ratio": "ratio", "loss": "loss", "norm": "gradient norm", "lr": "learning rate",
+               "corr": "correlation, -1 to 1", "value": "value"}
+
+
+@dataclass
+class Panel:
+    title: str
+    unit: str
+    keys: list[str]
+
+
+# The questions a person asks of a run, in reading order; env-specific figures are slotted in after "outcomes".
+FIXED = [
+    Panel("Reward per step", "reward", ["train/reward_mean", "train/reward_min", "train/reward_max",
+                                        "val/reward_mean"]),
+    Panel("Rollout outcomes", "rate", ["train/finished_mean", "train/zero_variance_group_share",
+                                       "train/exception_rate", "val/pass_rate"]),
+    Panel("Agent turns per rollout", "count", ["train/agent_steps_mean", "val/agent_steps_mean"]),
+    Panel("Completion tokens per rollout", "count", ["train/completion_tokens_mean"]),
+    Panel("Time per step", "seconds", ["train/rollout_seconds_mean", "train/gather_seconds", "train/step_seconds"]),
+    Panel("Rollouts and what was trained", "count", ["train/rollouts", "train/failed_rollouts",
+                                                     "train/trained_groups", "train/trained_sequences",
+                                                     "train/num_gradient_steps", "train/dropped_too_long"]),
+    Panel("Trained tokens per step", "count", ["train/trained_tokens"]),
+    Panel("RL policy loss", "loss", ["train/loss"]),
+    Panel("SFT loss (per epoch)", "loss", ["loss/train"]),
+    Panel("Gradient norm", "norm", ["train/grad_norm", "loss/grad_norm"]),
+    Panel("Sampler/trainer probability agreement", "corr", ["train/probs_corr"]),
+    Panel("SFT learning rate", "lr", ["loss/learning_rate"]),
+    Panel("Trainer memory", "mb", ["train/health/trainer_rss_mb"]),
+    Panel("Disk", "gb", ["train/health/disk_free_gb", "train/health/rollout_root_gb"]),
+    Panel("Health events", "count", ["train/health/child_processes", "train/health/stale_dirs_removed",
+                                     "train/health/warnings"]),
+]
+# ART's own averages of what the panels above already show, and bookkeeping nobody plots.
+DUPLICATES = {"train/reward", "train/reward_std", "train/reward_std_dev", "train/agent_steps", "train/finished",
+              "train/rollout_seconds", "train/completion_tokens", "train/epoch"}
+COUNT_WORDS = {"chars", "tokens", "files", "steps", "queries", "restarts", "messages", "tests", "elements", "nodes",
+               "groups", "rollouts", "sequences", "processes", "warnings", "removed", "missing", "found", "expected",
+               "matching", "required", "calls", "cells", "lines"}
+
+
+def unit_of(key: str, values: list[float]) -> str:
+    """The unit of a figure from its name (`*_seconds`, `*_mb`, `*_rate`, `*_chars`, ...), else from its values."""
+    name = key.rsplit("/", 1)[-1]
+    words = set(name.split("_"))
+    if "reward" in name or name == "weighted_sum":
+        return "reward"
+    if words & {"seconds", "s"}:
+        return "seconds"
+    if name.endswith("_mb"):
+        return "mb"
+    if name.endswith("_gb"):
+        return "gb"
+    if words & {"rate", "share"}:
+        return "rate"
+    if words & COUNT_WORDS:
+        return "count"
+    if "ratio" in words or name.startswith("ratio"):
+        return "ratio"
+    if values and all(0.0 <= v <= 1.0 for v in values):
+        return "rate"
+    return "value"
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -55,39 +95,53 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["step"], r[key]) for r in rows if key in r]
+    points = [(int(r["step"]), float(r[key])) for r in rows if isinstance(r.get(key), int | float)]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-TRAINING = {"loss", "grad_norm", "num_gradient_steps", "trained_tokens", "trained_sequences", "probs_corr",
-            "dropped_too_long"}
-
-
-def _figure(rows: list[dict[str, Any]], title: str, keys: list[str], first: bool) -> str:
-    fig = go.Figure()
+def panels(rows: list[dict[str, Any]]) -> list[Panel]:
+    """The panels with data: the fixed ones, plus the env's own figures grouped by unit (one panel per unit)."""
+    keys = sorted({k for r in rows for k in r})
+    fixed = {k for p in FIXED for k in p.keys}
+    extra: dict[tuple[str, str], list[str]] = {}
     for key in keys:
+        if not key.startswith("train/") or key in fixed or key in DUPLICATES:
+            continue
+        unit = unit_of(key, _series(rows, key)[1])
+        group = "Health" if key.startswith("train/health/") else "Reward breakdown and env figures"
+        # figures without a known unit each get a panel of their own, so no two of them share an axis
+        extra.setdefault((group, unit if unit != "value" else key), []).append(key)
+    found = [Panel(group if unit in UNIT_LABELS else f"{group}: {unit.removeprefix('train/')}",
+                   unit if unit in UNIT_LABELS else "value", keys) for (group, unit), keys in extra.items()]
+    env_panels = [p for p in found if not p.title.startswith("Health")]
+    ordered = FIXED[:2] + env_panels + FIXED[2:] + [p for p in found if p.title.startswith("Health")]
+    return [p for p in ordered if any(_series(rows, k)[0] for k in p.keys)]
+
+
+def _figure(rows: list[dict[str, Any]], panel: Panel, index: int) -> str:
+    fig = go.Figure()
+    steps: set[int] = set()
+    for key in panel.keys:
         x, y = _series(rows, key)
         if x:
+            steps |= set(x)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=key))
-    fig.update_layout(title=title, height=340, xaxis_title="step", margin={"t": 50, "b": 40})
-    return fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"chart-{len(title)}-{title[:6]}")
+    low, high = min(steps), max(steps)
+    # whole steps only: integer ticks at a spacing of 1, 2, 5, 10, ... that keeps about ten labels
+    dtick = next(d for d in (m * 10**e for e in range(8) for m in (1, 2, 5)) if (high - low) / d <= 10)
+    fig.update_xaxes(title_text="step", tick0=0, dtick=dtick, tickformat="d", range=[low - 0.5, high + 0.5])
+    fig.update_yaxes(title_text=UNIT_LABELS[panel.unit])
+    if panel.unit == "rate":
+        fig.update_yaxes(range=[-0.03, 1.03])
+    fig.update_layout(height=320, margin={"t": 20, "b": 40, "l": 60, "r": 10}, showlegend=True,
+                      legend={"orientation": "h", "y": -0.25})
+    return fig.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"chart-{index}")
 
 
-def charts(rows: list[dict[str, Any]]) -> str:
-    """One chart per question a person asks of a run; plotly.js is inlined once, in the first."""
-    keys = sorted({k for r in rows for k in r})
-    train_own = [k for k in keys if k.startswith("train/") and "/" not in k[6:]]
-    panels = [
-        ("Reward per step", ["train/reward_mean", "train/reward_min", "train/reward_max", "val/reward",
-                             "val/pass_rate"]),
-        ("Reward breakdown (train means)", [k for k in train_own if k[6:] not in GENERIC | TRAINING]),
-        ("Zero-variance group share", ["train/zero_variance_group_share"]),
-        ("Rollout seconds and completion tokens", ["train/rollout_seconds_mean", "train/completion_tokens_mean"]),
-        ("Training", [f"train/{k}" for k in sorted(TRAINING)]),
-        ("SFT (per epoch)", ["loss/train", "loss/grad_norm", "loss/learning_rate"]),
-        ("Health", [k for k in keys if "health/" in k]),
-    ]
-    return "\n".join(_figure(rows, title, panel_keys, i == 0) for i, (title, panel_keys) in enumerate(panels))
+def charts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One chart per panel with data; plotly.js is inlined once, in the first."""
+    return [{"title": p.title, "unit": p.unit, "unit_label": UNIT_LABELS[p.unit], "html": _figure(rows, p, i)}
+            for i, p in enumerate(panels(rows))]
 
 
 def learning_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -109,27 +163,133 @@ def learning_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
-def read_rollouts(log_dir: Path, limit: int = 200) -> list[dict[str, Any]]:
+@dataclass
+class Figure:
+    """One headline line: `value` (a plain number, or None) goes into the page as `data-value` for checks."""
+
+    key: str
+    label: str
+    text: str
+    value: float | str | None = None
+
+
+def wall_seconds(rows: list[dict[str, Any]]) -> float:
+    """ART's `time/wall_clock_sec` restarts at 0 in each process of a resumed run: add up each stretch's end."""
+    total, last = 0.0, 0.0
+    for value in (float(r["time/wall_clock_sec"]) for r in rows if "time/wall_clock_sec" in r):
+        if value < last:
+            total += last
+        last = value
+    return total + last
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _span(steps: list[int]) -> str:
+    return f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+
+
+def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
+             rollouts: list[dict[str, Any]]) -> list[Figure]:
+    state = json.loads((model_dir / "state.json").read_text()) if (model_dir / "state.json").exists() else {}
+    config = state.get("config") or {}
+    first_meta = rollouts[0]["meta"] if rollouts else {}
+    train = {int(r["step"]): r for r in rows if "train/reward_mean" in r or "train/reward" in r}
+    sft = sorted({int(r["step"]) for r in rows if "loss/train" in r})
+    evals = {int(r["step"]): r for r in rows if "val/reward_mean" in r}
+    rl = sorted(train)
+    figures = [
+        Figure("experiment", "Experiment", html.escape(str(config.get("experiment_name") or log_dir.name))),
+        Figure("env", "Environment", html.escape(str(config.get("env") or first_meta.get("env") or "?"))),
+        Figure("base-model", "Base model", html.escape(str(config.get("base_model") or first_meta.get("model")
+                                                           or "?"))),
+        Figure("steps", "Steps", (f"{len(rl)} RL step(s) ({_span(rl)})" if rl else "no RL step")
+               + (f" after {len(sft)} SFT epoch(s) ({_span(sft)})" if sft else ""), len(rl)),
+    ]
+    if rl:
+        first, last = (float(train[s].get("train/reward_mean", train[s].get("train/reward"))) for s in (rl[0], rl[-1]))
+        figures.append(Figure("train-reward", "Train reward (mean per step)",
+                              f'<span class="figure">{first:.3f}</span> (step {rl[0]}) &rarr; '
+                              f'<span class="figure">{last:.3f}</span> (step {rl[-1]})', f"{first:.6g} {last:.6g}"))
+    summary = learning_summary(rows)
+    if summary:
+        text = " &rarr; ".join(f'{html.escape(label)} <span class="figure">{value:.3f}</span>'
+                               for label, value in summary.items())
+        figures.append(Figure("learning", "Held-out reward", text, " ".join(f"{v:.6g}" for v in summary.values())))
+    best = best_val_step(model_dir)
+    if best is not None:
+        row = max((r for r in rows if r.get("step") == best and "val/reward" in r), key=lambda r: r["val/reward"])
+        figures.append(Figure("best-step", "Best step", f'<span class="figure">{best}</span> '
+                              f'(held-out reward {float(row["val/reward"]):.3f}, kept as a checkpoint)', best))
+    elif rl:
+        best = max(rl, key=lambda s: float(train[s].get("train/reward_mean", train[s].get("train/reward"))))
+        figures.append(Figure("best-step", "Best step", f'<span class="figure">{best}</span> '
+                              "(by train reward; no evaluation ran)", best))
+    if evals:
+        at = max(evals)
+        pass_rate = evals[at].get("val/pass_rate")
+        figures.append(Figure("eval-reward", "Eval reward (latest)", f'<span class="figure">'
+                              f'{float(evals[at]["val/reward_mean"]):.3f}</span> at step {at}'
+                              + (f", pass rate {float(pass_rate):.0%}" if pass_rate is not None else "")
+                              + f" ({len(evals)} evaluation(s))", float(evals[at]["val/reward_mean"])))
+    else:
+        figures.append(Figure("eval-reward", "Eval reward", '<span class="muted">no evaluation ran</span>'))
+    shares = [float(train[s]["train/zero_variance_group_share"]) for s in rl
+              if "train/zero_variance_group_share" in train[s]]
+    if shares:
+        share = statistics.fmean(shares)
+        figures.append(Figure("zero-variance", "Zero-variance groups", f'<span class="figure">{share:.0%}</span> '
+                              "of groups over all RL steps (all rollouts scored alike: nothing to learn from)",
+                              share))
+    seconds = wall_seconds(rows)
+    figures.append(Figure("wall-time", "Wall time", _duration(seconds) + " (trainer, over all resumed runs)",
+                          round(seconds, 3)))
+    folder = model_dir / "checkpoints"
+    kept = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    figures.append(Figure("checkpoints", "Checkpoints", (f"{len(kept)} kept: step(s) {', '.join(map(str, kept))} in "
+                                                         f"<code>{html.escape(str(folder))}</code>")
+                          if kept else "none kept", " ".join(map(str, kept))))
+    return figures
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return "\n\n".join(f"[{m.get('role')}] {m.get('content')}" if isinstance(m, dict) else str(m) for m in prompt)
+    return str(prompt)
+
+
+def read_rollouts(log_dir: Path, limit: int = 200) -> tuple[list[dict[str, Any]], int]:
+    """The last `limit` logged rollouts, each with every turn it logged and the turn count the rollout recorded."""
+    paths = sorted(log_dir.glob("step_*/*.jsonl"))
     rollouts = []
-    for path in sorted(log_dir.glob("step_*/*.jsonl"))[-limit:]:
+    for path in paths[-limit:]:
         try:
-            lines = [json.loads(line) for line in path.read_text().splitlines()]
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         except json.JSONDecodeError:
             continue
-        meta = lines[0].get("environment_kwargs", {}) if lines else {}
-        rollouts.append({"step": meta.get("step"), "scenario": meta.get("scenario_id", path.stem),
+        head = lines[0] if lines else {}
+        meta = head.get("environment_kwargs", {})
+        turns = [line | {"prompt_text": _prompt_text(line.get("prompt"))}
+                 for line in lines if line.get("type") == "iteration"]
+        recorded = head.get("turns")
+        rollouts.append({"step": meta.get("step"), "scenario": meta.get("scenario_id", path.stem), "meta": meta,
                          "reward": float(meta.get("reward", 0.0)), "breakdown": meta.get("reward_breakdown", {}),
-                         "turns": [line for line in lines if line.get("type") == "iteration"]})
-    return rollouts
+                         "turns": turns, "turns_recorded": recorded if isinstance(recorded, int) else len(turns)})
+    return rollouts, len(paths)
 
 
 def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
     rows = read_history(history)
     out = out or log_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    page = PAGE.render(title=f"Run report: {html.escape(log_dir.name)}", steps=len({r['step'] for r in rows}),
-                       history=history, log_dir=log_dir, charts=charts(rows), rollouts=read_rollouts(log_dir),
-                       summary=learning_summary(rows))
+    rollouts, total = read_rollouts(log_dir)
+    page = PAGE.render(title=f"Run report: {log_dir.name}", history=history, log_dir=log_dir,
+                       headline=headline(rows, history.parent, log_dir, rollouts), panels=charts(rows),
+                       rollouts=rollouts, rollouts_total=total)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(page)
     tmp.replace(out)

@@ -1,8 +1,6 @@
 """What a person uses to see and keep what the agent did: RLM logs, evaluation, checkpoint retention, export."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -12,23 +10,10 @@ import pytest
 from backends.checkpoints import steps_to_keep
 from rollouts.logs import attach_turns, code_block, rlm_lines, validate_file
 from tests.helpers import ROOT, model_dir, read_state, run_train, subprocess_env
+from tests.test_report import render_dom
 
 FLAGS = ["--env", "toy", "--groups-per-step", "2", "--rollouts-per-group", "4", "--dataset-size", "8",
          "--num-epochs", "50"]
-
-
-def render_dom(page) -> str:
-    """Open the page in headless Chromium (Debian's package) and return the DOM after its scripts ran."""
-    browser = shutil.which("chromium")
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={page.parent / 'chromium-profile'}", "--virtual-time-budget=5000",
-                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    return done.stdout
 
 
 def validate(*paths) -> subprocess.CompletedProcess[str]:

@@ -128,10 +128,11 @@ def logged_rollouts(folder) -> list[list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env", ["r2e", "gmsh"])
-def test_a_run_logs_as_many_iterations_per_rollout_as_it_had_turns(tmp_path, env):
+@pytest.mark.parametrize("env, flags", [("r2e", []), ("gmsh", []), ("openspiel", ["--game-mode", "game"])])
+def test_a_run_logs_as_many_iterations_per_rollout_as_it_had_turns(tmp_path, env, flags):
     run = run_train(tmp_path, env, "--env", env, "--max-training-steps", "1", "--groups-per-step", "2",
-                    "--rollouts-per-group", "2", "--max-steps", "2", "--max-tokens", "48", "--log-sample-rate", "1")
+                    "--rollouts-per-group", "2", "--max-steps", "2", "--max-tokens", "48", "--log-sample-rate", "1",
+                    *flags)
     assert run.returncode == 0, run.stderr[-3000:]
     folder = tmp_path / "logs" / env
     assert logs_main(["validate", str(folder)]) == 0
@@ -141,5 +142,7 @@ def test_a_run_logs_as_many_iterations_per_rollout_as_it_had_turns(tmp_path, env
         iterations = [line for line in lines if line["type"] == "iteration"]
         # the rollout loop's own count (a reward-breakdown metric) is the witness, beside the metadata line's
         agent_steps = lines[0]["environment_kwargs"]["reward_breakdown"]["agent_steps"]
-        assert len(iterations) == lines[0]["turns"] == agent_steps == 2  # the tiny random model writes no code
-        assert all(t["code_blocks"] == [] for t in iterations) and iterations[0]["observation"]
+        assert len(iterations) == lines[0]["turns"] == agent_steps >= 1
+        if env in ("r2e", "gmsh"):  # the tiny random model writes no code: two turns, each told to write some
+            assert len(iterations) == 2 and all(t["code_blocks"] == [] for t in iterations)
+            assert iterations[0]["observation"]

@@ -1,0 +1,172 @@
+"""The HTML report as a reader checks it: the headline figures are those of `history.jsonl`, each panel holds one
+unit and says which, the step axis shows whole steps, and every logged rollout shows each of its turns."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rollouts.report import UNIT_LABELS, panels, unit_of, wall_seconds, write_report
+from tests.helpers import model_dir, run_train
+
+# What a reader knows each generic figure to be (env figures the test does not name are checked by their values).
+UNIT = {
+    **dict.fromkeys(["train/reward_mean", "train/reward_min", "train/reward_max", "val/reward_mean",
+                     "train/heldout_reward", "train/demonstrated_reward"], "reward"),
+    **dict.fromkeys(["train/finished_mean", "train/zero_variance_group_share", "train/exception_rate",
+                     "val/pass_rate", "train/context_exhausted", "train/test_timed_out", "train/target_share"],
+                    "rate"),
+    **dict.fromkeys(["train/agent_steps_mean", "val/agent_steps_mean", "train/completion_tokens_mean",
+                     "train/rollouts", "train/failed_rollouts", "train/trained_groups", "train/trained_sequences",
+                     "train/num_gradient_steps", "train/dropped_too_long", "train/trained_tokens",
+                     "train/health/child_processes", "train/health/stale_dirs_removed", "train/health/warnings",
+                     "train/changed_files", "train/repl_restarts", "train/llm_queries", "train/trimmed_messages",
+                     "train/tests_expected", "train/tests_matching", "train/reply_chars", "train/target_chars"],
+                    "count"),
+    **dict.fromkeys(["train/rollout_seconds_mean", "train/gather_seconds", "train/step_seconds"], "seconds"),
+    "train/health/trainer_rss_mb": "mb", "train/health/disk_free_gb": "gb", "train/health/rollout_root_gb": "gb",
+    "train/loss": "loss", "loss/train": "loss", "train/grad_norm": "norm", "loss/grad_norm": "norm",
+    "train/probs_corr": "corr", "loss/learning_rate": "lr",
+}
+
+
+def render_dom(page: Path) -> str:
+    """Open the page in headless Chromium (Debian's package) and return the DOM after its scripts ran."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={page.parent / 'chromium-profile'}", "--virtual-time-budget=5000",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    return done.stdout
+
+
+def headline_values(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<dd id="h-([\w-]+)" data-value="([^"]*)"', page))
+
+
+def panel_sections(page: str) -> list[tuple[str, str]]:
+    """(declared unit, section markup) for each chart panel."""
+    return re.findall(r'<section class="panel" data-unit="([^"]+)">(.*?)</section>', page, re.S)
+
+
+def check_units(sections: list[tuple[str, str]], names_of, rows: list[dict]) -> None:
+    """No panel mixes units: every line in a panel is of the panel's declared unit, and each line is drawn once."""
+    seen: list[str] = []
+    for unit, body in sections:
+        names = names_of(body)
+        assert names, f"an empty {unit} panel"
+        seen += names
+        for name in names:
+            values = [float(r[name]) for r in rows if name in r]
+            if name in UNIT:
+                assert UNIT[name] == unit, f"{name} ({UNIT[name]}) drawn in a {unit} panel"
+            elif unit == "rate":
+                assert all(0 <= v <= 1 for v in values), name
+            elif unit == "count":
+                assert all(v >= 0 for v in values), name
+            elif unit == "reward":
+                assert "reward" in name, name
+            else:
+                assert unit in ("ratio", "value"), f"{name}: a {unit} figure the test does not know"
+        if unit == "value":
+            assert len(names) == 1, f"figures of unknown units share a panel: {names}"
+    assert len(seen) == len(set(seen)), "a figure is drawn in two panels"
+
+
+def test_each_panel_holds_one_unit_and_the_axis_whole_steps(tmp_path):
+    rows = [{"step": s, "train/reward_mean": -1 + s / 10, "train/reward_min": -1.0, "train/reward_max": 0.5,
+             "train/zero_variance_group_share": 0.5, "train/agent_steps_mean": 2.5, "train/tests_matching": 1.0,
+             "train/context_exhausted": 0.25, "train/density_ratio": 1.7, "train/min_quality": -0.4,
+             "train/mystery": 3.5 + s, "train/gather_seconds": 4.0, "train/health/trainer_rss_mb": 900.0,
+             "train/health/disk_free_gb": 60.0} for s in range(1, 24)]
+    found = panels(rows)
+    units = {k: p.unit for p in found for k in p.keys}
+    assert units["train/density_ratio"] == "ratio" and units["train/context_exhausted"] == "rate"
+    assert units["train/tests_matching"] == "count" and units["train/mystery"] == "value"
+    assert [p.keys for p in found if "train/min_quality" in p.keys] == [["train/min_quality"]]
+    page = write_report(tmp_path / "logs" / "x", tmp_path / "history.jsonl").read_text()
+    assert page.count('class="panel"') == 0  # no history, no panels (and no crash)
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = write_report(tmp_path / "logs" / "x", tmp_path / "history.jsonl").read_text()
+    sections = panel_sections(page)
+    check_units(sections, lambda body: [json.loads(f'"{n}"') for n in re.findall(r'"name":"([^"]+)"', body)], rows)
+    for _, body in sections:
+        assert '"dtick":5' in body and '"tickformat":"d"' in body  # 23 steps: a label every 5 whole steps
+
+
+def test_unit_of_reads_names_then_values():
+    assert unit_of("train/rollout_seconds_mean", [3.0]) == "seconds"
+    assert unit_of("train/gmsh/success_rate", [0.5]) == "rate"
+    assert unit_of("train/groups_missing", [0.5]) == "count"
+    assert unit_of("train/gmsh/mean_reward", [-1.0]) == "reward"
+    assert unit_of("train/mesh_quality", [0.4]) == "rate" and unit_of("train/min_quality", [-1.0]) == "value"
+
+
+def test_wall_time_adds_up_the_stretches_of_a_resumed_run():
+    rows = [{"time/wall_clock_sec": t} for t in (5.0, 9.0, 2.0, 6.0)]
+    assert wall_seconds(rows) == 15.0
+
+
+@pytest.mark.slow
+def test_report_of_an_r2e_run_with_sft_and_evaluation_reads_right_in_a_browser(tmp_path):
+    run = run_train(tmp_path, "rep", "--env", "r2e", "--sft-demos", "on", "--sft-epochs", "1", "--eval-before-after",
+                    "--max-training-steps", "3", "--groups-per-step", "2", "--rollouts-per-group", "2",
+                    "--max-steps", "2", "--max-tokens", "48", "--log-sample-rate", "1", "--keep-checkpoints", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs, folder = tmp_path / "logs" / "rep", model_dir(tmp_path, "rep")
+    rows = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    dom = render_dom(logs / "report.html")
+    assert dom.find('id="headline"') < dom.find('id="charts"') < dom.find('id="rollouts"')
+
+    # the headline, figure by figure, against history.jsonl
+    shown = headline_values(dom)
+    train = {r["step"]: r for r in rows if "train/reward_mean" in r}
+    evals = {r["step"]: r for r in rows if "val/reward_mean" in r}
+    sft = [r["step"] for r in rows if "loss/train" in r]
+    assert sorted(train) == [2, 3] and sft == [1] and sorted(evals) == [0, 1, 3]
+    assert shown["steps"] == "2"
+    assert [float(v) for v in shown["train-reward"].split()] == pytest.approx(
+        [train[2]["train/reward_mean"], train[3]["train/reward_mean"]], abs=1e-5)
+    assert [float(v) for v in shown["learning"].split()] == pytest.approx(
+        [evals[0]["val/reward_mean"], evals[1]["val/reward_mean"], evals[3]["val/reward_mean"]], abs=1e-5)
+    best = max(evals.values(), key=lambda r: r["val/reward"])["step"]
+    assert int(shown["best-step"]) == best
+    assert float(shown["eval-reward"]) == pytest.approx(evals[3]["val/reward_mean"])
+    assert float(shown["zero-variance"]) == pytest.approx(
+        sum(r["train/zero_variance_group_share"] for r in train.values()) / 2)
+    assert float(shown["wall-time"]) == pytest.approx(max(r["time/wall_clock_sec"] for r in rows), abs=0.01)
+    assert shown["checkpoints"].split() == sorted(p.name.lstrip("0") for p in (folder / "checkpoints").iterdir())
+    for label in ("Experiment", "Environment", "Base model"):
+        assert f"<dt>{label}</dt>" in dom
+    assert '<dd id="h-env">r2e</dd>' in dom and '<dd id="h-base-model">tiny-random</dd>' in dom
+
+    # panels: one unit each, said on the axis and in the title; whole steps on every step axis
+    sections = panel_sections(dom)
+    assert len(sections) >= 8 and all(body.count('class="main-svg"') >= 1 for _, body in sections)
+    check_units(sections, lambda body: re.findall(r'class="legendtext"[^>]*>([^<]+)<', body), rows)
+    for unit, body in sections:
+        assert re.findall(r'class="ytitle"[^>]*>([^<]+)<', body) == [UNIT_LABELS[unit]]
+        assert f"[{UNIT_LABELS[unit]}]" in body
+        ticks = re.findall(r'<g class="xtick"><text[^>]*>([^<]+)</text>', body)
+        assert ticks and all(t.isdigit() for t in ticks) and len(ticks) == len(set(ticks)), ticks
+
+    # every logged rollout shows every turn, with the reply, its code (or that it had none) and the observation
+    files = sorted(logs.glob("step_*/*.jsonl"))
+    shown_rollouts = re.findall(r'<details class="rollout" data-turns="(\d+)">(.*?)</details>\s*(?=<details class='
+                                r'"rollout"|</div>)', dom, re.S)
+    assert len(files) == len(shown_rollouts) == 2 * 2 * 2
+    for path, (turns, body) in zip(files, shown_rollouts, strict=True):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        had = int(lines[0]["environment_kwargs"]["reward_breakdown"]["agent_steps"])
+        assert int(turns) == had == body.count('<div class="turn">') == 2, path
+        assert f"{had} turn(s)" in body and body.count("Reply:") == had
+        assert body.count("No code block in this reply.") + body.count("Code:") >= had
+        assert "Observation (what the agent got back)" in body
