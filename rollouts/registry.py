@@ -202,6 +202,11 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "r2e": {"groups_per_step": 2, "rollouts_per_group": 4, "max_steps": 6, "max_tokens": 256,
             "max_context_tokens": 2048, "temperature": 0.7, "lora_rank": 16, "sft_epochs": 3,
             "sft_learning_rate": 1e-3, "max_training_steps": 6},
+    # openspiel: an answer is a few tokens (`move: 4`); 64 demonstrations (task order mixes the cases) keep the SFT
+    # stage to a minute or two whatever --game-types selects (num_demos is the env's own --num-demos).
+    "openspiel": {"groups_per_step": 4, "rollouts_per_group": 4, "max_tokens": 16, "temperature": 1.0,
+                  "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6,
+                  "num_demos": 64},
 }
 
 
