@@ -1,4 +1,4 @@
-"""OpenSpiel env throughput: `uv run python bench/openspiel.py [--playouts 48]`.
+"""OpenSpiel env throughput and learning: `uv run python bench/openspiel.py [--playouts 48] [--learning]`.
 
 - Tasks built per second: the fixed task sets of tic_tac_toe alone and of every default case (seeded random walks,
   prompt text, legal actions).
@@ -6,13 +6,21 @@
   `--playout-workers 0` fallback) and in the process pool (`--playout-workers 2`), on connect_four against the
   MCTS opponent; with the event loop's worst lag meanwhile, which is what a rollout waiting for its model reply
   feels. The pool's figures include starting its workers.
+- `--learning`: the README's OpenSpiel command (`train.py --env openspiel --game-types tic_tac_toe`, legal mode,
+  SmolLM2-135M-Instruct, the env's defaults: SFT on 64 demonstrations, then GRPO) in a fresh art path, and the
+  held-out legal-move rate before training, after SFT and after RL; then whole games against the random
+  opponent (`--eval-only --game-mode game`) by the base model and by the trained one: the win rate of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +33,12 @@ from envs.openspiel.tasks import load_tasks  # noqa: E402
 from rewards.openspiel import Playout, play_out  # noqa: E402
 
 CASE, HISTORY = "connect_four", [3, 3]
+ROOT = Path(__file__).resolve().parents[1]
+LEARNING = ["--env", "openspiel", "--game-types", "tic_tac_toe", "--wandb", "disabled"]
+# Whole games from held-out states 0..2 random moves in, 4 games each (the opponent is seeded by the position, our
+# model samples at temperature 1).
+GAMES = ["--eval-only", "--game-mode", "game", "--max-random-steps", "2", "--eval-rollouts", "4", "--sft-demos", "off",
+         "--allow-config-change"]
 
 
 def tasks_per_second(options: GameOptions) -> tuple[float, int]:
@@ -76,10 +90,48 @@ def playouts_per_second(count: int, workers: int | None, simulations: int) -> tu
     return count / elapsed, lag
 
 
+def train(art: str, name: str, *flags: str) -> tuple[list[dict], float, str]:
+    cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", name, "--art-path", art, "--log-dir",
+           f"{art}/logs", "--rollout-root", f"{art}/rollouts", *LEARNING, *flags]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, TQDM_DISABLE="1", WANDB_MODE="disabled"))
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"train.py failed ({done.returncode}): {done.stderr[-2000:]}")
+    history = Path(art) / "art-agent-trainer" / "models" / name / "history.jsonl"
+    return [json.loads(line) for line in history.read_text().splitlines()], wall, done.stdout
+
+
+def learning_figures() -> None:
+    from rollouts.report import learning_summary
+
+    with tempfile.TemporaryDirectory() as art, tempfile.TemporaryDirectory() as fresh:
+        rows, wall, stdout = train(art, "bench-openspiel")
+        print("\n".join(line for line in stdout.splitlines() if line.startswith(("eval", "sft", "step", "done"))))
+        for label, value in learning_summary(rows).items():  # legal mode: the reward is the legal-move rate
+            print(f"tic_tac_toe: held-out legal-move rate {label}: {value:.3f}")
+            figure(f"tic_tac_toe legal-move rate (held-out) {label}", value,
+                   ">= 0.9" if label.startswith("after RL") else None)
+        train_rates = [(r["step"], r["train/openspiel/legal_rate"]) for r in rows if "train/openspiel/legal_rate" in r]
+        print("train legal-move rate by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in train_rates))
+        figure("tic_tac_toe learning run wall time (model conversion, demos, 3 evaluations included)", wall,
+               "<= 900", "s")
+        for label, art_path, name in (("base model", fresh, "bench-openspiel-base"),
+                                      ("after SFT + RL", art, "bench-openspiel")):
+            rows, wall, _ = train(art_path, name, *GAMES)
+            last = [r for r in rows if "val/openspiel/win_rate" in r][-1]
+            print(f"whole games vs random, {label}: win rate {last['val/openspiel/win_rate']:.3f}, legal-answer "
+                  f"rate {last['val/openspiel/legal_rate']:.3f}, forfeit rate {last['val/openspiel/forfeit_rate']:.3f}"
+                  f", mean outcome {last['val/openspiel/outcome_mean']:.3f} ({wall:.0f} s)")
+            figure(f"tic_tac_toe whole games vs random: win rate, {label}", last["val/openspiel/win_rate"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--playouts", type=int, default=48)
     parser.add_argument("--simulations", type=int, default=16, help="MCTS simulations per opponent move")
+    parser.add_argument("--learning", action="store_true", help="also the learning row (SmolLM2, ~15 min on 2 cores)")
     args = parser.parse_args()
     for label, options in (("tic_tac_toe", GameOptions(game_types=("tic_tac_toe",), num_tasks_per_case=500)),
                            ("all default cases", GameOptions(num_tasks_per_case=20))):
@@ -96,6 +148,8 @@ def main() -> None:
         figure(f"event-loop worst lag, {label}", lag * 1000, "< 50" if workers == 2 else None, "ms")
     figure("process pool / inline playout throughput", rates["process pool of 2"] / rates["inline on the event loop"],
            ">= 1.3")
+    if args.learning:
+        learning_figures()
 
 
 if __name__ == "__main__":

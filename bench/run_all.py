@@ -57,11 +57,14 @@ BENCHES = [
           "sandbox), `/test` with the process runtime (bwrap sandbox) and with the docker runtime (a fresh container "
           "per request, no network, limits, removed after); plus a bare `docker run --rm IMAGE true`. Needs a Docker "
           "engine (`scripts/docker_engine.sh start`); the sample images are built offline when missing."),
-    Bench("openspiel", ("bench/openspiel.py",), "OpenSpiel env: tasks built, outcome playouts",
+    Bench("openspiel", ("bench/openspiel.py", "--learning"), "OpenSpiel env: tasks, playouts, learning (SmolLM2-135M)",
           "Fixed tasks built per second (seeded random walks, prompt, legal actions), and outcome playouts per second "
           "on connect_four against OpenSpiel's MCTS bot: inline on the event loop, in one thread "
           "(`--playout-workers 0`) and in the process pool (`--playout-workers 2`, worker start-up included), with "
-          "the event loop's worst lag meanwhile (what a rollout waiting for its model reply feels)."),
+          "the event loop's worst lag meanwhile (what a rollout waiting for its model reply feels). Then the README's "
+          "OpenSpiel command (tic_tac_toe, legal mode: SFT on 64 demonstrations, GRPO) in a fresh art path: the "
+          "held-out legal-move rate before, after SFT and after RL; and whole games against the random opponent "
+          "(`--eval-only --game-mode game`) by the base and the trained model."),
     Bench("memory", ("bench/memory.py",), "Trainer memory over 1,000 rollouts",
           "`train.py` on the toy env (10 rollouts per step, each step sampled, scored, trained, logged and "
           "checkpointed); RSS of the trainer and its children read from outside at each step's summary line. The "
