@@ -34,6 +34,25 @@ HIDDEN_DIRS = ("/root", "/home")
 HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow")
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE, PR_SET_NO_NEW_PRIVS = 0x20000, 4096, 1 << 14, 1 << 18, 38
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """In a child (a preexec function): get `sig` when the parent dies, kill -9 included, so no process the
+    trainer started outlives it. The kernel clears this on a uid change, so call it after dropping privileges.
+    If the parent died before this ran, the signal would never come: exit at once instead.
+
+    Linux sends it when the *thread* that forked the child exits: start long-lived children from a thread that
+    lives as long as they should (the event loop's, or a pool worker that outlives the call)."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn for subprocess: the child is killed when the process that starts it dies."""
+    parent = os.getpid()
+    return lambda: set_parent_death_signal(parent)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -198,6 +217,7 @@ def _preexec(limits: SandboxLimits, cgroup: PidsCgroup | None, identity: Identit
              staged: list[tuple[str, str]], unsandboxed: bool) -> Callable[[], None]:
     # RLIMIT_NPROC counts every process (and thread) of the uid: a leased uid has none yet, ours has some.
     nproc = limits.max_processes + 4 if identity else _user_process_count() + limits.max_processes
+    parent = os.getpid()
 
     def apply() -> None:
         try:
@@ -232,6 +252,9 @@ def _preexec(limits: SandboxLimits, cgroup: PidsCgroup | None, identity: Identit
             os.setresuid(identity.uid, identity.uid, identity.uid)
         if unsandboxed:  # no setuid binary may lift it back (bwrap does this itself)
             _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        # Last, after the uid drop that would clear it: the sandbox dies with whoever started it (bwrap also has
+        # --die-with-parent; the unsandboxed fallback has only this).
+        set_parent_death_signal(parent)
 
     return apply
 

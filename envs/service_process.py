@@ -1,5 +1,8 @@
 """Start one of our HTTP services as a child process on a free 127.0.0.1 port, wait for /health, stop it at exit.
 
+The child dies with the process that started it, kill -9 included (a parent-death signal, not only `stop()` at
+exit), and with it the sandboxes it runs (bwrap's --die-with-parent), so a crashed trainer leaves no service behind.
+
 This is the embedded default: with no service URL given, `train.py` and the `score` commands run their own.
 The child inherits the environment, ART_ALLOW_UNSANDBOXED and ART_SANDBOX_BWRAP included (`envs.sandbox`): a
 service that runs model code refuses to start without a sandbox or that opt-out, and `start()` raises with its line.
@@ -18,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+
+from envs.sandbox_launch import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +49,8 @@ class ServiceProcess:
         env = dict(os.environ, **self.extra_env, SERVICE_TOKEN=self.token)  # not on the command line: `ps` shows it
         # A file, not a pipe: nobody reads a pipe while the service runs, and a full pipe would block it.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the service
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=env)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=env,
+                                     preexec_fn=die_with_parent())
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if (code := self.proc.poll()) is not None:

@@ -2,15 +2,24 @@
 
 Sandboxed code can leave processes behind, fill the disk under the rollout root, or leave work dirs when a
 rollout dies hard. Each check logs a warning and updates figures that the loop adds to the step's metrics.
+
+`RunDir`: each run keeps its rollout work dirs in a folder of its own under the rollout root (`run-<pid>-<hex>`),
+which holds an exclusive `flock` on its `.owner.lock` for as long as the run lives. The kernel drops that lock
+when the process dies, kill -9 included, so whether a folder's run is alive is a question with an exact answer
+(no pid reuse, no clock): `remove_dead_runs` deletes the folders of dead runs, at start-up and at every health
+check, and never touches a folder whose run still holds its lock (another live run on the same machine).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +36,67 @@ class HealthLimits:
     stale_after_s: float = 3600.0
 
 
+RUN_PREFIX, CLAIMING_PREFIX, OWNER_LOCK = "run-", ".claiming-run-", ".owner.lock"
+
+
+@dataclass
+class RunDir:
+    """This run's folder under the rollout root, locked while the run lives; `release()` removes it."""
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def claim(cls, rollout_root: str | os.PathLike[str]) -> RunDir:
+        root = Path(rollout_root)
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Built under a name sweepers ignore and renamed once locked: a sweeper never sees an unlocked run folder.
+        claiming = root / f"{CLAIMING_PREFIX}{name}"
+        claiming.mkdir()
+        fd = os.open(claiming / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        path = root / f"{RUN_PREFIX}{name}"
+        claiming.rename(path)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self.fd)
+
+
+def run_is_alive(folder: Path) -> bool:
+    """True while the run that made `folder` holds its lock (or the folder holds no lock file: not ours to judge)."""
+    try:
+        fd = os.open(folder / OWNER_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_dead_runs(rollout_root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the run folders under `rollout_root` whose run is dead; live runs' folders are left alone."""
+    root, removed = Path(rollout_root), []
+    for entry in root.glob(f"{RUN_PREFIX}*") if root.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            if entry.is_dir() and not entry.is_symlink() and not run_is_alive(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
 class HealthMonitor:
-    def __init__(self, rollout_root: str | os.PathLike[str], limits: HealthLimits | None = None):
+    def __init__(self, rollout_root: str | os.PathLike[str], limits: HealthLimits | None = None,
+                 own: str | os.PathLike[str] | None = None):
         self.rollout_root = Path(rollout_root)
+        self.own = Path(own) if own is not None else None  # this run's RunDir: its stale work dirs go too
         self.limits = limits or HealthLimits()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -88,19 +155,24 @@ class HealthMonitor:
                         self.limits.max_tmp_usage_gb)
         if removed:
             warnings += 1
-            log.warning("removed %d rollout dirs older than %.0f s under %s", removed, self.limits.stale_after_s,
-                        self.rollout_root)
+            log.warning("removed %d rollout dirs of dead runs or older than %.0f s under %s", removed,
+                        self.limits.stale_after_s, self.rollout_root)
         with self._lock:
             self._figures = figures
             self._warnings += warnings
         return figures
 
     def _remove_stale_dirs(self) -> int:
+        """Dead runs' folders at once; of the rest, only work dirs older than the limit that belong to no run
+        folder (left by older versions) or to this run's own folder (a rollout that died hard)."""
+        removed = len(remove_dead_runs(self.rollout_root))
         cutoff = time.time() - self.limits.stale_after_s
-        removed = 0
-        for entry in self.rollout_root.iterdir() if self.rollout_root.exists() else []:
+        loose = [e for e in self.rollout_root.iterdir() if not e.name.startswith(RUN_PREFIX)] \
+            if self.rollout_root.is_dir() else []
+        mine = [e for e in self.own.iterdir() if e.name != OWNER_LOCK] if self.own and self.own.is_dir() else []
+        for entry in loose + mine:
             try:
-                if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                if entry.is_dir() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed += 1
             except FileNotFoundError:  # a rollout removed its own dir meanwhile

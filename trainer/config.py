@@ -75,6 +75,7 @@ class ExperimentConfig:
     advantage_balance: float = 0.0
     scale_rewards: bool = True
     loss_fn: str = "cispo"
+    kl_penalty_coef: float = 0.0  # KL to the base model (adapter off), ART's advantage shaping
     lora_rank: int = 8
     eval_every: int = 0
     eval_only: bool = False
@@ -132,6 +133,8 @@ class ExperimentConfig:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_CONTROL}
         if not fields["env_options"]:  # runs of envs without own flags keep the hash they had before the field
             del fields["env_options"]
+        if not fields["kl_penalty_coef"]:  # likewise: runs without a KL term keep their hash
+            del fields["kl_penalty_coef"]
         return fields
 
     def config_hash(self) -> str:
@@ -160,6 +163,7 @@ class ExperimentConfig:
             (self.max_training_steps is None or self.max_training_steps >= 1,
              "--max-training-steps must be at least 1"),
             (-1 <= self.advantage_balance <= 1, "--advantage-balance must be between -1 and 1"),
+            (0 <= self.kl_penalty_coef <= 1e3, "--kl-penalty-coef must be between 0 (off) and 1000"),
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
             (self.health_check_interval > 0, "--health-check-interval must be positive"),
             (self.bash_timeout > 0, "--bash-timeout must be positive"),
@@ -168,12 +172,7 @@ class ExperimentConfig:
             (self.keep_checkpoints >= 0, "--keep-checkpoints must be 0 (keep all) or more"),
             (self.save_every >= 1, "--save-every must be at least 1"),
             (self.checkpoint is None or self.eval_only, "--checkpoint goes with --eval-only"),
-            (self.init_adapter is None or (Path(self.init_adapter) / "adapter_config.json").is_file(),
-             f"--init-adapter {self.init_adapter}: not a PEFT adapter directory (no adapter_config.json)"),
             (len(self.toy_target) == 1, "--toy-target must be exactly one character"),
-            (self.base_model in NAMED_MODELS or Path(self.base_model).is_dir(),
-             f"--base-model {self.base_model!r} is not a local model directory (nothing is downloaded at run "
-             f"time; pass a Hugging Face model folder, or one of: {', '.join(NAMED_MODELS)})"),
             (self.sft_epochs >= 1, "--sft-epochs must be at least 1"),
             (self.sft_batch_size >= 1, "--sft-batch-size must be at least 1"),
             (self.sft_learning_rate is not None and 0 < self.sft_learning_rate < 1,
@@ -189,14 +188,15 @@ class ExperimentConfig:
         for flag, urls in (("--docker-url", self.docker_url), ("--gmsh-url", self.gmsh_url)):
             for url in urls:
                 checks.append((url.startswith(("http://", "https://")), f"{flag} {url!r} must start with http://"))
-        checks.append((self.dataset is None or Path(self.dataset).is_file(), f"--dataset {self.dataset}: no such file"))
-        for path in self.sft_data:
-            checks.append((Path(path).is_file(), f"--sft-data {path}: no such file"))
-            checks.append((path.endswith((".jsonl", ".parquet")),
-                           f"--sft-data {path}: must be a .jsonl or .parquet file"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        # Every flag that names a path: kind, existence, readability, writability, encoding, format (one line).
+        from trainer.paths import base_model_problem, checkpoint_problem, path_problems
+
+        problems = [base_model_problem(self.base_model, NAMED_MODELS), *path_problems(self), checkpoint_problem(self)]
+        if found := [p for p in problems if p is not None]:
+            raise ConfigError(found[0])
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--advantage-balance", type=float, default=d.advantage_balance)
     a("--scale-rewards", action=argparse.BooleanOptionalAction, default=d.scale_rewards)
     a("--loss-fn", choices=["cispo", "ppo"], default=d.loss_fn)
+    a("--kl-penalty-coef", type=float, default=d.kl_penalty_coef,
+      help="keep the policy near the base model (adapter off): ART's KL-penalised advantages (0: off)")
     a("--lora-rank", type=int, default=d.lora_rank)
     a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
     a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")

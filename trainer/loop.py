@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import PRETRAINED_MODEL, TINY_RANDOM_MODEL, ConfigError, ExperimentConfig
-from trainer.resume import Cursor, check_resume, rollback_uncommitted
+from trainer.resume import RUN_ID, Cursor, ExperimentLock, check_resume, claim_outputs
 
 log = logging.getLogger("train")
 
@@ -67,15 +67,26 @@ class Run:
 
 
 async def run(config: ExperimentConfig) -> dict[str, Any]:
-    """Train until the step reaches --max-training-steps or the epochs run out; returns the final state."""
+    """Train until the step reaches --max-training-steps or the epochs run out; returns the final state.
+
+    The experiment's lock comes first: a second live run of the same experiment stops here, having touched nothing.
+    """
+    model_dir = Path(config.art_path) / config.project / "models" / str(config.model_name)
+    lock = ExperimentLock.acquire(model_dir, config.experiment_name)
+    try:
+        return await _run(config, model_dir)
+    finally:
+        lock.release()
+
+
+async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     from backends import choose_backend, create_backend
     from backends.cpu import CPUBackendSettings
     from backends.policy import LoraSettings
     from backends.trainer_model import TrainerModel
     from rollouts.context import RolloutContext, RolloutSettings
     from rollouts.gather import GatherLimits
-    from rollouts.health import HealthLimits, HealthMonitor
-    from rollouts.logs import remove_steps_after
+    from rollouts.health import HealthLimits, HealthMonitor, RunDir, remove_dead_runs
     from rollouts.registry import get_env
     from trainer.sft import load_sft_conversations
 
@@ -87,7 +98,6 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         raise ConfigError(
             f"--groups-per-step {config.groups_per_step} is more than the {len(scenarios)} scenarios loaded"
         )
-    model_dir = Path(config.art_path) / config.project / "models" / config.model_name
     model = TrainerModel(name=config.model_name, project=config.project, base_model=config.base_model,
                          base_path=config.art_path)
     state = model.read_state() or {}
@@ -107,18 +117,21 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         _check_sft_lengths(conversations, base_model, config.max_context_tokens)
     model.base_model = base_model
     _configure_wandb(model, config)
-    for item in rollback_uncommitted(model_dir, committed) + remove_steps_after(config.log_dir, config.experiment_name,
-                                                                              committed):
+    _, removed = claim_outputs(config, model_dir, state, lambda run_id: model.merge_state({RUN_ID: run_id}))
+    for item in removed:
         print(f"resume: rolled back uncommitted {item}", flush=True)
+    if dead := remove_dead_runs(config.rollout_root):
+        print(f"start: removed {len(dead)} rollout dir(s) of dead runs under {config.rollout_root}", flush=True)
 
     cpu_settings = CPUBackendSettings(lora=LoraSettings(rank=config.lora_rank, alpha=2 * config.lora_rank,
                                                         target_modules=lora_targets),
                                       seed=config.seed, max_seq_length=config.max_context_tokens,
                                       default_max_tokens=config.max_tokens, init_adapter=config.init_adapter)
     backend = create_backend(choice, config.art_path, cpu_settings)
+    run_dir = RunDir.claim(config.rollout_root)  # this run's work dirs; removed at exit, or by the next start
     monitor = HealthMonitor(config.rollout_root, HealthLimits(
         interval_s=config.health_check_interval, max_child_processes=config.max_child_processes,
-        max_tmp_usage_gb=config.max_tmp_usage_gb)).start()
+        max_tmp_usage_gb=config.max_tmp_usage_gb), own=run_dir.path).start()
     services = contextlib.AsyncExitStack()
     the_run = Run(config, env, model, backend, model_dir, max_steps=config.max_steps or env.default_max_steps)
     try:
@@ -137,7 +150,8 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
             max_tokens_per_turn=config.max_tokens, temperature=config.temperature),
             max_connections=config.max_concurrent, count_tokens=_token_counter(base_model))
         if env.services is not None:
-            the_run.ctx.services = await services.enter_async_context(env.services(config))
+            env_config = dataclasses.replace(config, rollout_root=str(run_dir.path))
+            the_run.ctx.services = await services.enter_async_context(env.services(env_config))
         the_run.limits = GatherLimits.create(config.max_concurrent, config.max_rollouts_per_second)
         wants_eval = config.eval_every or config.eval_only or config.eval_before_after
         the_run.val = env.load_val(config) if wants_eval and env.load_val else []
@@ -166,6 +180,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
         await backend.close()
         if model._wandb_run is not None:
             model._wandb_run.finish()
+        run_dir.release()
 
 
 async def _sft_stage(the_run: Run, conversations: list[dict[str, Any]]) -> None:

@@ -4,13 +4,16 @@ Protocol: one JSON object per line. In: {"code": str}. Out: {"stdout", "stderr",
 or, while a cell runs, {"llm_query": prompt}, answered by the trainer with {"response": str}. File descriptors
 1 and 2 are pointed at capture files during a cell, so prints and subprocess output never garble the protocol.
 Everything here, helpers included, is as untrusted as the cells it runs: it relies on no privilege. `envs.sandbox`
-starts it in bubblewrap (read-only root, no network, own PID namespace) as a uid of its own, never root.
+starts it in bubblewrap (read-only root, no network, own PID namespace) as a uid of its own, never root, and
+with a parent-death signal: it dies with the trainer, and the commands `bash()` starts die with it.
 """
 
+import ctypes
 import fnmatch
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import traceback
@@ -65,10 +68,22 @@ def search(pattern, path=".", file_pattern="*.py"):
     return hits[:200]
 
 
+def _die_with(parent):
+    """preexec_fn: a command dies with this REPL (bwrap's PID namespace does that too; the unsandboxed fallback
+    has only this). PR_SET_PDEATHSIG = 1."""
+
+    def apply():
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return apply
+
+
 def bash(cmd, timeout=None):
     try:
         done = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout or BASH_TIMEOUT,
-                              cwd=ROOT, errors="replace")
+                              cwd=ROOT, errors="replace", preexec_fn=_die_with(os.getpid()))
         return _cut(done.stdout + done.stderr + f"\n[exit code {done.returncode}]")
     except subprocess.TimeoutExpired:
         return f"[timed out after {timeout or BASH_TIMEOUT} s]"
