@@ -66,7 +66,7 @@ def _position_seed(case: str, history: list[int]) -> int:
 
 def _turn(prompt: Any, reply: str, parsed: ParsedMove, observation: str, seconds: float) -> dict[str, Any]:
     """One model turn in the RLM visualizer's shape: the answer as the 'code', what it did as the result."""
-    return {"prompt": prompt, "response": reply, "iteration_time": seconds,
+    return {"prompt": prompt, "response": reply, "iteration_time": seconds, "observation": observation,
             "final_answer": parsed.text if parsed.legal else None,
             "code_blocks": [code_block(f"move: {parsed.text}", observation, "",
                                        {"status": parsed.status, "action": repr(parsed.action)}, seconds)]}
@@ -133,9 +133,12 @@ async def _game(ctx: RolloutContext, scenario: Scenario, runtime: GameRuntime) -
     while True:
         news = await _opponents(state, case, seat, runtime)
         if state.is_terminal():
+            if turn_log:  # the log's last turn shows how the game ended
+                turn_log[-1]["observation"] = "; ".join([*news, f"game over, returns {state.returns()}"])
             break
         if moves:
             observation = ("; ".join(news) + ".\n" if news else "") + describe_state(case, game, state)
+            turn_log[-1]["observation"] = observation
         if moves >= ctx.settings.max_steps:
             truncated = True
             break

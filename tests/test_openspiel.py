@@ -221,7 +221,8 @@ async def test_a_malformed_answer_scores_zero_and_is_logged_not_raised():
     assert good.reward == 1.0 and good.metrics["legal"] == 1.0
 
 
-async def test_whole_game_mode_plays_to_the_end_and_bounds_illegal_retries():
+async def test_whole_game_mode_plays_to_the_end_and_bounds_illegal_retries(tmp_path):
+    from rollouts.logs import rlm_lines, validate_file
     from rollouts.openspiel import game_metrics, rollout
 
     options = GameOptions(game_mode="game", max_illegal_retries=2, opponent="random")
@@ -231,6 +232,10 @@ async def test_whole_game_mode_plays_to_the_end_and_bounds_illegal_retries():
     assert played.metrics["finished"] == 1.0 and played.metrics["illegal_answers"] == 0.0
     assert played.reward in (0.0, 0.5, 1.0) and played.metrics["moves"] == ctx.calls >= 3
     assert len(json.loads(played.metadata["rlm_turns"])) == ctx.calls  # one logged iteration per model turn
+    log = tmp_path / "game.jsonl"
+    log.write_text("".join(json.dumps(line) + "\n" for line in rlm_lines(played, {"env": "openspiel"})))
+    assert validate_file(log) is None
+    assert "game over" in json.loads(log.read_text().splitlines()[-1])["observation"]
     again = await rollout(ScriptedContext(first_legal, options), scenario)
     assert again.reward == played.reward  # the opponent is seeded by the position
 
