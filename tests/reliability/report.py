@@ -25,6 +25,8 @@ SECTIONS = {
     "test_untrusted_code": ("Untrusted code", "contained"),
     "test_faults": ("Faults", "handled"),
     "test_crash_resume": ("Crash and resume", "held"),
+    "test_orphans": ("Crash: no process or work dir left behind", "held"),
+    "test_experiment_lock": ("One run per experiment", "held"),
     "test_bad_input": ("Bad input: flags, dataset rows, state file", "refused cleanly"),
     "test_bad_model_output": ("Bad input: model output", "ended as a penalty or observation"),
     "test_auth": ("Auth", "refused / bound to loopback"),

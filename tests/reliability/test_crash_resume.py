@@ -106,3 +106,23 @@ def test_kill_9_at_five_random_points_loses_and_repeats_nothing(tmp_path, record
         per_step[step_dir.name] = set(ids)
     everything = [s for ids in per_step.values() for s in ids]
     assert len(everything) == len(set(everything)) == 2 * TARGET, per_step  # no scenario twice within the epoch
+
+
+@pytest.mark.slow
+def test_a_new_run_keeps_the_logs_another_run_left_and_says_so_in_one_line(tmp_path, record_property):
+    """Same experiment name, another art path (another machine sharing the log dir): a new run used to delete the
+    earlier run's step logs as "uncommitted"; now it stops before any work and keeps them."""
+    logs = tmp_path / "shared-logs"
+    flags = ["--log-dir", str(logs), "--max-training-steps", "1", *FLAGS[:-2]]
+    first = run_train(tmp_path / "a", "crash", *flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {str(p): p.read_bytes() for p in logs.rglob("*") if p.is_file()}
+    assert any("step_0001" in p for p in before)
+    second = run_train(tmp_path / "b", "crash", *flags)
+    assert second.returncode == 2, second.stderr[-3000:]
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --log-dir: {logs / 'crash'} holds step logs"), lines
+    assert "kept" in lines[0] and str(model_dir(tmp_path / "a", "crash").resolve()) in lines[0]
+    record_property("message", lines[0])
+    assert {str(p): p.read_bytes() for p in logs.rglob("*") if p.is_file()} == before
+    assert not model_dir(tmp_path / "b", "crash").exists()  # it stopped before registering anything
