@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # trainer.config imports this module
 # What `--dataset` may be for the envs that read one (suffix -> format); other envs' datasets get the generic checks.
 DATASET_SUFFIXES: dict[str, tuple[str, ...]] = {"gmsh": (".parquet",), "r2e": (".jsonl", ".parquet")}
 PARQUET_MAGIC = b"PAR1"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
 
 
 def _error(exc: OSError) -> str:
@@ -118,8 +121,10 @@ def json_file(flag: str, path: Path) -> str | None:
     return None if isinstance(data, dict) else f"{flag} {path}: not a JSON object"
 
 
-def readable_dir(flag: str, path: str, holds: str | None = None, what: str = "") -> str | None:
-    """An existing folder this process can list; `holds` names a JSON file it must contain (checked too)."""
+def readable_dir(flag: str, path: str, holds: str | None = None, what: str = "",
+                 weights: tuple[str, ...] = ()) -> str | None:
+    """An existing folder this process can list; `holds` names a JSON file it must contain (checked too), and
+    `weights` the files of which at least one must be there (a config without weights fails only when loaded)."""
     p = Path(path)
     if not p.exists():
         return f"{flag} {path}: no such directory"
@@ -130,7 +135,10 @@ def readable_dir(flag: str, path: str, holds: str | None = None, what: str = "")
     if holds is not None:
         if not (p / holds).exists():
             return f"{flag} {path}: not {what} (no {holds})"
-        return json_file(flag, p / holds)
+        if (problem := json_file(flag, p / holds)) is not None:
+            return problem
+    if weights and not any((p / name).is_file() for name in weights):
+        return f"{flag} {path}: not {what} (no weights: {' or '.join(weights)})"
     return None
 
 
@@ -174,7 +182,7 @@ def path_problems(c: ExperimentConfig) -> list[str]:
         found.append(data_file("--sft-data", path, (".jsonl", ".parquet")))
     if c.init_adapter is not None:
         found.append(readable_dir("--init-adapter", c.init_adapter, "adapter_config.json",
-                                  "a PEFT adapter directory"))
+                                  "a PEFT adapter directory", ADAPTER_WEIGHTS))
     return [p for p in found if p is not None]
 
 
@@ -186,7 +194,7 @@ def base_model_problem(base_model: str, named: tuple[str, ...]) -> str | None:
     p = Path(base_model)
     if not p.exists():
         return f"--base-model {base_model!r} is not a local model directory{hint}"
-    problem = readable_dir("--base-model", base_model, "config.json", "a Hugging Face model folder")
+    problem = readable_dir("--base-model", base_model, "config.json", "a Hugging Face model folder", MODEL_WEIGHTS)
     return None if problem is None else problem + (hint if "no config.json" in problem else "")
 
 

@@ -109,6 +109,9 @@ def _setup(tmp_path) -> dict[str, str]:
         if meta:
             (tmp_path / name / meta).write_bytes(BAD_BYTES)
     (tmp_path / "model_bad_json" / "config.json").write_text("{not json")
+    for name, meta in (("adapter_no_weights", "adapter_config.json"), ("model_no_weights", "config.json")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / meta).write_text('{"r": 8}')
     (tmp_path / "locked").mkdir()
     (tmp_path / "locked" / "rows.jsonl").write_text('{"a": 1}\n')
     (tmp_path / "sealed").mkdir()
@@ -164,9 +167,11 @@ PATH_CASES = [
     ("adapter-file", ["--init-adapter", P("a_file.jsonl")], "--init-adapter", "is a file", None),
     ("adapter-empty", ["--init-adapter", P("adapter_empty")], "--init-adapter", "no adapter_config.json", None),
     ("adapter-latin1", ["--init-adapter", P("adapter_latin1")], "--init-adapter", "not UTF-8", None),
+    ("adapter-no-weights", ["--init-adapter", P("adapter_no_weights")], "--init-adapter", "no weights", None),
     ("base-model-file", ["--base-model", P("a_file.jsonl")], "--base-model", "is a file", None),
     ("base-model-empty", ["--base-model", P("model_empty")], "--base-model", "no config.json", None),
     ("base-model-bad-json", ["--base-model", P("model_bad_json")], "--base-model", "not JSON", None),
+    ("base-model-no-weights", ["--base-model", P("model_no_weights")], "--base-model", "no weights", None),
     ("base-model-unreadable", ["--base-model", P("locked")], "--base-model", "cannot be read", "unreadable"),
     # --checkpoint: a saved step of this experiment
     ("checkpoint-missing", ["--eval-only", "--checkpoint", "3"], "--checkpoint", "no checkpoint at", None),
