@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import PRETRAINED_MODEL, TINY_RANDOM_MODEL, ConfigError, ExperimentConfig
-from trainer.resume import RUN_ID, Cursor, ExperimentLock, check_resume, claim_outputs
+from trainer.resume import RUN_ID, Cursor, ExperimentLock, check_outputs, check_resume, claim_outputs
 
 log = logging.getLogger("train")
 
@@ -102,6 +102,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
                          base_path=config.art_path)
     state = model.read_state() or {}
     check_resume(config, state)
+    check_outputs(config, model_dir, state)  # clashes with files another run left: one line, before any work
     committed = int(state.get("step", 0))
     conversations = load_sft_conversations(config.sft_data) if config.sft_data else []
     sft_done = int((state.get("sft") or {}).get("epochs_done", 0)) >= config.sft_epochs

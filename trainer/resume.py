@@ -179,22 +179,18 @@ def _read_owner(log_root: Path) -> dict[str, Any] | None:
         return {}  # unreadable: someone's, not provably ours
 
 
-def claim_outputs(config: ExperimentConfig, model_dir: Path, state: dict[str, Any],
-                  save_run_id: Callable[[str], Any]) -> tuple[str, list[str]]:
-    """Take ownership of this experiment's outputs and roll back what this run wrote past its committed step.
-
-    Returns (run id, what was removed). ConfigError (one line, nothing deleted) when files that no state of this
-    run accounts for would clash with what it is about to write. `save_run_id` persists a new run id in the state
-    (before the log folder names it as its owner, so a kill in between never leaves an owner no state knows).
-    """
+def check_outputs(config: ExperimentConfig, model_dir: Path, state: dict[str, Any]) -> bool:
+    """Whether the log folder is this run's already; ConfigError (one line, nothing deleted) when files that no
+    state of this run accounts for would clash with what it is about to write. Reads only: called early, again
+    by `claim_outputs`."""
     committed = int(state.get("step", 0))
     run_id = state.get(RUN_ID)
     legacy = run_id is None and bool(state)  # a state from before run ids: this experiment's own
     if run_id is None and not legacy and (leftovers := _past(model_dir, committed)):
+        more = f" and {len(leftovers) - 1} more" if leftovers[1:] else ""
         raise ConfigError(
-            f"--art-path: {model_dir} holds {leftovers[0]}{f' and {len(leftovers) - 1} more' if leftovers[1:] else ''}"
-            f" past step {committed}, which no state of this experiment accounts for; kept. Restore its state.json, "
-            "move them away, or use another --experiment-name")
+            f"--art-path: {model_dir} holds {leftovers[0]}{more} past step {committed}, which no state of this "
+            "experiment accounts for; kept. Restore its state.json, move them away, or use another --experiment-name")
     log_root = Path(config.log_dir) / config.experiment_name
     owner = _read_owner(log_root)
     steps = sorted(p.name for p in log_root.glob("step_*")) if log_root.is_dir() else []
@@ -205,10 +201,24 @@ def claim_outputs(config: ExperimentConfig, model_dir: Path, state: dict[str, An
         raise ConfigError(
             f"--log-dir: {log_root} holds step logs ({steps[0]}..{steps[-1]}) of {who}; kept. Use another "
             "--log-dir or --experiment-name")
+    return ours
+
+
+def claim_outputs(config: ExperimentConfig, model_dir: Path, state: dict[str, Any],
+                  save_run_id: Callable[[str], Any]) -> tuple[str, list[str]]:
+    """Take ownership of this experiment's outputs and roll back what this run wrote past its committed step.
+
+    Returns (run id, what was removed). ConfigError as `check_outputs`. `save_run_id` persists a new run id in the
+    state (before the log folder names it as its owner, so a kill in between never leaves an owner no state knows).
+    """
+    ours = check_outputs(config, model_dir, state)
+    committed = int(state.get("step", 0))
+    run_id = state.get(RUN_ID)
     if run_id is None:
         run_id = uuid.uuid4().hex[:12]
         save_run_id(run_id)
     removed = rollback_uncommitted(model_dir, committed)
+    log_root = Path(config.log_dir) / config.experiment_name
     log_root.mkdir(parents=True, exist_ok=True)
     if not ours:
         tmp = log_root / f"{OWNER_FILE}.tmp"
