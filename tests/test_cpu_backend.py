@@ -1,5 +1,6 @@
 """The CPU backend behind ART's own Model API: serving with logprobs, auth, GRPO steps, checkpoints."""
 
+
 import art
 import httpx
 import pytest
@@ -79,17 +80,37 @@ async def test_train_advances_the_step_and_writes_a_peft_checkpoint(registered, 
     assert model.get_inference_name() == "m@1"
 
 
-async def test_train_with_no_signal_still_advances_the_step(registered):
+async def test_a_step_with_nothing_to_train_renames_the_latest_checkpoint(registered, tmp_path):
+    """As ART's LocalBackend (and its test_step_skipping): the step advances, the unchanged weights move along."""
     backend, model = registered
+    checkpoints = tmp_path / "p" / "models" / "m" / "checkpoints"
     result = await backend.train(model, [], learning_rate=1e-2)
-    assert result.step == 1
+    assert result.step == 1 and await model.get_step() == 1
     assert result.metrics["train/num_gradient_steps"] == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["0001"]
 
 
-async def test_unsupported_train_keyword_is_refused(registered):
+async def test_a_renamed_step_killed_before_its_commit_is_rolled_back_to_the_committed_checkpoint(registered, tmp_path):
+    from trainer.resume import rollback_uncommitted
+
     backend, model = registered
-    with pytest.raises(NotImplementedError, match="kl_penalty_coef"):
-        await backend.train(model, [], learning_rate=1e-2, kl_penalty_coef=0.5)
+    await backend.train(model, [], learning_rate=1e-2)  # renames 0000 -> 0001; the run dies before committing 1
+    model_dir = tmp_path / "p" / "models" / "m"
+    assert rollback_uncommitted(model_dir, committed_step=0)
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == ["0000"]
+
+
+async def test_train_options_that_cannot_change_learning_here_are_refused_with_the_reason(registered):
+    backend, model = registered
+    with pytest.raises(NotImplementedError, match="num_trajectories_learning_rate_multiplier_power.*one trajectory"):
+        await backend.train(model, [], num_trajectories_learning_rate_multiplier_power=1.0)
+    with pytest.raises(ValueError, match="clip_low_threshold must be between 0.0 and 1.0"):
+        await backend.train(model, [], loss_fn_config={"clip_low_threshold": 1.5})
+    with pytest.raises(ValueError, match="unknown key"):
+        await backend.train(model, [], loss_fn_config={"beta": 0.1})
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        await backend.train(model, [], kl_coef=0.1)
+    assert await model.get_step() == 0  # refused before any work
 
 
 async def test_grpo_raises_the_reward_of_rewarded_tokens(registered):
@@ -150,3 +171,168 @@ def test_training_logprobs_match_a_full_forward_at_the_positions_the_loss_weighs
     (full * weighed).sum().backward()
     for ours_grad, p in zip(grad_ours, [p for p in policy.model.parameters() if p.requires_grad], strict=True):
         assert torch.allclose(ours_grad, p.grad, atol=1e-4)
+
+
+# ---- train() options that change learning -------------------------------------------------------------------------
+# Offline groups (sampled once, then edited) so that runs with and without an option see the same data and start from
+# the same weights; each test states what the option is for and checks the policy moved (or not) accordingly.
+
+
+def _share_of_a(text: str) -> float:
+    return text.count("a") / max(len(text), 1)
+
+
+async def _fresh(tiny_model, path):
+    backend = CPUBackend(path=str(path), settings=CPUBackendSettings(lora=LoraSettings(target_modules=LORA_TARGETS)))
+    model = art.TrainableModel(name="m", project="p", base_model=tiny_model, base_path=str(path))
+    await model.register(backend)
+    return backend, model
+
+
+def _completion_logprob(policy, trajectory) -> float:
+    """The policy's log-probability of the trajectory's sampled completion after its prompt."""
+    import torch
+
+    text = policy.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    prompt = policy.tokenizer.encode(text, add_special_tokens=False)
+    completion = [int(e.token.removeprefix("token_id:")) for e in trajectory.messages_and_choices[-1].logprobs.content]
+    tokens = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(policy.model(input_ids=tokens).logits[0, :-1].float(), -1)
+    return float(logprobs[len(prompt) - 1 :].gather(-1, tokens[0, len(prompt) :, None]).sum())
+
+
+def _with_logprobs_shifted(trajectory, delta: float, reward: float):
+    """A copy whose sampler logprobs are `delta` above the ones it was sampled with (a stale or mismatched sampler)."""
+    copy = trajectory.model_copy(deep=True, update={"reward": reward})
+    for entry in copy.messages_and_choices[-1].logprobs.content:
+        entry.logprob += delta
+    return copy
+
+
+async def _two_completions(model):
+    """Two different sampled completions of the same prompt."""
+    first = await _trajectory(model, _share_of_a)
+    while True:
+        second = await _trajectory(model, _share_of_a)
+        if second.messages_and_choices[-1].message.content != first.messages_and_choices[-1].message.content:
+            return first, second
+
+
+async def _one_step_change(tiny_model, tmp_path, name, groups_of, **options) -> tuple[float, float]:
+    """Train one step on `groups_of(model)` from the fresh initial weights; the change in log-probability of the
+    rewarded (first) and the unrewarded (second) completion of the first group."""
+    backend, model = await _fresh(tiny_model, tmp_path / name)
+    try:
+        groups = await groups_of(model)
+        good, bad = groups[0].trajectories
+        policy = backend.policy(model)
+        before = _completion_logprob(policy, good), _completion_logprob(policy, bad)
+        await backend.train(model, groups, learning_rate=1e-2, **options)
+        return _completion_logprob(policy, good) - before[0], _completion_logprob(policy, bad) - before[1]
+    finally:
+        await backend.close()
+
+
+def _stale(delta_good: float, delta_bad: float):
+    """A group of a rewarded and an unrewarded completion whose sampler logprobs are off by the given deltas."""
+    async def groups_of(model):
+        first, second = await _two_completions(model)
+        return [art.TrajectoryGroup([_with_logprobs_shifted(first, delta_good, 1.0),
+                                     _with_logprobs_shifted(second, delta_bad, 0.0)])]
+    return groups_of
+
+
+async def test_loss_fn_config_sets_the_clip_bounds_of_the_importance_ratio(tiny_model, tmp_path):
+    """PPO clips the ratio to [0.8, 1.2] by default: with sampler logprobs off by a factor 2 either way (ratio 2 for
+    the rewarded, 0.5 for the unrewarded completion) both sit outside and nothing is learned. Tinker's
+    `loss_fn_config` bounds [0.4, 2.5] take both in, and the step raises one and lowers the other."""
+    data = _stale(-0.7, +0.7)
+    clipped = await _one_step_change(tiny_model, tmp_path, "default", data, loss_fn="ppo")
+    widened = await _one_step_change(tiny_model, tmp_path, "wide", data, loss_fn="ppo",
+                                     loss_fn_config={"clip_low_threshold": 0.4, "clip_high_threshold": 2.5})
+    assert max(map(abs, clipped)) < 1e-4, clipped
+    assert widened[0] > 0.05 and widened[1] < -0.05, widened
+
+
+async def test_precalculated_logprobs_replace_stale_sampler_logprobs(tiny_model, tmp_path):
+    """The same stale data: with `precalculate_logprobs` the ratio is taken against the trainer's own logprobs
+    before the step (1, inside PPO's clip), so the step learns from data whose sampler logprobs were off."""
+    data = _stale(-0.7, +0.7)
+    fresh = await _one_step_change(tiny_model, tmp_path, "precalc", data, loss_fn="ppo", precalculate_logprobs=True)
+    assert fresh[0] > 0.05 and fresh[1] < -0.05, fresh
+
+
+async def test_truncated_importance_sampling_discounts_tokens_the_sampler_overrated(tiny_model, tmp_path):
+    """TIS weighs each token by trainer/sampler probability (capped at the bound): a rewarded completion whose
+    sampler logprobs were e^5 above the trainer's barely moves, while the unrewarded one is still pushed down."""
+    data = _stale(+5.0, 0.0)
+    plain = await _one_step_change(tiny_model, tmp_path, "plain", data, precalculate_logprobs=True)
+    tis = await _one_step_change(tiny_model, tmp_path, "tis", data, precalculate_logprobs=True,
+                                 truncated_importance_sampling=2.0)
+    assert plain[0] > 1.0 and tis[0] < 0.25 * plain[0], (plain, tis)
+    assert tis[1] < -1.0, tis
+
+
+def _kl_to_reference(policy, groups, reference: str | None = None) -> float:
+    """Mean KL(policy || reference) of the next-token distributions at the groups' completion tokens; the reference is
+    the base model (adapter off) or an adapter folder."""
+    import torch
+    from art.preprocessing.tokenize import tokenize_trajectory_groups
+
+    results = tokenize_trajectory_groups(policy.tokenizer, groups, allow_training_without_logprobs=True,
+                                         scale_rewards=True)
+    kls = []
+    with torch.no_grad():
+        for result in results:
+            tokens = torch.tensor([result.token_ids])
+            completion = torch.tensor(result.assistant_mask[1:], dtype=torch.bool)
+            p = torch.log_softmax(policy.model(input_ids=tokens).logits[0, :-1].float(), -1)[completion]
+            with policy._reference_weights(reference):
+                q = torch.log_softmax(policy.model(input_ids=tokens).logits[0, :-1].float(), -1)[completion]
+            kls.append((p.exp() * (p - q)).sum(-1).mean())
+    return float(torch.stack(kls).mean())
+
+
+async def _sampled_groups(model) -> list:
+    return [art.TrajectoryGroup([await _trajectory(model, _share_of_a) for _ in range(8)]) for _ in range(4)]
+
+
+async def _kl_after_training(tiny_model, path, groups, steps: int, reference: str | None = None,
+                             **options) -> tuple[float, dict]:
+    backend, model = await _fresh(tiny_model, path)
+    try:
+        for _ in range(steps):
+            result = await backend.train(model, groups, learning_rate=3e-3, **options)
+        return _kl_to_reference(backend.policy(model), groups, reference), result.metrics
+    finally:
+        await backend.close()
+
+
+async def test_kl_penalty_keeps_the_policy_near_the_base_model(tiny_model, tmp_path):
+    """Ten steps on the same groups: with `kl_penalty_coef` (ART's KL-penalised advantages, the base model with the
+    adapter off as reference) the policy ends measurably closer to the base model than without."""
+    backend, model = await _fresh(tiny_model, tmp_path / "sampler")
+    groups = await _sampled_groups(model)
+    await backend.close()
+    free, _ = await _kl_after_training(tiny_model, tmp_path / "free", groups, 10)
+    held, metrics = await _kl_after_training(tiny_model, tmp_path / "kl", groups, 10, kl_penalty_coef=10.0)
+    assert free > 0.5 and held < 0.5 * free, (free, held)
+    assert "train/kl_policy_ref" in metrics
+
+
+async def test_kl_penalty_against_a_checkpoint_keeps_the_policy_near_that_checkpoint(tiny_model, tmp_path):
+    """`kl_penalty_reference_step` (or `kl_ref_adapter_path`) makes an earlier checkpoint the reference instead."""
+    import shutil
+
+    backend, model = await _fresh(tiny_model, tmp_path / "first")
+    groups = await _sampled_groups(model)
+    await backend.train(model, groups, learning_rate=3e-2)  # checkpoint 1: the reference, away from the base
+    await backend.close()
+    for name in ("free", "kl"):  # both resume from checkpoint 1
+        shutil.copytree(tmp_path / "first", tmp_path / name)
+    anchor = lambda name: str(tmp_path / name / "p" / "models" / "m" / "checkpoints" / "0001")  # noqa: E731
+    free, _ = await _kl_after_training(tiny_model, tmp_path / "free", groups, 10, anchor("free"))
+    held, _ = await _kl_after_training(tiny_model, tmp_path / "kl", groups, 10, anchor("kl"),
+                                       kl_penalty_coef=10.0, kl_penalty_reference_step=1)
+    assert free > 0.2 and held < 0.5 * free, (free, held)

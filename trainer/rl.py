@@ -43,9 +43,10 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
         if env.step_metrics is not None:
             metrics |= env.step_metrics(groups)
         trainable = [g for g in groups if has_signal(g)]
+        kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked
         result = await backend.train(model, trainable, learning_rate=config.learning_rate,
                                      advantage_balance=config.advantage_balance,
-                                     scale_rewards=config.scale_rewards, loss_fn=config.loss_fn)
+                                     scale_rewards=config.scale_rewards, loss_fn=config.loss_fn, **kl)
         if result.step != step:
             raise RuntimeError(f"backend trained to step {result.step}, expected {step}")
         metrics |= {"gather_seconds": gather_s, "step_seconds": time.monotonic() - started,
