@@ -29,7 +29,7 @@ PRESETS: dict[str, list[str]] = {
     "toy": ["--env", "toy", "--base-model", "tiny-random", "--max-training-steps", "24", "--num-epochs", "1000",
             "--no-eval-before-after"],
     "gmsh": [],
-    "r2e": ["--env", "r2e", "--max-training-steps", "5"],
+    "r2e": ["--env", "r2e"],
 }
 
 
