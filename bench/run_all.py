@@ -171,7 +171,8 @@ def render(results: list[tuple[Bench, str, float, int]], dates: dict[str, str] |
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", choices=[b.name for b in BENCHES])
+    parser.add_argument("--only", nargs="*", choices=[b.name for b in BENCHES],
+                        help="run only these (none: run nothing, render the doc from the kept results)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per bench")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "performance_results.json",
@@ -180,7 +181,7 @@ def main() -> int:
     kept = load_results(args.results)
     codes = []
     for bench in BENCHES:
-        if args.only and bench.name not in args.only:
+        if args.only is not None and bench.name not in args.only:
             continue
         print(f"running {bench.name}: {' '.join(bench.args)}", flush=True)
         output, seconds, code = run_bench(bench, args.timeout)
