@@ -1,9 +1,18 @@
-"""ART backend selection: `LocalBackend` (unsloth + vLLM) on a CUDA GPU, our `CPUBackend` everywhere else."""
+"""ART backend selection: `LocalBackend` (unsloth + vLLM) on a CUDA GPU, our `CPUBackend` everywhere else, and ART's
+engines beyond one machine by flag (`backends.remote`: ServerlessBackend, TinkerBackend, MegatronBackend)."""
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
+
+from backends.remote import REMOTE_KINDS, RemoteSettings, requirements_problem, train_keywords
+
+BACKEND_KINDS = ("auto", "local", "cpu", *REMOTE_KINDS)
+
+__all__ = ["BACKEND_KINDS", "BackendChoice", "BackendUnavailable", "RemoteSettings", "choose_backend",
+           "create_backend", "train_keywords"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -12,7 +21,7 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class BackendChoice:
-    kind: str  # "local" or "cpu"
+    kind: str  # "local", "cpu", or one of REMOTE_KINDS
     reason: str
 
 
@@ -29,6 +38,10 @@ def _gpu_extra_installed() -> bool:
 def choose_backend(requested: str) -> BackendChoice:
     if requested == "cpu":
         return BackendChoice("cpu", "asked for with --backend cpu")
+    if requested in REMOTE_KINDS:
+        if problem := requirements_problem(requested):
+            raise BackendUnavailable(problem)
+        return BackendChoice(requested, f"asked for with --backend {requested}")
     cuda, extra = _cuda_available(), _gpu_extra_installed()
     if requested == "local":
         if not cuda:
@@ -46,7 +59,12 @@ def choose_backend(requested: str) -> BackendChoice:
     return BackendChoice("cpu", f"{missing}, so the CPU backend (transformers + peft) is used")
 
 
-def create_backend(choice: BackendChoice, art_path: str, cpu_settings=None):
+def create_backend(choice: BackendChoice, art_path: str, cpu_settings: Any = None,
+                   remote_settings: RemoteSettings | None = None) -> Any:
+    if choice.kind in REMOTE_KINDS:
+        from backends.remote import create
+
+        return create(choice.kind, art_path, remote_settings)
     if choice.kind == "local":
         from art.local import LocalBackend
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends import BACKEND_KINDS
+
 # Named base models that need no download: a real pretrained one (the default) and a random tiny one for fast
 # tests. Anything else given to --base-model must be a local Hugging Face model folder.
 PRETRAINED_MODEL = "smollm2-135m"
@@ -44,6 +46,7 @@ class ExperimentConfig:
     project: str = "art-agent-trainer"
     base_model: str = PRETRAINED_MODEL
     backend: str = "auto"
+    serverless_url: str | None = None  # --backend serverless: ART's default endpoint unless given
     env: str = "gmsh"
     vllm_url: str | None = None
     docker_url: list[str] = field(default_factory=list)
@@ -107,6 +110,7 @@ class ExperimentConfig:
     RUN_CONTROL = frozenset({
         "max_training_steps", "num_epochs", "allow_config_change", "max_concurrent", "max_rollouts_per_second",
         "max_failed_share", "vllm_url", "docker_url", "gmsh_url", "log_dir", "log_sample_rate", "backend",
+        "serverless_url",
         "rollout_root", "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
         "eval_every", "eval_only", "checkpoint", "eval_rollouts", "keep_checkpoints", "save_every",
         "sft_only", "allow_unsandboxed", "eval_before_after",
@@ -192,11 +196,39 @@ class ExperimentConfig:
             if not ok:
                 raise ConfigError(message)
         # Every flag that names a path: kind, existence, readability, writability, encoding, format (one line).
-        from trainer.paths import base_model_problem, checkpoint_problem, path_problems
+        from trainer.paths import checkpoint_problem, path_problems
 
-        problems = [base_model_problem(self.base_model, NAMED_MODELS), *path_problems(self), checkpoint_problem(self)]
+        problems = [self._backend_problem(), *path_problems(self), checkpoint_problem(self)]
         if found := [p for p in problems if p is not None]:
             raise ConfigError(found[0])
+
+    def _backend_problem(self) -> str | None:
+        """The base model, and for ART's remote engines: keys, extras and GPUs first, then the flags the engine
+        cannot honour, then the base model it can train (hosted engines: a hub name)."""
+        from backends.remote import REMOTE_KINDS, RunNeeds, requirements_problem, run_problem
+        from backends.remote import base_model_problem as remote_model_problem
+        from trainer.paths import base_model_problem
+
+        local_model = self.base_model in NAMED_MODELS or Path(self.base_model).exists()
+        if self.backend not in REMOTE_KINDS:
+            return base_model_problem(self.base_model, NAMED_MODELS)
+        if self.serverless_url is not None and not self.serverless_url.startswith(("http://", "https://")):
+            return "--serverless-url must start with http:// or https://"
+        needs = RunNeeds(sft=self._wants_sft(), keep_checkpoints=self.keep_checkpoints,
+                         kl_penalty_coef=self.kl_penalty_coef, init_adapter=self.init_adapter,
+                         checkpoint=self.checkpoint)
+        problem = (requirements_problem(self.backend) or run_problem(self.backend, needs)
+                   or remote_model_problem(self.backend, self.base_model, NAMED_MODELS))
+        if problem is None and local_model:  # megatron on a local or embedded model: the usual checks apply
+            return base_model_problem(self.base_model, NAMED_MODELS)
+        return problem
+
+    def _wants_sft(self) -> bool:
+        if self.sft_data:
+            return True
+        from rollouts.registry import ENVS
+
+        return self.env in ENVS and self.wants_demos(ENVS[self.env]().write_demos is not None)
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
@@ -219,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--project", default=d.project)
     a("--base-model", default=d.base_model,
       help=f"a local HF model directory, or a named embedded model: {', '.join(NAMED_MODELS)}")
-    a("--backend", choices=["auto", "local", "cpu"], default=d.backend)
+    a("--backend", choices=BACKEND_KINDS, default=d.backend,
+      help="auto: local on a CUDA GPU with the gpu extra, else cpu; serverless, tinker, megatron: ART's engines "
+           "(keys from WANDB_API_KEY / TINKER_API_KEY; see docs/SCALING.md)")
+    a("--serverless-url", default=None, help="--backend serverless: the training API (default: ART's, W&B's)")
     a("--env", default=d.env, help="environment (see rollouts/registry.py)")
     a("--vllm-url", default=None, help="external OpenAI-compatible server for rollouts (it must serve the adapter)")
     a("--docker-url", action="append", default=[], help="test service URL (repeat for several nodes)")

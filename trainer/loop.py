@@ -80,7 +80,7 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
 
 
 async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
-    from backends import choose_backend, create_backend
+    from backends import RemoteSettings, choose_backend, create_backend
     from backends.cpu import CPUBackendSettings
     from backends.policy import LoraSettings
     from backends.trainer_model import TrainerModel
@@ -90,6 +90,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     from rollouts.registry import get_env
     from trainer.sft import load_sft_conversations
 
+    choice = choose_backend(config.backend)  # keys, extras, GPUs: before anything is loaded or written
     env = get_env(config.env)
     if env.runs_model_code:
         _require_sandbox(config)
@@ -110,7 +111,6 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
         conversations += await _env_demonstrations(env, config, model_dir)
     if config.sft_only and not conversations and not sft_done:
         raise ConfigError("--sft-only: no SFT data (give --sft-data FILE; this env writes no demonstrations)")
-    choice = choose_backend(config.backend)
     print(f"backend: {choice.kind} ({choice.reason})", flush=True)
     base_model, lora_targets = resolve_base_model(config)
     print(f"base model: {config.base_model} ({base_model})", flush=True)
@@ -128,7 +128,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
                                                         target_modules=lora_targets),
                                       seed=config.seed, max_seq_length=config.max_context_tokens,
                                       default_max_tokens=config.max_tokens, init_adapter=config.init_adapter)
-    backend = create_backend(choice, config.art_path, cpu_settings)
+    backend = create_backend(choice, config.art_path, cpu_settings, RemoteSettings(config.serverless_url))
     run_dir = RunDir.claim(config.rollout_root)  # this run's work dirs; removed at exit, or by the next start
     monitor = HealthMonitor(config.rollout_root, HealthLimits(
         interval_s=config.health_check_interval, max_child_processes=config.max_child_processes,
@@ -137,6 +137,11 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     the_run = Run(config, env, model, backend, model_dir, max_steps=config.max_steps or env.default_max_steps)
     try:
         await model.register(backend)
+        if choice.kind == "serverless":  # checkpoints live on the engine: undo a step trained but never committed
+            from backends.remote import roll_back_remote_steps
+
+            for rolled in await roll_back_remote_steps(backend, model, committed):
+                print(f"resume: rolled back uncommitted remote step {rolled}", flush=True)
         if config.vllm_url:
             model.inference_base_url = config.vllm_url.rstrip("/")
             log.warning("rollouts use %s; it must load each new adapter itself", config.vllm_url)

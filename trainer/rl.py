@@ -17,6 +17,7 @@ from trainer.resume import Cursor
 
 async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
     from backends.checkpoints import best_val_step, steps_to_keep
+    from backends.remote import train_keywords
     from rollouts.gather import freeze_startup_heap, gather_step
     from rollouts.logs import write_step
     from rollouts.metrics import has_signal, step_metrics
@@ -44,9 +45,9 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
             metrics |= env.step_metrics(groups)
         trainable = [g for g in groups if has_signal(g)]
         kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked
-        result = await backend.train(model, trainable, learning_rate=config.learning_rate,
-                                     advantage_balance=config.advantage_balance,
-                                     scale_rewards=config.scale_rewards, loss_fn=config.loss_fn, **kl)
+        result = await backend.train(model, trainable, **train_keywords(  # each engine's spelling of them
+            backend, learning_rate=config.learning_rate, advantage_balance=config.advantage_balance,
+            scale_rewards=config.scale_rewards, loss_fn=config.loss_fn, **kl))
         if result.step != step:
             raise RuntimeError(f"backend trained to step {result.step}, expected {step}")
         metrics |= {"gather_seconds": gather_s, "step_seconds": time.monotonic() - started,
