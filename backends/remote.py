@@ -32,8 +32,7 @@ HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 EXAMPLE_MODEL = {"serverless": "OpenPipe/Qwen3-14B-Instruct", "tinker": "Qwen/Qwen3-8B",
                  "megatron": "Qwen/Qwen3-30B-A3B-Instruct-2507"}
 API_KEY_ENV = {"serverless": "WANDB_API_KEY", "tinker": "TINKER_API_KEY"}
-KEY_HINT = {"serverless": " (a W&B API key: https://wandb.ai/authorize)",
-            "tinker": " (from https://tinker-console.thinkingmachines.ai)"}
+KEY_HINT = {"serverless": " (a W&B API key: https://wandb.ai/authorize)"}
 EXTRA_MODULES = {"tinker": ("tinker", "tinker_cookbook"),
                  "megatron": ("megatron.core", "megatron.bridge", "transformer_engine")}
 EXTRA_NAME = {"tinker": "tinker", "megatron": "backend,megatron"}
