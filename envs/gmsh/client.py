@@ -12,6 +12,7 @@ __all__ = ["GmshClient", "ServiceUnavailable"]
 
 @dataclass
 class GmshClient(ServiceClient):
+    name: str = "gmsh"  # names its nodes in the step metrics (nodes/gmsh/nodeI/...)
     slack_s: float = 30.0  # beyond the script's own timeout: queueing and mesh analysis
 
     async def run(self, request: RunRequest) -> RunResult:

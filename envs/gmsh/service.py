@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 from envs.gmsh.wire import RunRequest, RunResult
+from envs.idempotency import RecentResults
 from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
 
 RUNNER = Path(__file__).with_name("script_runner.py")
@@ -90,6 +91,7 @@ class GmshRunner:
 def build_app(token: str, task_store: Path | None = None, workers: int = 2, queue: int = 64,
               timeout: float = 60.0, memory_mb: int = 2048) -> FastAPI:
     app = FastAPI(title="gmsh tool service")
+    recent = RecentResults()
     runner = GmshRunner(task_store, workers, queue, SandboxLimits(wall_s=timeout, cpu_s=int(timeout) + 1,
                                                                   memory_mb=memory_mb))
 
@@ -102,8 +104,8 @@ def build_app(token: str, task_store: Path | None = None, workers: int = 2, queu
         return {"status": "ok", "in_service": runner.in_service, "capacity": runner.capacity}
 
     @app.post("/run", dependencies=[Depends(check_token)])
-    async def run(request: RunRequest) -> RunResult:
-        return await runner.run(request)
+    async def run(request: RunRequest, idempotency_key: str | None = Header(default=None)) -> RunResult:
+        return await recent.run(idempotency_key, lambda: runner.run(request))  # a retried id runs once here
 
     return app
 

@@ -41,6 +41,7 @@ def tar_b64(root: Path, paths: list[str]) -> str:
 @dataclass
 class TestServiceClient(ServiceClient):
     __test__ = False
+    name: str = "tests"  # names its nodes in the step metrics (nodes/tests/nodeI/...)
     slack_s: float = 60.0
 
     async def test(self, request: TestRequest) -> TestResult:

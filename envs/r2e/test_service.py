@@ -31,6 +31,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
+from envs.idempotency import RecentResults
 from envs.r2e.cache import read_index
 from envs.r2e.docker_runtime import ContainerLimits, DockerRuntime, engine_problem, remove_stale_containers
 from envs.r2e.wire import TestRequest, TestResult
@@ -91,6 +92,7 @@ async def _unless_disconnected(work: Coroutine[Any, Any, TestResult], request: R
 def build_app(token: str, runtime, max_concurrent: int = 2) -> FastAPI:
     app = FastAPI(title="test service")
     slots = asyncio.Semaphore(max_concurrent)
+    recent = RecentResults()
 
     def check_token(authorization: str | None = Header(default=None)) -> None:
         if not secrets.compare_digest(authorization or "", f"Bearer {token}"):
@@ -101,9 +103,13 @@ def build_app(token: str, runtime, max_concurrent: int = 2) -> FastAPI:
         return {"status": "ok", "runtime": type(runtime).__name__}
 
     @app.post("/test", dependencies=[Depends(check_token)])
-    async def test(body: TestRequest, request: Request) -> TestResult:
-        async with slots:
-            return await _unless_disconnected(runtime.run(body), request)
+    async def test(body: TestRequest, request: Request,
+                   idempotency_key: str | None = Header(default=None)) -> TestResult:
+        async def in_a_slot() -> TestResult:
+            async with slots:
+                return await _unless_disconnected(runtime.run(body), request)
+
+        return await recent.run(idempotency_key, in_a_slot)  # a retried request id runs once here
 
     return app
 
