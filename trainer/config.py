@@ -189,7 +189,13 @@ class ExperimentConfig:
         from rollouts.registry import ENVS
 
         checks.append((self.env in ENVS, f"--env: unknown env {self.env!r}; choose from {', '.join(sorted(ENVS))}"))
+        from envs.service_client import NodeListError, expand_urls
+
         for flag, urls in (("--docker-url", self.docker_url), ("--gmsh-url", self.gmsh_url)):
+            try:  # URLs, or @FILE: a file of URLs, one a line
+                urls = expand_urls(urls)
+            except NodeListError as exc:
+                checks.append((False, f"{flag} {exc}"))
             for url in urls:
                 checks.append((url.startswith(("http://", "https://")), f"{flag} {url!r} must start with http://"))
         for ok, message in checks:
@@ -257,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--serverless-url", default=None, help="--backend serverless: the training API (default: ART's, W&B's)")
     a("--env", default=d.env, help="environment (see rollouts/registry.py)")
     a("--vllm-url", default=None, help="external OpenAI-compatible server for rollouts (it must serve the adapter)")
-    a("--docker-url", action="append", default=[], help="test service URL (repeat for several nodes)")
+    a("--docker-url", action="append", default=[],
+      help="test service URL, or @FILE of URLs one a line (repeat for several nodes; token from TEST_SERVICE_TOKEN)")
     a("--gmsh-url", action="append", default=[],
-      help="gmsh service URL (repeat for several; token from GMSH_SERVICE_TOKEN); default: start one locally")
+      help="gmsh service URL, or @FILE of URLs one a line (repeat for several nodes; token from GMSH_SERVICE_TOKEN); "
+           "default: start one locally")
     a("--dataset", default=None, help="the env's own dataset file (gmsh: task parquet; r2e: rows .jsonl/.parquet)")
     a("--split", default=d.split, help="r2e: hub split when no --dataset (train, dev_10pr_v1, dev_100pr_v1)")
     a("--reward", choices=["binary", "partial"], default=d.reward, help="r2e: test reward")

@@ -18,6 +18,7 @@ from trainer.resume import Cursor
 async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
     from backends.checkpoints import best_val_step, steps_to_keep
     from backends.remote import train_keywords
+    from envs.service_client import service_metrics
     from rollouts.gather import freeze_startup_heap, gather_step
     from rollouts.logs import write_step
     from rollouts.metrics import has_signal, step_metrics
@@ -43,6 +44,7 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
         metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
         if env.step_metrics is not None:
             metrics |= env.step_metrics(groups)
+        metrics |= service_metrics(the_run.ctx.services)  # per service node: requests, errors, latency p50/p95
         trainable = [g for g in groups if has_signal(g)]
         kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked
         result = await backend.train(model, trainable, **train_keywords(  # each engine's spelling of them
