@@ -180,7 +180,17 @@ class DockerRuntime:
                 raise HTTPException(500, f"copying the files into /testbed failed: {err[-500:]}")
             return await self._start(name, request.timeout, started)
         finally:
-            await asyncio.shield(self._docker("rm", "-f", name))  # done even when the request is cancelled
+            await asyncio.shield(self._remove(name))  # done even when the request is cancelled
+
+    async def _remove(self, name: str, wait_s: float = 30) -> None:
+        """`rm -f`, then wait until it is gone: with `--rm` the engine may be removing it already, and then `rm -f`
+        returns at once ("removal already in progress") while the container still exists."""
+        await self._docker("rm", "-f", name)
+        deadline = time.monotonic() + wait_s
+        while (await self._docker("container", "inspect", "--format", "{{.Id}}", name))[0] == 0:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
 
     async def _start(self, name: str, timeout: float, started: float) -> TestResult:
         proc = await asyncio.create_subprocess_exec(docker_cli() or "docker", "start", "--attach", name,

@@ -26,7 +26,7 @@ from envs.r2e.cache import SAMPLES, sample_rows
 from envs.r2e.docker_runtime import OWNER_LABEL, ROLE_LABEL, docker, image_exists, owner_label
 
 SUITE = "bookworm"
-PACKAGES = ("python3", "python3-pytest")
+PACKAGES = ("python3", "python3-pytest", "python-is-python3")  # R2E run_tests.sh call `python`
 BASE_IMAGE = f"local/r2e-base:{SUITE}"
 DIGEST_LABEL = "art.r2e.digest"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
