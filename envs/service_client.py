@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 import uuid
@@ -71,7 +72,8 @@ def expand_urls(values: list[str]) -> list[str]:
 def percentile(values: list[float], share: float) -> float:
     """Nearest-rank percentile (no interpolation): a latency some request really had."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
+    rank = math.ceil(share * len(ordered) - 1e-9)  # the smallest value with at least `share` of them at or below
+    return ordered[min(len(ordered), max(1, rank)) - 1]
 
 
 @dataclass
@@ -208,22 +210,24 @@ class ServiceClient:
                 log.exception("health check of %s nodes failed", self.name)
 
     def node_metrics(self, reset: bool = True) -> dict[str, float]:
-        """Per node since the last read: requests, errors, latency p50/p95 (s), up (1/0); and for the service: nodes
-        up, and requests moved to another node. Keys `nodes/<service>/nodeI/...` (node I is the I-th URL)."""
+        """Per node since the last read: requests (`calls`), errors (`failed_calls`: transport errors and non-200
+        answers), latency p50/p95 in seconds, `up` (1/0); for the service: `nodes_up`, and `moved_calls` (requests
+        sent to another node after theirs failed). Keys `nodes/<service>/nodeI/...`, node I being the I-th URL; the
+        names use the report's unit words (rollouts/report.py), so its charts group them by unit."""
         now = time.monotonic()
         figures: dict[str, float] = {}
         for i, node in enumerate(self._nodes):
             prefix = f"nodes/{self.name}/node{i}"
-            figures[f"{prefix}/requests"] = float(node.requests)
-            figures[f"{prefix}/errors"] = float(node.errors)
+            figures[f"{prefix}/calls"] = float(node.requests)
+            figures[f"{prefix}/failed_calls"] = float(node.errors)
             figures[f"{prefix}/up"] = float(node.is_up(now))
             if node.latencies:
                 figures[f"{prefix}/latency_p50_s"] = percentile(node.latencies, 0.50)
                 figures[f"{prefix}/latency_p95_s"] = percentile(node.latencies, 0.95)
             if reset:
                 node.requests, node.errors, node.latencies = 0, 0, []
-        figures[f"nodes/{self.name}/up"] = float(sum(n.is_up(now) for n in self._nodes))
-        figures[f"nodes/{self.name}/failovers"] = float(self.failovers)
+        figures[f"nodes/{self.name}/nodes_up"] = float(sum(n.is_up(now) for n in self._nodes))
+        figures[f"nodes/{self.name}/moved_calls"] = float(self.failovers)
         if reset:
             self.failovers = 0
         return figures
