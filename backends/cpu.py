@@ -2,9 +2,10 @@
 
 It mirrors `art.local.LocalBackend`: the same directory layout (`<path>/<project>/models/<name>/`, checkpoints
 as PEFT adapter folders under `checkpoints/NNNN`), the step = newest checkpoint, an OpenAI-compatible endpoint
-for rollouts, and a `train()` whose keywords mean what LocalBackend's mean. Every `train()` call advances the
-step by one, even when no group had a reward spread to learn from (LocalBackend does the same), so the step
-counter and the checkpoints never disagree.
+for rollouts, a `train()` whose keywords mean what LocalBackend's mean (backends/train_options.py), and the
+(async) context manager protocol. Every `train()` call advances the step by one, even when no group had a reward
+spread to learn from (the latest checkpoint is renamed, as ART's own `test_step_skipping` expects), so the step
+counter and the checkpoints never disagree. ART's test runs against this class in tests/test_art_backend_contract.py.
 """
 
 from __future__ import annotations

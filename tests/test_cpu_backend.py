@@ -336,3 +336,36 @@ async def test_kl_penalty_against_a_checkpoint_keeps_the_policy_near_that_checkp
     held, _ = await _kl_after_training(tiny_model, tmp_path / "kl", groups, 10, anchor("kl"),
                                        kl_penalty_coef=10.0, kl_penalty_reference_step=1)
     assert free > 0.2 and held < 0.5 * free, (free, held)
+
+
+@pytest.mark.parametrize("option", [{"mask_prob_ratio": True}, {"kimi_k2_tau": 1.0},
+                                    {"max_negative_advantage_importance_sampling_weight": 1.0}])
+async def test_art_loss_options_reach_the_loss(tiny_model, tmp_path, option):
+    """Options that only change ART's loss are handed to it: on data whose sampler logprobs are e^2 off (ratios
+    7.4 and 0.14, so masking, the Kimi K2 term and the weight cap all bite), the step differs from the default's."""
+    data = _stale(-2.0, +2.0)
+    default = await _one_step_change(tiny_model, tmp_path, "default", data)
+    changed = await _one_step_change(tiny_model, tmp_path, "option", data, **option)
+    assert max(abs(a - b) for a, b in zip(default, changed, strict=True)) > 0.1, (default, changed)
+
+
+def test_kl_penalty_coef_flag_is_validated_and_kept_out_of_the_hash_when_off():
+    from trainer.config import ConfigError, ExperimentConfig, config_from_args
+
+    with pytest.raises(ConfigError, match="--kl-penalty-coef"):
+        ExperimentConfig(experiment_name="e", kl_penalty_coef=-0.1).validate()
+    off = config_from_args(["--experiment-name", "e"])
+    on = config_from_args(["--experiment-name", "e", "--kl-penalty-coef", "0.1"])
+    assert on.kl_penalty_coef == 0.1 and "kl_penalty_coef" not in off.hashed_fields()
+    assert on.config_hash() != off.config_hash()
+
+
+@pytest.mark.slow
+def test_train_py_with_kl_penalty_coef_trains_with_the_kl_term(tmp_path):
+    from tests.helpers import history_rows, run_train
+
+    result = run_train(tmp_path, "kl", "--env", "toy", "--max-training-steps", "1", "--groups-per-step", "2",
+                       "--rollouts-per-group", "8", "--dataset-size", "8", "--kl-penalty-coef", "0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    trained = [row for row in history_rows(tmp_path, "kl") if row.get("train/num_gradient_steps")]
+    assert trained and all("train/kl_policy_ref" in row for row in trained), trained
