@@ -25,8 +25,8 @@ from backends.checkpoints import best_val_step
 PAGE = Environment(autoescape=True).from_string((Path(__file__).with_name("report.html.j2")).read_text())
 
 UNIT_LABELS = {"reward": "reward", "rate": "rate, 0-1", "count": "count", "seconds": "seconds", "mb": "MB",
-               "gb": "GB", "ratio": "ratio", "loss": "loss", "norm": "gradient norm", "lr": "learning rate",
-               "corr": "correlation, -1 to 1", "value": "value"}
+               "gb": "GB", "ratio": "ratio", "loss": "loss", "norm": "gradient norm", "corr": "correlation, -1 to 1",
+               "value": "value"}
 
 
 @dataclass
@@ -53,7 +53,6 @@ FIXED = [
     Panel("SFT loss (per epoch)", "loss", ["loss/train"]),
     Panel("Gradient norm", "norm", ["train/grad_norm", "loss/grad_norm"]),
     Panel("Sampler/trainer probability agreement", "corr", ["train/probs_corr"]),
-    Panel("SFT learning rate", "lr", ["loss/learning_rate"]),
     Panel("Trainer memory", "mb", ["train/health/trainer_rss_mb"]),
     Panel("Disk", "gb", ["train/health/disk_free_gb", "train/health/rollout_root_gb"]),
     Panel("Health events", "count", ["train/health/child_processes", "train/health/stale_dirs_removed",
@@ -135,7 +134,8 @@ def _figure(rows: list[dict[str, Any]], panel: Panel, index: int) -> str:
         fig.update_yaxes(range=[-0.03, 1.03])
     fig.update_layout(height=320, margin={"t": 20, "b": 40, "l": 60, "r": 10}, showlegend=True,
                       legend={"orientation": "h", "y": -0.25})
-    return fig.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"chart-{index}")
+    return fig.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"chart-{index}",
+                       config={"displayModeBar": False})
 
 
 def charts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -222,9 +222,11 @@ def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
         figures.append(Figure("learning", "Held-out reward", text, " ".join(f"{v:.6g}" for v in summary.values())))
     best = best_val_step(model_dir)
     if best is not None:
-        row = max((r for r in rows if r.get("step") == best and "val/reward" in r), key=lambda r: r["val/reward"])
+        top = max(float(r["val/reward"]) for r in rows if "val/reward" in r)
+        ties = sorted({int(r["step"]) for r in rows if "val/reward" in r and float(r["val/reward"]) == top})
+        tie = f"; steps {', '.join(map(str, ties))} tie, the first counts" if len(ties) > 1 else ""
         figures.append(Figure("best-step", "Best step", f'<span class="figure">{best}</span> '
-                              f'(held-out reward {float(row["val/reward"]):.3f}, kept as a checkpoint)', best))
+                              f"(held-out reward {top:.3f}{tie}; kept as a checkpoint)", best))
     elif rl:
         best = max(rl, key=lambda s: float(train[s].get("train/reward_mean", train[s].get("train/reward"))))
         figures.append(Figure("best-step", "Best step", f'<span class="figure">{best}</span> '
