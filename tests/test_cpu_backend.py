@@ -213,10 +213,11 @@ def _with_logprobs_shifted(trajectory, delta: float, reward: float):
 async def _two_completions(model):
     """Two different sampled completions of the same prompt."""
     first = await _trajectory(model, _share_of_a)
-    while True:
+    for _ in range(20):
         second = await _trajectory(model, _share_of_a)
         if second.messages_and_choices[-1].message.content != first.messages_and_choices[-1].message.content:
             return first, second
+    raise AssertionError("the sampler repeated one completion 20 times")
 
 
 async def _one_step_change(tiny_model, tmp_path, name, groups_of, **options) -> tuple[float, float]:
