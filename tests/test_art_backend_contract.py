@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +20,8 @@ import pytest
 from backends.cpu import CPUBackend
 
 ART_TESTS = Path(art.__file__).parent / "test"
-BACKEND_TESTS = ["test_step_skipping.py"]  # the ones that construct a LocalBackend
+# Every ART test that constructs a LocalBackend (today: test_step_skipping.py), so a newer ART's tests join in.
+BACKEND_TESTS = sorted(p.name for p in ART_TESTS.glob("test_*.py") if "LocalBackend(" in p.read_text())
 
 
 def cpu_local_backend(path: str = ".art", **_: object) -> CPUBackend:
@@ -52,6 +54,10 @@ def art_test_cases() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("filename", "name"), art_test_cases())
 async def test_art_backend_test_passes_with_the_cpu_backend(filename, name):
     await getattr(load_art_test(filename), name)()  # ART's own assertions decide
+
+
+def test_the_backend_tests_of_the_installed_art_are_found():
+    assert "test_step_skipping.py" in BACKEND_TESTS, f"{ART_TESTS} holds {sorted(os.listdir(ART_TESTS))}"
 
 
 def test_the_substitution_is_the_only_change():
