@@ -22,7 +22,7 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "adam_params": (None, "a Tinker AdamParams; LocalBackend refuses it too (the optimizer is AdamW, lr per call)"),
     "plot_tensors": (False, "a matplotlib debug plot of packed GPU batches; the CPU backend does not pack rows"),
     "scale_learning_rate_by_reward_std_dev": (
-        False, "applied by ART's frontend (Model.train), not by LocalBackend.train; set learning_rate instead"),
+        False, "ART takes it but nothing applies it (LocalBackend trains as without); set learning_rate instead"),
     "num_trajectories_learning_rate_multiplier_power": (
         0.0, "scales the rate by trajectories per packed sequence; the CPU backend trains one trajectory per row"),
 }
