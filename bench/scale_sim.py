@@ -35,6 +35,7 @@ from envs.service_client import ServiceClient, ServiceUnavailable  # noqa: E402
 from envs.service_process import free_port  # noqa: E402
 
 TOKEN = "scale-sim-token"
+WARM_S = 1.5  # not measured: the lanes start together, and the first calls queue at once
 
 
 def node_main(argv: list[str]) -> None:
@@ -107,15 +108,16 @@ class Tally:
     started: int = 0
     finished: int = 0  # all rollouts that ended well, the ones that ran past the measured window included
     lost: int = 0  # rollouts that ended in ServiceUnavailable
-    in_window: int = 0  # finished within the measured window
-    before_kill: int = 0
+    calls: int = 0  # service calls answered within the measured window (after the warm-up, before the end)
+    calls_before_kill: int = 0
 
 
 async def drive(urls: list[str], seconds: float, concurrency: int, turns: int, model_latency: float,
-                kill: SimNode | None = None) -> tuple[Tally, float]:
+                kill: SimNode | None = None, warm_s: float = WARM_S) -> tuple[Tally, float]:
     """Rollouts back to back on `concurrency` lanes for `seconds`; those under way at the end still finish (and
-    count as lost if they fail) but only those done within the window count for throughput. Returns the tally and
-    when the node was killed (s into the run, or 0)."""
+    count as lost if they fail). Throughput counts the service calls answered between `warm_s` and the end, a
+    third of a rollout each, so rollouts cut by either edge of the window count for the part inside it. Returns
+    the tally and when the node was killed (s into the run, or 0)."""
     client = ServiceClient(urls, TOKEN, retries=3, backoff_s=0.1, name="sim", health_interval_s=1.0)
     tally = Tally()
     started = time.monotonic()
@@ -126,6 +128,9 @@ async def drive(urls: list[str], seconds: float, concurrency: int, turns: int, m
         for turn in range(turns):
             await asyncio.sleep(model_latency)  # the fake model's reply
             await client.post("/run", {"turn": turn}, timeout=30)
+            if started + warm_s <= time.monotonic() <= deadline:
+                tally.calls += 1
+                tally.calls_before_kill += not killed_at
 
     async def lane() -> None:
         while time.monotonic() < deadline:
@@ -136,8 +141,6 @@ async def drive(urls: list[str], seconds: float, concurrency: int, turns: int, m
                 tally.lost += 1
                 continue
             tally.finished += 1
-            tally.in_window += time.monotonic() <= deadline
-            tally.before_kill += not killed_at
 
     async def killer() -> None:
         nonlocal killed_at
@@ -148,9 +151,8 @@ async def drive(urls: list[str], seconds: float, concurrency: int, turns: int, m
     await asyncio.gather(*(lane() for _ in range(concurrency)), *([killer()] if kill else []))
     figures = client.node_metrics()
     await client.aclose()
-    if kill:
-        print(f"    moved to another node: {figures['nodes/sim/moved_calls']:.0f} request(s); nodes up at the end: "
-              f"{figures['nodes/sim/nodes_up']:.0f}", flush=True)
+    print(f"    requests moved to another node: {figures['nodes/sim/moved_calls']:.0f}; nodes up at the end: "
+          f"{figures['nodes/sim/nodes_up']:.0f}", flush=True)
     return tally, killed_at
 
 
@@ -179,7 +181,7 @@ def main() -> None:
             lanes = int(2 * n * args.workers * (args.model_latency + args.latency) / args.latency) + 1
             tally, _ = asyncio.run(drive([x.url for x in nodes[:n]], args.seconds, lanes, args.turns,
                                          args.model_latency))
-            rates[n] = tally.in_window / args.seconds
+            rates[n] = tally.calls / args.turns / (args.seconds - WARM_S)
             ideal = n * args.workers / (args.latency * args.turns)
             print(f"  {n} node(s), {lanes} rollouts at once: {rates[n]:6.2f} rollouts/s (ideal {ideal:.2f}), "
                   f"{tally.finished} finished, {tally.lost} lost", flush=True)
@@ -191,8 +193,8 @@ def main() -> None:
         print(f"  {n} nodes, one killed (SIGKILL) {args.seconds:.0f}s into a {args.seconds * 2:.0f}s run:", flush=True)
         tally, killed_at = asyncio.run(drive([x.url for x in nodes[:n]], args.seconds * 2, lanes, args.turns,
                                              args.model_latency, kill=nodes[0]))
-        before = tally.before_kill / killed_at
-        after = (tally.in_window - tally.before_kill) / (args.seconds * 2 - killed_at)
+        before = tally.calls_before_kill / args.turns / (killed_at - WARM_S)
+        after = (tally.calls - tally.calls_before_kill) / args.turns / (args.seconds * 2 - killed_at)
         print(f"    {tally.started} rollouts started, {tally.finished} finished, {tally.lost} lost; {before:.2f} "
               f"rollouts/s before the kill, {after:.2f} after ({after / before:.2f} of it; {n - 1}/{n} = "
               f"{(n - 1) / n:.2f} is the ideal)", flush=True)
