@@ -22,7 +22,17 @@ from jinja2 import Environment
 
 from backends.checkpoints import best_val_step
 
-PAGE = Environment(autoescape=True).from_string((Path(__file__).with_name("report.html.j2")).read_text())
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\t\n\r"}
+
+
+def visible(text: Any) -> str:
+    """Model text may hold control characters (an untrained model writes bytes at random): show them escaped."""
+    return str(text).translate(_CONTROL)
+
+
+_JINJA = Environment(autoescape=True)
+_JINJA.filters["visible"] = visible
+PAGE = _JINJA.from_string((Path(__file__).with_name("report.html.j2")).read_text())
 
 UNIT_LABELS = {"reward": "reward", "rate": "rate, 0-1", "count": "count", "seconds": "seconds", "mb": "MB",
                "gb": "GB", "ratio": "ratio", "loss": "loss", "norm": "gradient norm", "corr": "correlation, -1 to 1",
@@ -63,7 +73,9 @@ DUPLICATES = {"train/reward", "train/reward_std", "train/reward_std_dev", "train
               "train/rollout_seconds", "train/completion_tokens", "train/epoch"}
 COUNT_WORDS = {"chars", "tokens", "files", "steps", "queries", "restarts", "messages", "tests", "elements", "nodes",
                "groups", "rollouts", "sequences", "processes", "warnings", "removed", "missing", "found", "expected",
-               "matching", "required", "calls", "cells", "lines"}
+               "matching", "required", "calls", "cells", "lines", "errors", "requests", "failovers", "retries",
+               "attempts", "failures", "moves", "answers"}
+GROUPS = {"health": "Health", "nodes": "Service nodes"}  # train/<prefix>/...: figures about the run, not the env
 
 
 def unit_of(key: str, values: list[float]) -> str:
@@ -107,13 +119,14 @@ def panels(rows: list[dict[str, Any]]) -> list[Panel]:
         if not key.startswith("train/") or key in fixed or key in DUPLICATES:
             continue
         unit = unit_of(key, _series(rows, key)[1])
-        group = "Health" if key.startswith("train/health/") else "Reward breakdown and env figures"
+        group = GROUPS.get(key.split("/")[1], "Reward breakdown and env figures")
         # figures without a known unit each get a panel of their own, so no two of them share an axis
         extra.setdefault((group, unit if unit != "value" else key), []).append(key)
     found = [Panel(group if unit in UNIT_LABELS else f"{group}: {unit.removeprefix('train/')}",
                    unit if unit in UNIT_LABELS else "value", keys) for (group, unit), keys in extra.items()]
-    env_panels = [p for p in found if not p.title.startswith("Health")]
-    ordered = FIXED[:2] + env_panels + FIXED[2:] + [p for p in found if p.title.startswith("Health")]
+    run_groups = tuple(GROUPS.values())
+    env_panels = [p for p in found if not p.title.startswith(run_groups)]
+    ordered = FIXED[:2] + env_panels + FIXED[2:] + [p for p in found if p.title.startswith(run_groups)]
     return [p for p in ordered if any(_series(rows, k)[0] for k in p.keys)]
 
 

@@ -108,6 +108,19 @@ def test_unit_of_reads_names_then_values():
     assert unit_of("train/groups_missing", [0.5]) == "count"
     assert unit_of("train/gmsh/mean_reward", [-1.0]) == "reward"
     assert unit_of("train/mesh_quality", [0.4]) == "rate" and unit_of("train/min_quality", [-1.0]) == "value"
+    node = "train/nodes/gmsh/node0"
+    assert [unit_of(f"{node}/{name}", [0.0]) for name in ("calls", "failed_calls", "latency_p95_s", "up")] == [
+        "count", "count", "seconds", "rate"]
+    assert unit_of("train/nodes/gmsh/nodes_up", [1.0]) == "count"
+
+
+def test_service_node_figures_get_panels_of_their_own():
+    rows = [{"step": 1, "train/no_code": 1.0, "train/nodes/gmsh/node0/calls": 4.0, "train/nodes/gmsh/node0/up": 1.0,
+             "train/nodes/gmsh/node1/calls": 0.0}]
+    found = {(p.title, p.unit): p.keys for p in panels(rows)}
+    assert found[("Service nodes", "count")] == ["train/nodes/gmsh/node0/calls", "train/nodes/gmsh/node1/calls"]
+    assert found[("Service nodes", "rate")] == ["train/nodes/gmsh/node0/up"]
+    assert found[("Reward breakdown and env figures", "rate")] == ["train/no_code"]
 
 
 def test_wall_time_adds_up_the_stretches_of_a_resumed_run():
