@@ -267,11 +267,16 @@ def test_cache_from_the_images_then_train_with_equal_rewards_on_both_runtimes(ro
         rewards = {}
         for runtime in ("docker", "process"):
             art = tmp_path / runtime
+            since = time.time()
             result = run_train(art, "same", "--env", "r2e", "--cache-dir", str(cache), "--dataset", str(rows_file),
                                "--test-runtime", runtime, "--vllm-url", server.base_url, "--reward", "partial",
                                "--max-training-steps", "1", "--groups-per-step", "6", "--rollouts-per-group", "2",
                                "--max-steps", "2", "--log-sample-rate", "1", "--seed", "3")
             assert result.returncode == 0, result.stderr[-3000:]
+            created = docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}", "--filter",
+                             "event=create", "--filter", f"label={ROLE_LABEL}={SERVICE_ROLE}", "--format", "{{.ID}}")
+            # One fresh container per /test call (every rollout changed files) with docker, none with process.
+            assert len(created.stdout.split()) == (12 if runtime == "docker" else 0)
             logged = [json.loads(p.read_text().splitlines()[0])["environment_kwargs"]
                       for p in (art / "logs" / "same").glob("step_*/*.jsonl")]
             rewards[runtime] = sorted((row["scenario_id"], row["reward"]) for row in logged)

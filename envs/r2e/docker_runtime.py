@@ -2,11 +2,13 @@
 container is removed, whatever happened.
 
 It drives the `docker` CLI (not the Python SDK: the CLI is what `docker.io` installs and what a user debugs with,
-and it keeps the lock free of one more package). Each container gets `--network none`, a CPU, memory (no swap) and
-pids limit, no capabilities, and carries a label naming its owner (host, service pid and the pid's start time), so:
-- the service removes its container after success, error, timeout and client disconnect (cancellation);
-- a service killed with kill -9 cannot clean up, so the container's command is wrapped in `timeout -s KILL` (it
-  dies by itself a grace period after the request's timeout) and is created `--rm` (the engine then removes it);
+and it keeps the lock free of one more package): one `docker run -i --rm` per request, the changed files as a tar on
+its stdin. Each container gets `--network none`, a CPU, memory (no swap) and pids limit, no capabilities, and carries
+a label naming its owner (host, service pid and the pid's start time), so:
+- the service removes its container after success (the CLI returns once the engine removed it), error, timeout
+  (`docker kill`) and client disconnect (the request is cancelled; removal is shielded from the cancellation);
+- a service killed with kill -9 cannot clean up, so the test command runs under `timeout -s KILL` (the container
+  dies by itself a grace period after the request's timeout) and `--rm` (the engine then removes it);
 - a new service removes at start the labelled containers whose owner process is gone (`remove_stale_containers`),
   and never those of another live service (tests and services may share an engine).
 """
@@ -140,70 +142,69 @@ async def _keep_tail(stream: asyncio.StreamReader | None, kept: bytearray, max_b
             del kept[:-max_bytes]
 
 
+# Runs in the container: unpack the changed files (a tar on stdin) into /testbed, then the test command under a
+# `timeout -s KILL` that outlives the request's own timeout by a grace period (it only matters when the service died).
+_IN_CONTAINER = 'tar -x -f - -C /testbed --no-same-owner && exec timeout -s KILL "$1" bash -c "$2"'
+
+
 class DockerRuntime:
+    """One `docker run -i --rm` per request: the files travel on stdin, so the happy path is a single CLI call, and
+    the CLI returns only once the engine has removed the container."""
+
     def __init__(self, limits: ContainerLimits | None = None) -> None:
         self.limits = limits or ContainerLimits()
         self.owner = owner_label()
 
-    def _create_args(self, request: TestRequest, name: str) -> list[str]:
+    def _run_args(self, request: TestRequest, name: str) -> list[str]:
         lim = self.limits
         return [
-            "create", "--pull", "never", "--rm", "--name", name,
+            "run", "--interactive", "--rm", "--pull", "never", "--name", name,
             "--label", f"{ROLE_LABEL}={SERVICE_ROLE}", "--label", f"{OWNER_LABEL}={self.owner}",
             "--network", "none", "--cpus", str(lim.cpus), "--memory", f"{lim.memory_mb}m",
             "--memory-swap", f"{lim.memory_mb}m", "--pids-limit", str(lim.pids),
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--workdir", "/testbed",
             request.docker_image,
-            "timeout", "-s", "KILL", str(int(request.timeout + lim.orphan_grace_s)), "bash", "-c", request.test_cmd,
+            "bash", "-c", _IN_CONTAINER, "r2e-test", str(int(request.timeout + lim.orphan_grace_s)), request.test_cmd,
         ]
 
-    async def _docker(self, *args: str, stdin: bytes | None = None) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            docker_cli() or "docker", *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate(stdin)
-        return proc.returncode or 0, err.decode(errors="replace").strip()
-
-    async def run(self, request: TestRequest) -> TestResult:
-        files = checked_tar(request.files_tar_b64)
-        name = f"r2e-test-{uuid.uuid4().hex[:12]}"
-        started = time.monotonic()
-        try:
-            code, err = await self._docker(*self._create_args(request, name))
-            if code != 0:
-                if "No such image" in err or "not found" in err.lower():
-                    raise HTTPException(404, f"image {request.docker_image} is not in the Docker engine (build the "
-                                             "bundled samples' images with `python -m envs.r2e images`)")
-                raise HTTPException(500, f"docker create failed: {err[-500:]}")
-            code, err = await self._docker("cp", "-", f"{name}:/testbed", stdin=files)
-            if code != 0:
-                raise HTTPException(500, f"copying the files into /testbed failed: {err[-500:]}")
-            return await self._start(name, request.timeout, started)
-        finally:
-            await asyncio.shield(self._remove(name))  # done even when the request is cancelled
+    async def _docker(self, *args: str) -> int:
+        proc = await asyncio.create_subprocess_exec(docker_cli() or "docker", *args, stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        return await proc.wait()
 
     async def _remove(self, name: str, wait_s: float = 30) -> None:
         """`rm -f`, then wait until it is gone: with `--rm` the engine may be removing it already, and then `rm -f`
         returns at once ("removal already in progress") while the container still exists."""
         await self._docker("rm", "-f", name)
         deadline = time.monotonic() + wait_s
-        while (await self._docker("container", "inspect", "--format", "{{.Id}}", name))[0] == 0:
+        while await self._docker("container", "inspect", "--format", "{{.Id}}", name) == 0:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
 
-    async def _start(self, name: str, timeout: float, started: float) -> TestResult:
-        proc = await asyncio.create_subprocess_exec(docker_cli() or "docker", "start", "--attach", name,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async def run(self, request: TestRequest) -> TestResult:
+        files = checked_tar(request.files_tar_b64)
+        name = f"r2e-test-{uuid.uuid4().hex[:12]}"
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            docker_cli() or "docker", *self._run_args(request, name), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         bound = self.limits.max_output_chars * 4
         out, err = bytearray(), bytearray()
         drains = asyncio.gather(_keep_tail(proc.stdout, out, bound), _keep_tail(proc.stderr, err, bound))
-        timed_out = False
+        timed_out, clean_exit = False, False
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            timed_out = True
-            await self._docker("kill", name)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it may die before reading them
+                assert proc.stdin is not None
+                proc.stdin.write(files)
+                await proc.stdin.drain()
+                proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), request.timeout)
+                clean_exit = True
+            except TimeoutError:
+                timed_out = True
+                await self._docker("kill", name)
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -211,6 +212,15 @@ class DockerRuntime:
                 await proc.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(drains, 5)
-        text = (bytes(out) + bytes(err)).decode("utf-8", errors="replace")[-self.limits.max_output_chars:]
-        return TestResult(test_output=text, exit_code=None if timed_out else proc.returncode,
+            if not clean_exit:  # a clean `run --rm` has removed it already
+                await asyncio.shield(self._remove(name))  # done even when the request is cancelled
+        text = (bytes(out) + bytes(err)).decode("utf-8", errors="replace")
+        if proc.returncode == 125 and not timed_out:  # docker's own failure, before the test command ran
+            if "image" in text.lower() and ("no such" in text.lower() or "not found" in text.lower()
+                                            or "unable to find" in text.lower()):
+                raise HTTPException(404, f"image {request.docker_image} is not in the Docker engine (build the "
+                                         "bundled samples' images with `python -m envs.r2e images`)")
+            raise HTTPException(500, f"docker run failed: {text[-500:]}")
+        return TestResult(test_output=text[-self.limits.max_output_chars:],
+                          exit_code=None if timed_out else proc.returncode,
                           elapsed=time.monotonic() - started, timed_out=timed_out)
