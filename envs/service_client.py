@@ -100,7 +100,7 @@ class ServiceClient:
     down_after: int = 2  # failures in a row that mark a node down
     retry_after_s: float = 10.0  # a down node is tried again after this, health check or not
     health_interval_s: float = 5.0  # 0: no background health check
-    health_timeout_s: float = 2.0
+    health_timeout_s: float = 5.0  # generous: a busy node is not a dead one
     failovers: int = 0  # requests moved to another node after their node failed (since the last metrics read)
     _nodes: list[Node] = field(default_factory=list)
     _client: httpx.AsyncClient | None = None

@@ -199,6 +199,31 @@ async def test_the_gmsh_service_answers_a_repeated_request_id_from_its_first_run
     assert other["elapsed"] != same[0]["elapsed"]  # another id is another run
 
 
+async def test_the_test_service_runs_a_repeated_request_id_once():
+    from envs.r2e.test_service import build_app
+    from envs.r2e.wire import TestResult
+
+    class CountingRuntime:  # counts the runs the real app asks for
+        runs = 0
+
+        async def run(self, body) -> TestResult:
+            self.runs += 1
+            await asyncio.sleep(0.05)
+            return TestResult(test_output=f"run {self.runs}", exit_code=0, elapsed=0.05, timed_out=False)
+
+    runtime = CountingRuntime()
+    body = {"docker_image": "i", "instance_id": "r__0123456789ab", "files_tar_b64": ""}
+    transport = httpx.ASGITransport(app=build_app("tok", runtime))
+    auth = {"Authorization": "Bearer tok"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://node", headers=auth) as http:
+        async def post(key: str) -> str:
+            answer = await http.post("/test", json=body, headers={REQUEST_ID_HEADER: key})
+            return answer.json()["test_output"]
+
+        assert await asyncio.gather(post("k1"), post("k1")) == ["run 1", "run 1"]  # a retry racing the first
+        assert await post("k1") == "run 1" and await post("k2") == "run 2" and runtime.runs == 2
+
+
 @pytest.mark.slow
 async def test_killing_a_gmsh_node_mid_run_loses_no_request():
     token = "one-token-for-the-pool"
