@@ -202,9 +202,9 @@ class ExperimentConfig:
             if not ok:
                 raise ConfigError(message)
         # Every flag that names a path: kind, existence, readability, writability, encoding, format (one line).
-        from trainer.paths import checkpoint_problem, path_problems
+        from trainer.paths import checkpoint_problem, experiment_busy, path_problems
 
-        problems = [self._backend_problem(), *path_problems(self), checkpoint_problem(self)]
+        problems = [self._backend_problem(), *path_problems(self), checkpoint_problem(self), experiment_busy(self)]
         if found := [p for p in problems if p is not None]:
             raise ConfigError(found[0])
 

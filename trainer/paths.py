@@ -10,6 +10,7 @@ trace.
 from __future__ import annotations
 
 import codecs
+import fcntl
 import json
 import os
 import tempfile
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # trainer.config imports this module
 # What `--dataset` may be for the envs that read one (suffix -> format); other envs' datasets get the generic checks.
 DATASET_SUFFIXES: dict[str, tuple[str, ...]] = {"gmsh": (".parquet",), "r2e": (".jsonl", ".parquet")}
 PARQUET_MAGIC = b"PAR1"
+LOCK_FILE = ".run.lock"  # in the model's folder: held by the run that trains it (trainer.resume.ExperimentLock)
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -207,3 +209,25 @@ def checkpoint_problem(c: ExperimentConfig) -> str | None:
     if not folder.is_dir():
         return f"--checkpoint {c.checkpoint}: no checkpoint at {folder}"
     return readable_dir("--checkpoint", str(folder))
+
+
+def busy_message(experiment: str, holder: str, lock: Path) -> str:
+    return (f"--experiment-name {experiment}: another run (pid {holder}) is training this experiment ({lock} is "
+            "locked); wait for it to end, or choose another --experiment-name")
+
+
+def experiment_busy(c: ExperimentConfig) -> str | None:
+    """A live run holds this experiment's lock: said here, before the trainer's heavy imports, so a second run
+    stops at once. Only looks (no file is created); the run takes the lock itself later (`ExperimentLock`)."""
+    lock = Path(c.art_path) / c.project / "models" / str(c.model_name) / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return busy_message(c.experiment_name, os.read(fd, 64).decode(errors="replace").strip() or "unknown", lock)
+    finally:
+        os.close(fd)

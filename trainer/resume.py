@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, ExperimentConfig
+from trainer.paths import LOCK_FILE, busy_message
 
-LOCK_FILE = ".run.lock"
 OWNER_FILE = ".owner.json"
 RUN_ID = "run_id"
 
@@ -127,9 +127,7 @@ class ExperimentLock:
             except BlockingIOError:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise ConfigError(
-                    f"--experiment-name {experiment}: another run (pid {holder}) is training this experiment "
-                    f"({path} is locked); wait for it to end, or choose another --experiment-name") from None
+                raise ConfigError(busy_message(experiment, holder, path)) from None
             try:  # a run that gave up at start removes its lock file: locked after that, this inode is orphaned
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
                     break

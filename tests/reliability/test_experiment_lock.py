@@ -20,7 +20,7 @@ TOY = ["--env", "toy", "--groups-per-step", "2", "--rollouts-per-group", "2", "-
 
 def _holder(folder: Path) -> subprocess.Popen:
     code = ("import sys, time; from pathlib import Path; from trainer.resume import ExperimentLock; "
-            "ExperimentLock.acquire(Path(sys.argv[1]), 'exp'); print('locked', flush=True); time.sleep(60)")
+            "ExperimentLock.acquire(Path(sys.argv[1]), 'exp'); print('locked', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -50,6 +50,24 @@ def test_a_run_that_stops_before_writing_anything_leaves_no_folder(tmp_path):
     (folder / "state.json").write_text("{}")  # work began: everything stays
     lock.release()
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE, "state.json"]
+
+
+def test_a_second_run_stops_before_the_trainers_imports_naming_the_holder(tmp_path, record_property):
+    holder = _holder(model_dir(tmp_path, "busy"))
+    try:
+        before = _files(tmp_path)
+        t0 = time.monotonic()
+        second = subprocess.run(train_cmd(tmp_path, "busy", *TOY), capture_output=True, text=True, timeout=60,
+                                env=subprocess_env(), cwd=ROOT)
+        record_property("exit_s", round(time.monotonic() - t0, 2))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 2 and second.stderr.strip() == (
+        f"error: --experiment-name busy: another run (pid {holder.pid}) is training this experiment "
+        f"({model_dir(tmp_path, 'busy') / LOCK_FILE} is locked); wait for it to end, or choose another "
+        "--experiment-name")
+    assert _files(tmp_path) == before and not (tmp_path / "logs").exists()
 
 
 def _files(*roots: Path) -> dict[str, tuple[int, int]]:
