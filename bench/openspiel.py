@@ -1,11 +1,11 @@
-"""OpenSpiel env throughput and learning: `uv run python bench/openspiel.py [--playouts 48] [--learning]`.
+"""OpenSpiel env throughput and learning: `uv run python bench/openspiel.py [--playouts 64] [--learning]`.
 
 - Tasks built per second: the fixed task sets of tic_tac_toe alone and of every default case (seeded random walks,
   prompt text, legal actions).
 - Outcome playouts per second, three ways: inline on the event loop (what the pool avoids), in one thread (the
   `--playout-workers 0` fallback) and in the process pool (`--playout-workers 2`), on connect_four against the
   MCTS opponent; with the event loop's worst lag meanwhile, which is what a rollout waiting for its model reply
-  feels. The pool's figures include starting its workers.
+  feels. Rates are taken once the pool is started, as it is before a run's first step; its start-up is printed.
 - `--learning`: the README's OpenSpiel command (`train.py --env openspiel --game-types tic_tac_toe`, legal mode,
   SmolLM2-135M-Instruct, the env's defaults: SFT on 64 demonstrations, then GRPO) in a fresh art path, and the
   held-out legal-move rate before training, after SFT and after RL; then whole games against the random
@@ -30,15 +30,16 @@ from bench.figures import figure  # noqa: E402
 from envs.openspiel.flags import GameOptions  # noqa: E402
 from envs.openspiel.playouts import PlayoutPool  # noqa: E402
 from envs.openspiel.tasks import load_tasks  # noqa: E402
-from rewards.openspiel import Playout, play_out  # noqa: E402
+from rewards.openspiel import Playout, play_out, warm_up  # noqa: E402
 
 CASE, HISTORY = "connect_four", [3, 3]
 ROOT = Path(__file__).resolve().parents[1]
-LEARNING = ["--env", "openspiel", "--game-types", "tic_tac_toe", "--wandb", "disabled"]
-# Whole games from held-out states 0..2 random moves in, 4 games each (the opponent is seeded by the position, our
+# 32 held-out tasks instead of 10: a legal-move rate in steps of 1/32.
+LEARNING = ["--env", "openspiel", "--game-types", "tic_tac_toe", "--val-tasks-per-case", "32", "--wandb", "disabled"]
+# Whole games from 8 held-out states 0..2 random moves in, 4 games each (the opponent is seeded by the position, our
 # model samples at temperature 1).
-GAMES = ["--eval-only", "--game-mode", "game", "--max-random-steps", "2", "--eval-rollouts", "4", "--sft-demos", "off",
-         "--allow-config-change"]
+GAMES = ["--eval-only", "--game-mode", "game", "--max-random-steps", "2", "--val-tasks-per-case", "8",
+         "--eval-rollouts", "4", "--sft-demos", "off", "--allow-config-change"]
 
 
 def tasks_per_second(options: GameOptions) -> tuple[float, int]:
@@ -67,27 +68,34 @@ async def _with_lag(work) -> tuple[float, float]:
     return elapsed, worst
 
 
-def playouts_per_second(count: int, workers: int | None, simulations: int) -> tuple[float, float]:
-    """workers None: inline on the loop; 0: one thread; N: a process pool of N."""
+def playouts_per_second(count: int, workers: int | None, simulations: int) -> tuple[float, float, float]:
+    """workers None: inline on the loop; 0: one thread; N: a process pool of N. Returns (playouts/s, worst lag,
+    seconds to start the pool), the rate and lag measured once the pool is started, as it is in a run."""
     options = GameOptions(playouts=count, opponent="mcts", mcts_simulations=simulations)
 
-    async def run() -> tuple[float, float]:
+    async def run() -> tuple[float, float, float]:
         if workers is None:
+            warm_up()
+
             async def inline() -> None:
                 for k in range(count):
                     play_out(Playout(CASE, tuple(HISTORY), 0, "mcts", "random", k, simulations))
                     await asyncio.sleep(0)
-            return await _with_lag(inline)
+            return (*await _with_lag(inline), 0.0)
         pool = PlayoutPool(workers)
         try:
+            started = time.perf_counter()
+            await pool.start()
+            startup = time.perf_counter() - started
+
             async def pooled() -> None:
                 await pool.playouts(CASE, HISTORY, 0, options, 0)
-            return await _with_lag(pooled)
+            return (*await _with_lag(pooled), startup)
         finally:
             pool.close()
 
-    elapsed, lag = asyncio.run(run())
-    return count / elapsed, lag
+    elapsed, lag, startup = asyncio.run(run())
+    return count / elapsed, lag, startup
 
 
 def train(art: str, name: str, *flags: str) -> tuple[list[dict], float, str]:
@@ -129,7 +137,7 @@ def learning_figures() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--playouts", type=int, default=48)
+    parser.add_argument("--playouts", type=int, default=64)
     parser.add_argument("--simulations", type=int, default=16, help="MCTS simulations per opponent move")
     parser.add_argument("--learning", action="store_true", help="also the learning row (SmolLM2, ~15 min on 2 cores)")
     args = parser.parse_args()
@@ -140,10 +148,10 @@ def main() -> None:
         figure(f"tasks built per second ({label})", rate, unit="tasks/s")
     rates = {}
     for label, workers in (("inline on the event loop", None), ("one thread", 0), ("process pool of 2", 2)):
-        rate, lag = playouts_per_second(args.playouts, workers, args.simulations)
+        rate, lag, startup = playouts_per_second(args.playouts, workers, args.simulations)
         rates[label] = rate
         print(f"outcome playouts, {CASE} vs MCTS({args.simulations}), {label}: {rate:.1f}/s, "
-              f"worst event-loop lag {lag * 1000:.0f} ms")
+              f"worst event-loop lag {lag * 1000:.0f} ms" + (f", pool start {startup:.2f} s" if workers else ""))
         figure(f"outcome playouts per second, {label}", rate, unit="playouts/s")
         figure(f"event-loop worst lag, {label}", lag * 1000, "< 50" if workers == 2 else None, "ms")
     figure("process pool / inline playout throughput", rates["process pool of 2"] / rates["inline on the event loop"],

@@ -66,11 +66,11 @@ BENCHES = [
     Bench("openspiel", ("bench/openspiel.py", "--learning"), "OpenSpiel env: tasks, playouts, learning (SmolLM2-135M)",
           "Fixed tasks built per second (seeded random walks, prompt, legal actions), and outcome playouts per second "
           "on connect_four against OpenSpiel's MCTS bot: inline on the event loop, in one thread "
-          "(`--playout-workers 0`) and in the process pool (`--playout-workers 2`, worker start-up included), with "
-          "the event loop's worst lag meanwhile (what a rollout waiting for its model reply feels). Then the README's "
-          "OpenSpiel command (tic_tac_toe, legal mode: SFT on 64 demonstrations, GRPO) in a fresh art path: the "
-          "held-out legal-move rate before, after SFT and after RL; and whole games against the random opponent "
-          "(`--eval-only --game-mode game`) by the base and the trained model."),
+          "(`--playout-workers 0`) and in the process pool (`--playout-workers 2`, started before timing as a run "
+          "does), with the event loop's worst lag meanwhile (what a rollout waiting for its model reply feels). "
+          "Then the README's OpenSpiel command (tic_tac_toe, legal mode: SFT on 64 demonstrations, GRPO) in a "
+          "fresh art path: the held-out legal-move rate before, after SFT and after RL; and whole games against "
+          "the random opponent (`--eval-only --game-mode game`) by the base and the trained model."),
     Bench("memory", ("bench/memory.py",), "Trainer memory over 1,000 rollouts",
           "`train.py` on the toy env (10 rollouts per step, each step sampled, scored, trained, logged and "
           "checkpointed); RSS of the trainer and its children read from outside at each step's summary line. The "
@@ -87,6 +87,13 @@ BENCHES = [
           "packing, loss, clipping, AdamW), through `CPUBackend.train` (that plus the PEFT checkpoint of each "
           "step), and through a bare forward/log-softmax/backward; ratio = plain / ours. `mid` is a randomly "
           "initialised 6-layer, 384-wide Llama (about 20x the embedded model's compute per token)."),
+    Bench("scale-sim", ("bench/scale_sim.py",), "Rollout service nodes: throughput vs node count, a node killed",
+          "1, 2, 4 and 8 simulated service nodes (local processes with our services' shape: 2 slots each, 0.2 s "
+          "jittered work, 1% injected HTTP 500s, request ids honoured) behind the real `ServiceClient` "
+          "(least-outstanding routing, health checks, failover); a fake model answers each turn in 0.05 s, a rollout "
+          "is 3 service calls, and enough rollouts run at once to keep every slot busy. Efficiency = rollouts/s at N "
+          "over N x the 1-node rate. Then 4 nodes with one killed (SIGKILL) halfway: rollouts lost, and the rate "
+          "after the kill over the rate before it, against the ideal 3/4."),
 ]
 
 _GATHER_WHY = (

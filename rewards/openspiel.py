@@ -25,6 +25,13 @@ def _game(case: str) -> Any:
     return pyspiel.load_game(case)
 
 
+def warm_up() -> None:
+    """Imports and loads what a playout needs, so a pool worker's first real job is not also its start-up."""
+    from open_spiel.python.algorithms import mcts  # noqa: F401
+
+    _game("tic_tac_toe")
+
+
 def mapped_return(case: str, returns: list[float], seat: int) -> float:
     """Our return as a share of the game's utility range: a win 1, a loss 0, a draw of a zero-sum game 0.5."""
     game = _game(case)

@@ -54,6 +54,8 @@ async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
     options = options_of(cfg)
     pool = PlayoutPool(options.playout_workers)
     try:
+        if options.reward_mode == "outcome" or options.opponent == "mcts":
+            await pool.start()
         yield {"openspiel": GameRuntime(options, pool)}
     finally:
         pool.close()

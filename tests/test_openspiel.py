@@ -163,6 +163,7 @@ def test_playouts_are_seeded_and_the_pool_matches_the_thread():
     async def score(workers: int) -> list[float]:
         pool = PlayoutPool(workers)
         try:
+            await pool.start()  # what the env does before the first step when a run needs the pool
             return await pool.playouts("connect_four", [3, 3], 0, options, 11)
         finally:
             pool.close()

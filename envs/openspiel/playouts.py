@@ -2,8 +2,8 @@
 
 A playout of a large game, or one MCTS move, is milliseconds to seconds of pure CPU in pyspiel; run on the
 event loop it would hold up every rollout in flight. Workers are spawned, not forked: the trainer has torch and
-sampler threads, and a fork of a threaded process can inherit a held lock. The pool starts on first use, so a
-legal-mode run (instant rewards) never starts one.
+sampler threads, and a fork of a threaded process can inherit a held lock. The env starts the pool before the
+first step when the run needs it (outcome rewards, an MCTS opponent); a legal-mode run never starts one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from envs.openspiel.flags import GameOptions
-from rewards.openspiel import Playout, next_move, play_out
+from rewards.openspiel import Playout, next_move, play_out, warm_up
 
 
 class PlayoutUnavailable(RuntimeError):
@@ -32,6 +32,16 @@ class PlayoutPool:
             self._executor = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
                               if self.workers > 0 else ThreadPoolExecutor(1, thread_name_prefix="openspiel"))
         return self._executor
+
+    async def start(self) -> None:
+        """Start the workers and load pyspiel in each, from a thread: spawned on a rollout's first playout they
+        would start from the event loop, and that rollout would wait for their imports."""
+        def spawn_and_wait() -> None:
+            pool = self._pool()
+            for future in [pool.submit(warm_up) for _ in range(max(self.workers, 1))]:
+                future.result()
+
+        await asyncio.to_thread(spawn_and_wait)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
