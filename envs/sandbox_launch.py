@@ -70,6 +70,33 @@ class SandboxLimits:
 
 
 PIDS_CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
+CGROUP_PREFIX = "art-sandbox-"
+_swept_in: int | None = None  # the pid of the process that swept: a forked child sweeps again
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_cgroups(root: Path = PIDS_CGROUP_ROOT) -> list[Path]:
+    """Remove the empty `art-sandbox-<pid>-<hex>` cgroups whose creating process is dead (a service killed -9
+    mid-run leaves them). A live pid's cgroup is never touched, and rmdir refuses a cgroup that still holds a
+    process, so nothing running is disturbed."""
+    removed = []
+    for entry in root.glob(f"{CGROUP_PREFIX}*-*") if root.is_dir() else []:
+        pid = entry.name[len(CGROUP_PREFIX):].split("-")[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            entry.rmdir()
+            removed.append(entry)
+    return removed
 
 
 class PidsCgroup:
@@ -77,12 +104,17 @@ class PidsCgroup:
 
     Where the pids controller is writable (root, cgroup v1 here) each sandbox gets its own cgroup, and removing it
     kills all that is left in it; elsewhere this is a no-op and RLIMIT_NPROC (per leased uid) is what there is.
+    The first one a process creates sweeps the empty ones of dead processes first (`remove_dead_cgroups`).
     """
 
     def __init__(self, max_processes: int):
         self.path: Path | None = None
         if PIDS_CGROUP_ROOT.is_dir() and os.access(PIDS_CGROUP_ROOT, os.W_OK):
-            path = PIDS_CGROUP_ROOT / f"art-sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            global _swept_in
+            if _swept_in != os.getpid():  # once per process, at its first sandbox: what dead ones left
+                _swept_in = os.getpid()
+                remove_dead_cgroups()
+            path = PIDS_CGROUP_ROOT / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 path.mkdir()
                 (path / "pids.max").write_text(str(max_processes))

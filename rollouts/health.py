@@ -7,23 +7,23 @@ rollout dies hard. Each check logs a warning and updates figures that the loop a
 which holds an exclusive `flock` on its `.owner.lock` for as long as the run lives. The kernel drops that lock
 when the process dies, kill -9 included, so whether a folder's run is alive is a question with an exact answer
 (no pid reuse, no clock): `remove_dead_runs` deletes the folders of dead runs, at start-up and at every health
-check, and never touches a folder whose run still holds its lock (another live run on the same machine).
+check, and never touches a folder whose run still holds its lock (another live run on the same machine). The
+lock helpers live in `envs.owned_dir`, shared with the services' scratch folders (kept inside the run's folder).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from envs.owned_dir import OWNER_LOCK, OwnedDir, held_by_live_owner, owner_alive, remove_dead
 
 log = logging.getLogger("health")
 
@@ -36,60 +36,24 @@ class HealthLimits:
     stale_after_s: float = 3600.0
 
 
-RUN_PREFIX, CLAIMING_PREFIX, OWNER_LOCK = "run-", ".claiming-run-", ".owner.lock"
+RUN_PREFIX, CLAIMING_PREFIX = "run-", ".claiming-run-"
 
 
 @dataclass
-class RunDir:
+class RunDir(OwnedDir):
     """This run's folder under the rollout root, locked while the run lives; `release()` removes it."""
 
-    path: Path
-    fd: int
-
     @classmethod
-    def claim(cls, rollout_root: str | os.PathLike[str]) -> RunDir:
-        root = Path(rollout_root)
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        # Built under a name sweepers ignore and renamed once locked: a sweeper never sees an unlocked run folder.
-        claiming = root / f"{CLAIMING_PREFIX}{name}"
-        claiming.mkdir()
-        fd = os.open(claiming / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        path = root / f"{RUN_PREFIX}{name}"
-        claiming.rename(path)
-        return cls(path, fd)
-
-    def release(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self.fd)
+    def claim(cls, rollout_root: str | os.PathLike[str], prefix: str = RUN_PREFIX) -> RunDir:
+        return cls(**vars(OwnedDir.claim(rollout_root, prefix)))
 
 
-def run_is_alive(folder: Path) -> bool:
-    """True while the run that made `folder` holds its lock (or the folder holds no lock file: not ours to judge)."""
-    try:
-        fd = os.open(folder / OWNER_LOCK, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+run_is_alive = owner_alive
 
 
 def remove_dead_runs(rollout_root: str | os.PathLike[str]) -> list[Path]:
     """Remove the run folders under `rollout_root` whose run is dead; live runs' folders are left alone."""
-    root, removed = Path(rollout_root), []
-    for entry in root.glob(f"{RUN_PREFIX}*") if root.is_dir() else []:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            if entry.is_dir() and not entry.is_symlink() and not run_is_alive(entry):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-    return removed
+    return remove_dead(rollout_root, RUN_PREFIX)
 
 
 class HealthMonitor:
@@ -172,7 +136,8 @@ class HealthMonitor:
         mine = [e for e in self.own.iterdir() if e.name != OWNER_LOCK] if self.own and self.own.is_dir() else []
         for entry in loose + mine:
             try:
-                if entry.is_dir() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
+                if entry.is_dir() and not entry.is_symlink() and entry.stat().st_mtime < cutoff \
+                        and not held_by_live_owner(entry):  # a live service's scratch folder, idle a while
                     shutil.rmtree(entry, ignore_errors=True)
                     removed += 1
             except FileNotFoundError:  # a rollout removed its own dir meanwhile

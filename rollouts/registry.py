@@ -65,6 +65,12 @@ def _local_workers(cfg: Any) -> str:
     return str(max(1, min(cfg.max_concurrent, os.cpu_count() or 1)))
 
 
+def _scratch_args(cfg: Any) -> list[str]:
+    """A local service keeps its temp dirs under the rollout root (in training, the run's own folder), so the
+    trainer's sweep of dead runs removes what a service killed mid-request left."""
+    return ["--scratch-root", str(cfg.rollout_root)]
+
+
 def _toy() -> EnvSpec:
     from envs import toy
     from rollouts.toy import rollout
@@ -96,7 +102,7 @@ def _gmsh() -> EnvSpec:
     @contextlib.asynccontextmanager
     async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
         async with _service_client(cfg.gmsh_url, "GMSH_SERVICE_TOKEN", GmshClient, "envs.gmsh.service",
-                                   "--workers", _local_workers(cfg)) as client:
+                                   "--workers", _local_workers(cfg), *_scratch_args(cfg)) as client:
             yield {"gmsh": client}
 
     def write_demos(cfg: Any, out: Path) -> None:
@@ -142,7 +148,7 @@ def _r2e() -> EnvSpec:
         runtime = env_options(cfg, "r2e")["test_runtime"]  # envs/r2e/flags.py: --test-runtime process|docker
         async with _service_client(cfg.docker_url, "TEST_SERVICE_TOKEN", TestServiceClient, "envs.r2e.test_service",
                                    "--runtime", runtime, "--cache-dir", str(cache_dir(cfg)),
-                                   "--max-concurrent", _local_workers(cfg)) as client:
+                                   "--max-concurrent", _local_workers(cfg), *_scratch_args(cfg)) as client:
             yield {"r2e": R2ESettings(tests=client, rollout_root=root, system_prompt=cfg.system_prompt,
                                       reward=cfg.reward, cell_timeout_s=cfg.bash_timeout)}
 

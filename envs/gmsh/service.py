@@ -5,6 +5,8 @@ task's geometry copied in, and the mesh left in the gmsh model is measured after
 `--workers` scripts run at once and at most `--queue` wait; past that the service answers 503 + Retry-After.
 The scripts are model-written: where no sandbox can run (`envs.sandbox`), the service refuses to start (one line
 on stderr, exit code 2) unless `--allow-unsandboxed` (or ART_ALLOW_UNSANDBOXED=1) opts out.
+The per-script temp dirs live in a locked scratch folder of this service under `--scratch-root`
+(`envs.owned_dir.ScratchDir`): removed at exit; after a kill -9, by the next start (or the trainer's sweep).
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from fastapi import Depends, FastAPI, Header, HTTPException
 
 from envs.gmsh.wire import RunRequest, RunResult
 from envs.idempotency import RecentResults
+from envs.owned_dir import ScratchDir, exit_cleanly_on_sigterm
 from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
 
 RUNNER = Path(__file__).with_name("script_runner.py")
 
 
 class GmshRunner:
-    def __init__(self, task_store: Path | None, workers: int, queue: int, limits: SandboxLimits):
+    def __init__(self, task_store: Path | None, workers: int, queue: int, limits: SandboxLimits,
+                 scratch: ScratchDir | None = None):
+        self.scratch = scratch
         self.task_store = task_store.resolve() if task_store else None
         self.slots = asyncio.Semaphore(workers)
         self.capacity = workers + queue
@@ -64,7 +69,7 @@ class GmshRunner:
             self.in_service -= 1
 
     async def _run(self, request: RunRequest, geometry: bytes) -> RunResult:
-        workdir = Path(tempfile.mkdtemp(prefix="gmsh-run-"))
+        workdir = self.scratch.mkdtemp("gmsh-run-") if self.scratch else Path(tempfile.mkdtemp(prefix="gmsh-run-"))
         try:
             (workdir / request.geometry_name).write_bytes(geometry)
             (workdir / "script.py").write_text(request.script)
@@ -89,11 +94,11 @@ class GmshRunner:
 
 
 def build_app(token: str, task_store: Path | None = None, workers: int = 2, queue: int = 64,
-              timeout: float = 60.0, memory_mb: int = 2048) -> FastAPI:
+              timeout: float = 60.0, memory_mb: int = 2048, scratch: ScratchDir | None = None) -> FastAPI:
     app = FastAPI(title="gmsh tool service")
     recent = RecentResults()
     runner = GmshRunner(task_store, workers, queue, SandboxLimits(wall_s=timeout, cpu_s=int(timeout) + 1,
-                                                                  memory_mb=memory_mb))
+                                                                  memory_mb=memory_mb), scratch)
 
     def check_token(authorization: str | None = Header(default=None)) -> None:
         if not secrets.compare_digest(authorization or "", f"Bearer {token}"):
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="upper bound on a script's wall time (s)")
     parser.add_argument("--memory-mb", type=int, default=2048)
     parser.add_argument("--task-store", type=Path, default=None, help="directory geometry_file names refer to")
+    parser.add_argument("--scratch-root", type=Path, default=None,
+                        help="where this service's scratch folder for script temp dirs goes (default: the temp dir)")
     parser.add_argument("--allow-unsandboxed", action="store_true", help=ALLOW_UNSANDBOXED_HELP)
     args = parser.parse_args(argv)
     if not args.token:
@@ -128,8 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     sandbox_or_exit(args.allow_unsandboxed)  # before serving anything: no sandbox, no opt-out, no service
-    app = build_app(args.token, args.task_store, args.workers, args.queue, args.timeout, args.memory_mb)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    try:
+        scratch = ScratchDir(args.scratch_root, "gmsh-service-")
+    except OSError as exc:
+        parser.error(f"--scratch-root {args.scratch_root}: {exc.strerror or exc}")
+    exit_cleanly_on_sigterm()  # the scratch folder goes at `stop()` too
+    try:
+        app = build_app(args.token, args.task_store, args.workers, args.queue, args.timeout, args.memory_mb, scratch)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    finally:
+        scratch.release()
 
 
 if __name__ == "__main__":

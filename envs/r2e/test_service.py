@@ -7,7 +7,9 @@ removed; the service exits 2 at start when no engine answers and removes its own
 subprocess on a temp copy of the cached repo (`process`). A client that disconnects stops its test run.
 The test command runs the model's edits, so it is model code: with `process`, where no sandbox can run
 (`envs.sandbox`), the service refuses to start (one line on stderr, exit code 2) unless `--allow-unsandboxed` (or
-ART_ALLOW_UNSANDBOXED=1) opts out.
+ART_ALLOW_UNSANDBOXED=1) opts out. With `process`, the per-request temp dirs live in a locked scratch folder of
+this service under `--scratch-root` (`envs.owned_dir.ScratchDir`; default /dev/shm where writable): removed at exit;
+after a kill -9, by the next start (or, inside a run's folder, the trainer's sweep).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
 from envs.idempotency import RecentResults
+from envs.owned_dir import ScratchDir, exit_cleanly_on_sigterm
 from envs.r2e.cache import read_index
 from envs.r2e.docker_runtime import ContainerLimits, DockerRuntime, engine_problem, remove_stale_containers
 from envs.r2e.wire import TestRequest, TestResult
@@ -48,15 +51,15 @@ def _untar(files_tar_b64: str, into: Path) -> None:
 
 
 class ProcessRuntime:
-    def __init__(self, cache_dir: Path, limits: SandboxLimits):
-        self.cache_dir, self.limits = cache_dir, limits
+    def __init__(self, cache_dir: Path, limits: SandboxLimits, scratch: ScratchDir | None = None):
+        self.cache_dir, self.limits, self.scratch = cache_dir, limits, scratch
 
     async def run(self, request: TestRequest) -> TestResult:
         index = read_index(self.cache_dir)
         if request.instance_id not in index:
             raise HTTPException(404, f"instance {request.instance_id} is not in the repo cache")
-        shm = Path("/dev/shm")
-        workdir = Path(tempfile.mkdtemp(prefix="r2e-test-", dir=shm if os.access(shm, os.W_OK) else None))
+        workdir = self.scratch.mkdtemp("r2e-test-") if self.scratch else \
+            Path(tempfile.mkdtemp(prefix="r2e-test-", dir=_default_scratch_root()))
         workdir.chmod(0o711)  # the sandbox's own uid must reach testbed/ (searchable, not listable)
         try:
             repo = workdir / "testbed"
@@ -114,6 +117,12 @@ def build_app(token: str, runtime, max_concurrent: int = 2) -> FastAPI:
     return app
 
 
+def _default_scratch_root() -> Path | None:
+    """Memory-backed where possible: a test copies the whole repository."""
+    shm = Path("/dev/shm")
+    return shm if os.access(shm, os.W_OK) else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", choices=["docker", "process"], default="process")
@@ -126,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-mb", type=int, default=2048, help="memory cap of one test run (both runtimes)")
     parser.add_argument("--cpus", type=float, default=1.0, help="docker: CPUs one container may use")
     parser.add_argument("--pids-limit", type=int, default=256, help="docker: processes one container may hold")
+    parser.add_argument("--scratch-root", type=Path, default=_default_scratch_root(),
+                        help="process: where this service's scratch folder for test copies goes")
     parser.add_argument("--allow-unsandboxed", action="store_true", help=ALLOW_UNSANDBOXED_HELP)
     args = parser.parse_args(argv)
     for flag, value in (("--cpus", args.cpus), ("--pids-limit", args.pids_limit), ("--memory-mb", args.memory_mb),
@@ -134,11 +145,17 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{flag} must be positive")
     if not args.token:
         parser.error("--token (or SERVICE_TOKEN in the environment) is required")
+    scratch: ScratchDir | None = None
     if args.runtime == "process":
         if args.cache_dir is None or not (args.cache_dir / "index.json").exists():
             parser.error("--runtime process needs --cache-dir with an index.json (python -m envs.r2e cache ...)")
         sandbox_or_exit(args.allow_unsandboxed)  # before serving anything: no sandbox, no opt-out, no service
-        runtime = ProcessRuntime(args.cache_dir, SandboxLimits(memory_mb=args.memory_mb, max_output_chars=200_000))
+        try:
+            scratch = ScratchDir(args.scratch_root, "r2e-test-service-")
+        except OSError as exc:
+            parser.error(f"--scratch-root {args.scratch_root}: {exc.strerror or exc}")
+        runtime = ProcessRuntime(args.cache_dir, SandboxLimits(memory_mb=args.memory_mb, max_output_chars=200_000),
+                                 scratch)
     else:
         problem = engine_problem()
         if problem:
@@ -148,8 +165,13 @@ def main(argv: list[str] | None = None) -> None:
         if stale:
             print(f"removed {len(stale)} stale container(s) of a test service that is gone", file=sys.stderr)
         runtime = DockerRuntime(ContainerLimits(cpus=args.cpus, memory_mb=args.memory_mb, pids=args.pids_limit))
-    uvicorn.run(build_app(args.token, runtime, args.max_concurrent), host=args.host, port=args.port,
-                log_level="warning", access_log=False)
+    exit_cleanly_on_sigterm()  # the scratch folder goes at `stop()` too
+    try:
+        uvicorn.run(build_app(args.token, runtime, args.max_concurrent), host=args.host, port=args.port,
+                    log_level="warning", access_log=False)
+    finally:
+        if scratch is not None:
+            scratch.release()
 
 
 if __name__ == "__main__":
