@@ -95,7 +95,7 @@ def add_flags(group: argparse._ArgumentGroup) -> None:
     a("--demo-policy", choices=DEMO_POLICIES, default=d.demo_policy,
       help="SFT demonstrations: a seeded legal move, or the MCTS bot's move")
     a("--num-demos", type=int, default=d.num_demos,
-      help="SFT demonstrations to write, in task order (0: one per train task; train.py uses 64 unless given)")
+      help="SFT demonstrations to write, in task order (0: one per train task; train.py uses 48 unless given)")
 
 
 def validate(options: dict[str, Any]) -> None:

@@ -63,11 +63,14 @@ def state_text(game: Any, state: Any) -> str:
 
 
 def describe_state(case: str, game: Any, state: Any) -> str:
-    """The turn's prompt: game, whose turn, the state and the legal actions."""
-    actions = "\n".join(f"{a}: {text}" for a, text in legal_actions(state).items())
+    """The turn's prompt: game, whose turn, the state and the legal actions; the ids once more on one line right
+    before the answer, where a small model copies from most easily."""
+    legal = legal_actions(state)
+    actions = "\n".join(f"{a}: {text}" for a, text in legal.items())
     players = game.num_players()
     return (f"Game: {case} ({players} players)\nYou are player {state.current_player()}; it is your turn.\n"
-            f"State:\n{state_text(game, state).rstrip()}\nLegal actions (id: action):\n{actions}\n{ANSWER_HINT}")
+            f"State:\n{state_text(game, state).rstrip()}\nLegal actions (id: action):\n{actions}\n"
+            f"Legal ids: {', '.join(map(str, legal))}\n{ANSWER_HINT}")
 
 
 def answer(action: int) -> str:
