@@ -68,7 +68,7 @@ BENCHES = [
           "on connect_four against OpenSpiel's MCTS bot: inline on the event loop, in one thread "
           "(`--playout-workers 0`) and in the process pool (`--playout-workers 2`, started before timing as a run "
           "does), with the event loop's worst lag meanwhile (what a rollout waiting for its model reply feels). "
-          "Then the README's OpenSpiel command (tic_tac_toe, legal mode: SFT on 64 demonstrations, GRPO) in a "
+          "Then the README's OpenSpiel command (tic_tac_toe, legal mode: SFT on 48 demonstrations, GRPO) in a "
           "fresh art path: the held-out legal-move rate before, after SFT and after RL; and whole games against "
           "the random opponent (`--eval-only --game-mode game`) by the base and the trained model."),
     Bench("memory", ("bench/memory.py",), "Trainer memory over 1,000 rollouts",
