@@ -79,6 +79,7 @@ class ExperimentConfig:
     scale_rewards: bool = True
     loss_fn: str = "cispo"
     kl_penalty_coef: float = 0.0  # KL to the base model (adapter off), ART's advantage shaping
+    temperature_schedule: str | None = None  # INITIAL:FINAL:WARMUP_STEPS for RL rollouts (trainer/schedule.py)
     lora_rank: int = 8
     eval_every: int = 0
     eval_only: bool = False
@@ -139,6 +140,8 @@ class ExperimentConfig:
             del fields["env_options"]
         if not fields["kl_penalty_coef"]:  # likewise: runs without a KL term keep their hash
             del fields["kl_penalty_coef"]
+        if fields["temperature_schedule"] is None:  # and runs without a schedule
+            del fields["temperature_schedule"]
         return fields
 
     def config_hash(self) -> str:
@@ -198,6 +201,13 @@ class ExperimentConfig:
                 checks.append((False, f"{flag} {exc}"))
             for url in urls:
                 checks.append((url.startswith(("http://", "https://")), f"{flag} {url!r} must start with http://"))
+        if self.temperature_schedule is not None:
+            from trainer.schedule import TemperatureSchedule
+
+            try:
+                TemperatureSchedule.parse(self.temperature_schedule)
+            except ValueError as exc:
+                checks.append((False, str(exc)))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -299,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--loss-fn", choices=["cispo", "ppo"], default=d.loss_fn)
     a("--kl-penalty-coef", type=float, default=d.kl_penalty_coef,
       help="keep the policy near the base model (adapter off): ART's KL-penalised advantages (0: off)")
+    a("--temperature-schedule", default=None, metavar="INITIAL:FINAL:WARMUP_STEPS",
+      help="RL sampling temperature: linear from INITIAL to FINAL over the first WARMUP_STEPS RL steps, then FINAL "
+           "(e.g. 0.5:0.15:150); evaluations keep --temperature")
     a("--lora-rank", type=int, default=d.lora_rank)
     a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
     a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")

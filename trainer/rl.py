@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from trainer.resume import Cursor
+from trainer.schedule import TemperatureSchedule
 
 
 async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
@@ -30,6 +31,9 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
     freeze_startup_heap()  # after everything that lives for the whole run is loaded, before the first step
     last_step = config.max_training_steps or sys.maxsize
     first_step, evaluated_at = step, None
+    schedule = TemperatureSchedule.parse(config.temperature_schedule) if config.temperature_schedule else None
+    sft_steps = int((state.get("sft") or {}).get("epochs_done", 0))  # SFT epochs took the first ART steps
+    eval_settings = the_run.ctx.settings
     while step < last_step:
         batch, next_cursor = cursor.take(scenarios, config.groups_per_step, config.seed)
         if next_cursor.epoch >= config.num_epochs:
@@ -38,8 +42,13 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
         step += 1
         the_run.ctx.step = step
         started = time.monotonic()
-        groups = await gather_step(batch, env.rollout, the_run.ctx, config.rollouts_per_group, the_run.limits,
-                                   config.max_failed_share, desc=f"step {step}")
+        temperature = schedule.at(step - sft_steps) if schedule else eval_settings.temperature
+        the_run.ctx.settings = dataclasses.replace(eval_settings, temperature=temperature)
+        try:
+            groups = await gather_step(batch, env.rollout, the_run.ctx, config.rollouts_per_group, the_run.limits,
+                                       config.max_failed_share, desc=f"step {step}")
+        finally:
+            the_run.ctx.settings = eval_settings  # evaluations sample at --temperature
         gather_s = time.monotonic() - started
         metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
         if env.step_metrics is not None:
@@ -53,7 +62,8 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
         if result.step != step:
             raise RuntimeError(f"backend trained to step {result.step}, expected {step}")
         metrics |= {"gather_seconds": gather_s, "step_seconds": time.monotonic() - started,
-                    "trained_groups": float(len(trainable)), "epoch": float(next_cursor.epoch)}
+                    "trained_groups": float(len(trainable)), "epoch": float(next_cursor.epoch),
+                    "temperature": temperature}
         metrics |= result.metrics | monitor.figures()
         await model.log([g for g in groups if g.trajectories], split="train", step=step, metrics=metrics)
         if config.eval_every and step % config.eval_every == 0 and the_run.val:
