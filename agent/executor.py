@@ -32,3 +32,27 @@ class Executor(Protocol):
                        temperature: float = 0.0) -> ExecutorReply: ...
 
     async def aclose(self) -> None: ...
+
+
+def add_executor_flags(group: Any) -> None:
+    """The executor's flags, declared by every env that uses one (the registry adds a shared flag once)."""
+    a = group.add_argument
+    a("--executor-url", default=None, metavar="URL",
+      help="an OpenAI-compatible server for the frozen executor (default: the run's own endpoint asked for the "
+           "base model by name: the CPU backend serves it with the adapter off, vLLM as its base model)")
+    a("--executor-model", default=None, metavar="NAME",
+      help="the executor's model name on --executor-url (default: the base model's own name)")
+    a("--executor-timeout", type=float, default=120.0, help="seconds per executor call")
+
+
+def executor_flag_problem(url: str | None, model: str | None, timeout_s: float) -> str | None:
+    """One line naming the flag for a bad executor setting, else None."""
+    if url and not url.startswith(("http://", "https://")):
+        return f"--executor-url must be an http(s) URL, got {url!r}"
+    if url and not model:
+        return "--executor-url needs --executor-model NAME (the model that server serves)"
+    if model and not url:
+        return "--executor-model needs --executor-url (the default executor is the base model, by its own name)"
+    if timeout_s <= 0:
+        return f"--executor-timeout must be above 0, got {timeout_s}"
+    return None

@@ -194,7 +194,24 @@ def _openspiel() -> EnvSpec:
                    load_val=lambda cfg: openspiel.load_scenarios(cfg, "val"), write_demos=openspiel.write_demos)
 
 
-ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e, "openspiel": _openspiel}
+def _planner() -> EnvSpec:
+    from rollouts import planner
+
+    return EnvSpec(name="planner", load_scenarios=planner.load_scenarios, rollout=planner.rollout,
+                   services=planner.services, step_metrics=planner.planner_metrics,
+                   load_val=lambda cfg: planner.load_scenarios(cfg, "val"))
+
+
+def _workflow() -> EnvSpec:
+    from rollouts import workflow
+
+    return EnvSpec(name="workflow", load_scenarios=workflow.load_scenarios, rollout=workflow.rollout,
+                   services=workflow.services, step_metrics=workflow.workflow_metrics,
+                   load_val=lambda cfg: workflow.load_scenarios(cfg, "val"), runs_model_code=True)
+
+
+ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e, "openspiel": _openspiel,
+                                          "planner": _planner, "workflow": _workflow}
 
 # Each env's defaults for the flags a user leaves out (ExperimentConfig field names), sized for the embedded
 # pretrained model on 2 CPU cores. gmsh is the default env: SFT on its demonstrations, GRPO, held-out evaluation.
@@ -214,13 +231,20 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "openspiel": {"groups_per_step": 4, "rollouts_per_group": 4, "max_tokens": 16, "temperature": 0.7,
                   "learning_rate": 1e-4, "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3,
                   "max_training_steps": 8, "num_demos": 48},
+    # planner: one JSON plan per rollout; --max-tokens is also the token term's budget (planner + executor).
+    "planner": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 256, "temperature": 0.7,
+                "lora_rank": 16, "max_training_steps": 6},
+    # workflow: one workflow per rollout; a short solve() fits in 384 tokens.
+    "workflow": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 384, "temperature": 0.7,
+                 "lora_rank": 16, "max_training_steps": 6},
 }
 
 
 # Envs with flags of their own: env name -> a light module (no heavy imports) with `add_flags(group)` and, optionally,
 # `validate(options: dict) -> None` raising ValueError("--flag ...") for a bad value. The values reach the env as
 # `cfg.env_options` (see `env_options`); trainer/config.py never needs to know them.
-ENV_FLAGS: dict[str, str] = {"r2e": "envs.r2e.flags", "openspiel": "envs.openspiel.flags"}
+ENV_FLAGS: dict[str, str] = {"r2e": "envs.r2e.flags", "openspiel": "envs.openspiel.flags",
+                             "planner": "envs.planner.flags", "workflow": "envs.workflow.flags"}
 
 
 class EnvFlagError(ValueError):
@@ -231,9 +255,21 @@ def _flag_module(env: str) -> Any:
     return importlib.import_module(ENV_FLAGS[env])
 
 
+class _SharedFlagGroup:
+    """Envs may declare the same flag (the frozen executor's, shared by planner and workflow): added once."""
+
+    def __init__(self, parser: argparse.ArgumentParser, title: str):
+        self._parser, self._group = parser, parser.add_argument_group(title)
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action | None:
+        if any(n in self._parser._option_string_actions for n in names):
+            return None
+        return self._group.add_argument(*names, **kwargs)
+
+
 def add_env_flags(parser: argparse.ArgumentParser) -> None:
     for env in sorted(ENV_FLAGS):
-        _flag_module(env).add_flags(parser.add_argument_group(f"--env {env}"))
+        _flag_module(env).add_flags(_SharedFlagGroup(parser, f"--env {env}"))
 
 
 def _env_dests(env: str) -> dict[str, Any]:
@@ -247,12 +283,13 @@ def split_env_options(values: dict[str, Any], env: str, given: set[str]) -> tupl
     """Parsed flags -> (the common config fields, the chosen env's own options), checked by the env's module."""
     common = dict(values)
     options: dict[str, Any] = {}
+    own = set(_env_dests(env)) if env in ENV_FLAGS else set()
     for name in sorted(ENV_FLAGS):
         for dest in _env_dests(name):
-            value = common.pop(dest, None)
-            if name == env:
-                options[dest] = value
-            elif dest in given:
+            common.pop(dest, None)
+            if name == env:  # a flag shared with an env read earlier is gone from `common` already
+                options[dest] = values.get(dest)
+            elif dest in given and dest not in own:
                 raise EnvFlagError(f"--{dest.replace('_', '-')} belongs to --env {name}, not --env {env}")
     if env in ENV_FLAGS:
         validate = getattr(_flag_module(env), "validate", None)

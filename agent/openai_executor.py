@@ -1,0 +1,73 @@
+"""`Executor` over any OpenAI-compatible endpoint: a remote server (`--executor-url`), or by default the run's own
+policy endpoint asked for the base model by name, which the CPU backend answers with the adapter off (and vLLM
+under ART's LocalBackend serves as its base model).
+
+Every fault of a call becomes one `ExecutorError` line: a timeout, an HTTP error (after the SDK's own retries), a
+refused connection, or a 200 whose body is not a chat completion. The rollout decides what that costs; the run
+never sees an SDK exception from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+
+from agent.executor import ExecutorError, ExecutorReply
+
+
+class OpenAIExecutor:
+    """One AsyncOpenAI client, at most `max_concurrent` calls in flight, each bounded by `timeout_s`."""
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 120.0,
+                 max_concurrent: int = 8, max_retries: int = 1):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout_s = timeout_s
+        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout_s,
+                                          max_retries=max_retries)
+        self._slots = asyncio.Semaphore(max(1, max_concurrent))
+
+    async def complete(self, messages: list[dict[str, Any]], *, max_tokens: int,
+                       temperature: float = 0.0) -> ExecutorReply:
+        async with self._slots:
+            try:
+                # The SDK's timeout covers one attempt; this one bounds the call with its retries.
+                response = await asyncio.wait_for(
+                    self._client.chat.completions.create(model=self.model, messages=messages,  # type: ignore[arg-type]
+                                                         max_tokens=max_tokens, temperature=temperature),
+                    timeout=self.timeout_s * 2)
+            except (TimeoutError, openai.APITimeoutError):
+                raise ExecutorError(f"executor {self.model!r} at {self.base_url}: timed out") from None
+            except openai.APIStatusError as exc:
+                raise ExecutorError(f"executor {self.model!r} at {self.base_url}: HTTP {exc.status_code}: "
+                                    f"{_one_line(exc.message)}") from None
+            except openai.APIError as exc:  # connection errors, bodies the SDK cannot read
+                raise ExecutorError(f"executor {self.model!r} at {self.base_url}: "
+                                    f"{exc.__class__.__name__}: {_one_line(str(exc))}") from None
+            except ValueError as exc:  # a 200 that is not JSON
+                raise ExecutorError(f"executor {self.model!r} at {self.base_url}: unreadable reply: "
+                                    f"{_one_line(str(exc))}") from None
+        return _reply(response, self.model)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _reply(response: Any, model: str) -> ExecutorReply:
+    """The SDK parses leniently, so a body that is JSON but not a completion arrives here as an odd object."""
+    try:
+        text = response.choices[0].message.content
+        usage = response.usage
+        prompt_tokens, completion_tokens = int(usage.prompt_tokens), int(usage.completion_tokens)
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        raise ExecutorError(f"executor {model!r}: the reply is not a chat completion with usage "
+                            f"({exc.__class__.__name__})") from None
+    if not isinstance(text, str):
+        raise ExecutorError(f"executor {model!r}: the reply has no text content")
+    return ExecutorReply(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(str(text).split())[:limit]

@@ -1,0 +1,160 @@
+"""The planner env's problems: a bundled seeded generator of GSM8K-style multi-step word problems with exact
+integer answers (the default, offline), GSM8K itself (`--dataset gsm8k`, needs the hub), or a `--dataset FILE`
+(.jsonl or .parquet with `question` and `answer`).
+
+Every row is checked before any work; a bad one stops the run with one line naming the row and the field. An
+answer may be GSM8K's own form (reasoning, then `#### 42`): only the number after `####` (else the last number)
+is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from envs.scenario import DatasetError, Scenario
+
+GSM8K = "gsm8k"
+_NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Isla", "Jonas", "Kemi", "Liam")
+_ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells")
+
+
+def _shop(r: random.Random) -> tuple[str, int]:
+    name, item = r.choice(_NAMES), r.choice(_ITEMS)
+    packs, per_pack, price, spent_on_other = r.randint(2, 9), r.randint(3, 12), r.randint(2, 9), r.randint(5, 40)
+    total_items = packs * per_pack
+    text = (f"{name} buys {packs} packs of {item} with {per_pack} {item} in each pack. Each of the {item} costs "
+            f"${price}. {name} also spends ${spent_on_other} on a bag. How many dollars does {name} spend in all?")
+    return text, total_items * price + spent_on_other
+
+
+def _share(r: random.Random) -> tuple[str, int]:
+    a, b = r.sample(_NAMES, 2)
+    item = r.choice(_ITEMS)
+    friends, each, kept = r.randint(2, 8), r.randint(2, 9), r.randint(1, 20)
+    start = friends * each + kept
+    bought = r.randint(3, 30)
+    text = (f"{a} has {start} {item}. {a} gives {each} {item} to each of {friends} friends, then {b} gives {a} "
+            f"{bought} more. How many {item} does {a} have now?")
+    return text, kept + bought
+
+
+def _work(r: random.Random) -> tuple[str, int]:
+    name = r.choice(_NAMES)
+    rate, weekday_hours, weekend_hours, weeks = r.randint(8, 25), r.randint(2, 6), r.randint(3, 9), r.randint(2, 5)
+    text = (f"{name} earns ${rate} an hour. Each week {name} works {weekday_hours} hours on each of 5 weekdays and "
+            f"{weekend_hours} hours on Saturday. How much does {name} earn in {weeks} weeks?")
+    return text, rate * (5 * weekday_hours + weekend_hours) * weeks
+
+
+def _garden(r: random.Random) -> tuple[str, int]:
+    name = r.choice(_NAMES)
+    rows, per_row, eaten_share, extra = r.randint(3, 9), r.randint(4, 12), r.choice((2, 4)), r.randint(2, 15)
+    total = rows * per_row * eaten_share  # divisible by eaten_share, so the half/quarter is whole
+    text = (f"{name} plants {rows} rows with {per_row * eaten_share} carrots in each row. Rabbits eat "
+            f"1/{eaten_share} of the carrots. {name} then plants {extra} more carrots. How many carrots are in the "
+            f"garden now?")
+    return text, total - total // eaten_share + extra
+
+
+def _trip(r: random.Random) -> tuple[str, int]:
+    name = r.choice(_NAMES)
+    speed, hours, back_speed, back_hours = r.randint(30, 70), r.randint(2, 5), r.randint(20, 60), r.randint(1, 4)
+    text = (f"{name} drives for {hours} hours at {speed} miles per hour, then drives back for {back_hours} hours at "
+            f"{back_speed} miles per hour. How many miles does {name} drive in total?")
+    return text, speed * hours + back_speed * back_hours
+
+
+TEMPLATES: tuple[Callable[[random.Random], tuple[str, int]], ...] = (_shop, _share, _work, _garden, _trip)
+
+
+def generate(count: int, seed: int, split: str = "train") -> list[Scenario]:
+    """`count` problems; problem i of a split depends on (seed, split, i) only, so a larger count keeps the first
+    ones and the held-out split never repeats a train problem's seed."""
+    scenarios = []
+    for i in range(count):
+        r = random.Random(f"planner|{seed}|{split}|{i}")
+        question, answer = r.choice(TEMPLATES)(r)
+        scenarios.append(_scenario(f"gen-{split}-{seed}-{i}", question, str(answer)))
+    return scenarios
+
+
+def _scenario(sid: str, question: str, answer: str) -> Scenario:
+    return Scenario(id=sid, prompt=question, data={"answer": answer})
+
+
+def clean_answer(answer: Any) -> str | None:
+    """GSM8K's `... #### 1,234` -> '1234'; a bare number as is; None when no number can be read."""
+    from rewards.planner import final_number
+
+    text = str(answer)
+    value = final_number(text.split("####")[-1])
+    if value is None:
+        return None
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def rows_to_scenarios(rows: list[Any], source: str) -> list[Scenario]:
+    scenarios = []
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{source}: row {number}: not an object with question and answer")
+        question = row.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise DatasetError(f"{source}: row {number}: field 'question' must be a non-empty string")
+        answer = clean_answer(row.get("answer")) if row.get("answer") is not None else None
+        if answer is None:
+            raise DatasetError(f"{source}: row {number}: field 'answer' has no number")
+        scenarios.append(_scenario(str(row.get("id", f"row-{number}")), question.strip(), answer))
+    if not scenarios:
+        raise DatasetError(f"{source}: no rows")
+    return scenarios
+
+
+def read_file(path: Path) -> list[Any]:
+    if not path.is_file():
+        raise DatasetError(f"--dataset: no file at {path}")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix != ".jsonl":
+        raise DatasetError(f"--dataset: {path} must be .jsonl or .parquet")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: row {number}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def load_gsm8k(split: str) -> list[Scenario]:
+    """GSM8K from the hub (`openai/gsm8k`, config `main`); unreachable -> one line, before any work."""
+    try:
+        from datasets import load_dataset
+
+        rows = list(load_dataset("openai/gsm8k", "main", split=split))
+    except Exception as exc:  # offline, hub errors: all the same to the user
+        raise DatasetError(f"--dataset gsm8k: the hub is not reachable ({exc.__class__.__name__}); give "
+                           "--dataset FILE (.jsonl/.parquet with question, answer) or leave --dataset out for the "
+                           "bundled generator") from None
+    return rows_to_scenarios(rows, f"gsm8k/{split}")
+
+
+def load(dataset: str | None, count: int, seed: int, split: str = "train") -> list[Scenario]:
+    """The train problems, or (`split='val'`) the held-out ones: for a file, its last eighth (at least one)."""
+    if dataset is None:
+        return generate(count if split == "train" else max(1, count // 4), seed, split)
+    if dataset == GSM8K:
+        return load_gsm8k("train" if split == "train" else "test")
+    scenarios = rows_to_scenarios(read_file(Path(dataset)), dataset)
+    held = max(1, len(scenarios) // 8) if len(scenarios) > 1 else 0
+    if split == "train":
+        return scenarios[: len(scenarios) - held] if held else scenarios
+    return scenarios[len(scenarios) - held:] if held else scenarios
