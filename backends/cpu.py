@@ -118,8 +118,10 @@ class CPUBackend:
     async def _prepare_backend_for_training(self, model: AnyTrainableModel, config: Any = None) -> tuple[str, str]:
         served = self._served(model)
         if served.server is None:
-            names = lambda: {model.name, self._model_inference_name(model), model.base_model}  # noqa: E731
-            app = build_app(served.policy, served.api_key, names, self.settings.default_max_tokens)
+            names = lambda: {model.name, self._model_inference_name(model)}  # noqa: E731
+            # The base model's own name is the base model (the adapter off), as vLLM serves it under LocalBackend.
+            app = build_app(served.policy, served.api_key, names, self.settings.default_max_tokens,
+                            base_names=lambda: {model.base_model})
             port = ((config or {}).get("server_args") or {}).get("port")
             served.server = ServerThread(app, host=self.settings.host, port=port)
             served.server.start()

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,6 +52,7 @@ class ChatCompletionRequest(BaseModel):
 class _Pending:
     request: SampleRequest
     future: Future[list[Sample]]
+    base: bool = False  # sample the base model, the adapter off
 
 
 class MicroBatcher:
@@ -65,9 +67,9 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="policy-sampler", daemon=True)
         self._thread.start()
 
-    def submit(self, request: SampleRequest) -> Future[list[Sample]]:
+    def submit(self, request: SampleRequest, *, base: bool = False) -> Future[list[Sample]]:
         future: Future[list[Sample]] = Future()
-        self._queue.put(_Pending(request, future))
+        self._queue.put(_Pending(request, future, base))
         return future
 
     def close(self) -> None:
@@ -79,18 +81,24 @@ class MicroBatcher:
             first = self._queue.get()
             if first is None:
                 return
-            batch = self._collect(first)
+            collected = self._collect(first)
+            # The adapter is on or off for a whole forward pass: base-model requests decode as a batch of their own.
+            for base in (False, True):
+                batch = [p for p in collected if p.base == base]
+                if batch:
+                    self._sample(batch, base)
 
-            def done(i: int, samples: list[Sample], batch: list[_Pending] = batch) -> None:
-                with contextlib.suppress(InvalidStateError):  # its client went away (the future was cancelled)
-                    batch[i].future.set_result(samples)  # the caller goes on while longer rows still decode
+    def _sample(self, batch: list[_Pending], base: bool) -> None:
+        def done(i: int, samples: list[Sample]) -> None:
+            with contextlib.suppress(InvalidStateError):  # its client went away (the future was cancelled)
+                batch[i].future.set_result(samples)  # the caller goes on while longer rows still decode
 
-            try:
-                self.policy.sample([p.request for p in batch], on_done=done)
-            except Exception as exc:  # a failed batch fails its requests, never the worker
-                for p in batch:
-                    with contextlib.suppress(InvalidStateError):  # handed over already, or cancelled
-                        p.future.set_exception(exc)
+        try:
+            self.policy.sample([p.request for p in batch], on_done=done, adapter=not base)
+        except Exception as exc:  # a failed batch fails its requests, never the worker
+            for p in batch:
+                with contextlib.suppress(InvalidStateError):  # handed over already, or cancelled
+                    p.future.set_exception(exc)
 
     def _collect(self, first: _Pending) -> list[_Pending]:
         """`first` and whatever arrives until `wait_s` passes with nothing new (at most `max_wait_s` in all).
@@ -119,8 +127,11 @@ class MicroBatcher:
         return batch
 
 
-def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_max_tokens: int = 256) -> FastAPI:
-    """`served_names()` returns the model names accepted right now (they change as the step advances)."""
+def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_max_tokens: int = 256,
+              base_names: Callable[[], set[str]] | None = None) -> FastAPI:
+    """`served_names()` returns the model names accepted right now (they change as the step advances);
+    `base_names()` the names answered by the base model with the adapter off (as vLLM serves the base model under
+    its own name beside the LoRA adapters): the frozen executor of the planner and workflow envs."""
     app = FastAPI(title="art-agent-trainer CPU policy server")
     batcher = MicroBatcher(policy)
     app.router.on_shutdown.append(batcher.close)  # the app owns its sampler thread and ends it with itself
@@ -135,13 +146,17 @@ def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    def base() -> set[str]:
+        return set(base_names()) if base_names is not None else set()
+
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": n, "object": "model"} for n in served_names()]}
+        return {"object": "list", "data": [{"id": n, "object": "model"} for n in sorted(set(served_names()) | base())]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat(body: ChatCompletionRequest) -> JSONResponse:
-        if body.model not in served_names():
+        on_base = body.model in base()
+        if body.model not in served_names() and not on_base:
             raise HTTPException(status_code=404, detail=f"model {body.model!r} is not served here")
         if body.stop:
             raise HTTPException(status_code=400, detail="'stop' is not supported by the CPU policy server")
@@ -157,7 +172,7 @@ def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_
             )
         wanted = body.max_completion_tokens or body.max_tokens or default_max_tokens
         request = SampleRequest(prompt_ids, min(wanted, room), body.temperature, body.n)
-        samples = await asyncio.wrap_future(batcher.submit(request))
+        samples = await asyncio.wrap_future(batcher.submit(request, base=on_base))
         return JSONResponse(_completion_json(body, prompt_ids, samples, render))  # already plain JSON types
 
     return app

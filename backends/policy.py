@@ -117,16 +117,19 @@ class LoraPolicy:
 
     @torch.inference_mode()
     def sample(self, requests: list[SampleRequest],
-               on_done: Callable[[int, list[Sample]], None] | None = None) -> list[list[Sample]]:
+               on_done: Callable[[int, list[Sample]], None] | None = None, *,
+               adapter: bool = True) -> list[list[Sample]]:
         """Sample every request in one batch with a KV cache (backends/decoding.py); per-row temperature and length.
 
         `on_done(i, samples)` hands over request `i` as soon as all its rows have ended. The sampler runs on
-        `sample_threads` intra-op threads, restored afterwards (see `default_sample_threads`).
+        `sample_threads` intra-op threads, restored afterwards (see `default_sample_threads`). `adapter=False`
+        samples the base model (the adapter off, as the KL reference does): the frozen executor of the planner and
+        workflow envs.
         """
         threads = torch.get_num_threads()
         torch.set_num_threads(self.sample_threads)
         try:
-            with self.lock:
+            with self.lock, (contextlib.nullcontext() if adapter else self.model.disable_adapter()):
                 return decode(self.model, requests, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
                               generator=self.generator, on_done=on_done)
         finally:
