@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from agent.executor import add_executor_flags, executor_flag_problem
 from envs.workflow.data import DOMAINS
 
 DEFAULT_RATIOS = "math=0.4,qa=0.3,code=0.3"
@@ -60,17 +61,7 @@ def parse_ratios(text: str) -> dict[str, float]:
 
 
 def _executor_flags(group: Any) -> None:
-    try:  # the shared declaration, where the planner env's executor has landed
-        from agent.executor import add_executor_flags
-    except ImportError:
-        add_executor_flags = None
-    if add_executor_flags is not None:
-        add_executor_flags(group)
-    else:
-        group.add_argument("--executor-url", default=None, metavar="URL",
-                           help="an OpenAI-compatible server for the frozen executor")
-        group.add_argument("--executor-model", default=None, metavar="NAME", help="the model on --executor-url")
-        group.add_argument("--executor-timeout", type=float, default=120.0, help="seconds per executor call")
+    add_executor_flags(group)
     group.add_argument("--executor-max-tokens", type=int, default=WorkflowOptions.executor_max_tokens,
                        help="tokens per executor answer")
 
@@ -97,9 +88,5 @@ def validate(options: dict[str, Any]) -> None:
             raise ValueError(f"{flag} must be at least {low}, got {number}")
     if not opts.workflow_time_limit > 0:
         raise ValueError(f"--workflow-time-limit must be above 0, got {opts.workflow_time_limit}")
-    if opts.executor_url and not opts.executor_url.startswith(("http://", "https://")):
-        raise ValueError(f"--executor-url must be an http(s) URL, got {opts.executor_url!r}")
-    if opts.executor_url and not opts.executor_model:
-        raise ValueError("--executor-url needs --executor-model NAME (the model that server serves)")
-    if not opts.executor_timeout > 0:
-        raise ValueError(f"--executor-timeout must be above 0, got {opts.executor_timeout}")
+    if problem := executor_flag_problem(opts.executor_url, opts.executor_model, opts.executor_timeout):
+        raise ValueError(problem)
