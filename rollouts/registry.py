@@ -207,7 +207,8 @@ def _workflow() -> EnvSpec:
 
     return EnvSpec(name="workflow", load_scenarios=workflow.load_scenarios, rollout=workflow.rollout,
                    services=workflow.services, step_metrics=workflow.workflow_metrics,
-                   load_val=lambda cfg: workflow.load_scenarios(cfg, "val"), runs_model_code=True)
+                   load_val=lambda cfg: workflow.load_scenarios(cfg, "val"), runs_model_code=True,
+                   write_demos=workflow.write_demos)
 
 
 ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e, "openspiel": _openspiel,
@@ -234,9 +235,10 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     # planner: one JSON plan per rollout; --max-tokens is also the token term's budget (planner + executor).
     "planner": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 256, "temperature": 0.7,
                 "lora_rank": 16, "max_training_steps": 6},
-    # workflow: one workflow per rollout; a short solve() fits in 384 tokens.
+    # workflow: one workflow per rollout; a short solve() fits in 384 tokens. 2 SFT epochs on the demo workflows
+    # (steps 1-2), then GRPO.
     "workflow": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 384, "temperature": 0.7,
-                 "lora_rank": 16, "max_training_steps": 6},
+                 "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6},
 }
 
 

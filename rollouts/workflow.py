@@ -11,6 +11,7 @@ error, garbage) is not the policy's doing, so, as in the planner env, it is not 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -21,11 +22,11 @@ from typing import Any
 import art
 
 from agent.executor import Executor, ExecutorError
-from envs.scenario import Scenario
+from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks
 from envs.workflow.flags import WorkflowOptions
-from envs.workflow.prompts import WORKFLOW_SYSTEM_PROMPT, workflow_code, workflow_task
+from envs.workflow.prompts import DEMO_WORKFLOWS, WORKFLOW_SYSTEM_PROMPT, workflow_code, workflow_task
 from envs.workflow.runner import WorkflowLimits, WorkflowRun, run_workflow
 from rewards.workflow import NONE, TIER_NAMES, Score, score_code, score_math, score_qa
 from rollouts.context import RolloutContext
@@ -107,12 +108,16 @@ def _observation(run: WorkflowRun | None, score: Score) -> str:
     return f"{head}\nscore {score.reward} ({score.tier}): {score.reason}"
 
 
+def prompt_messages(scenario: Scenario, limits: WorkflowLimits) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": WORKFLOW_SYSTEM_PROMPT},
+            {"role": "user", "content": workflow_task(scenario.prompt, scenario.data["domain"], limits.max_calls,
+                                                      limits.time_limit_s)}]
+
+
 async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     runtime: WorkflowRuntime = ctx.services["workflow"]
     limits, domain = runtime.limits, scenario.data["domain"]
-    messages = [{"role": "system", "content": WORKFLOW_SYSTEM_PROMPT},
-                {"role": "user", "content": workflow_task(scenario.prompt, domain, limits.max_calls,
-                                                          limits.time_limit_s)}]
+    messages = prompt_messages(scenario, limits)
     choice = await ctx.complete(messages, ctx.settings.max_tokens_per_turn)
     reply = choice.message.content or ""
     code = workflow_code(reply)
@@ -174,3 +179,18 @@ def load_scenarios(cfg: Any, split: str = "train") -> list[Scenario]:
     count = cfg.dataset_size or 64
     return load_tasks(options.ratios(), count if split == "train" else max(4, count // 4), cfg.seed, split,
                       cfg.dataset)
+
+
+def write_demos(cfg: Any, out: Path) -> None:
+    """One demonstration per train task (`--sft-demos`): the task's prompt and its domain's demo workflow, as
+    OpenAI-messages JSONL (the format `--sft-data` and art.utils.sft read)."""
+    if out.suffix != ".jsonl":
+        raise DatasetError(f"--out {out}: must end with .jsonl (the format art.utils.sft reads)")
+    limits = WorkflowRuntime(options_of(cfg), Path(cfg.rollout_root)).limits
+    demos = [{"messages": [*prompt_messages(s, limits),
+                           {"role": "assistant", "content": DEMO_WORKFLOWS[s.data["domain"]]}],
+              "metadata": {"env": "workflow", "scenario_id": s.id}} for s in load_scenarios(cfg, "train")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # no half-written file if this fails
+    tmp.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in demos))
+    tmp.replace(out)

@@ -317,6 +317,37 @@ class _Cfg:
         return {**asdict(self.options), "workflow_time_limit": 3.0}
 
 
+@dataclass
+class _DemoCfg:
+    rollout_root: Path
+    seed: int = 0
+    dataset: str | None = None
+    dataset_size: int | None = 12
+    env_options: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.mark.parametrize(("domain", "executor_reply"), [
+    ("math", None), ("qa", None), ("code", "```python\ndef add(a, b):\n    return a + b\n```"),
+])
+async def test_each_demonstration_is_a_workflow_that_scores_with_a_right_executor(tmp_path, domain, executor_reply):
+    from envs.workflow.flags import WorkflowOptions
+    from rollouts.workflow import WorkflowRuntime, load_scenarios, rollout, write_demos
+
+    cfg = _DemoCfg(tmp_path / "rollouts")
+    write_demos(cfg, tmp_path / "demos.jsonl")
+    demos = [json.loads(line) for line in (tmp_path / "demos.jsonl").read_text().splitlines()]
+    assert len(demos) == 12 and all(d["messages"][-1]["role"] == "assistant" for d in demos)
+    tasks = {s.id: s for s in load_scenarios(cfg)}
+    demo = next(d for d in demos if tasks[d["metadata"]["scenario_id"]].data["domain"] == domain)
+    scenario = tasks[demo["metadata"]["scenario_id"]]
+    if domain == "code":  # the executor below writes add(), so the task is add's
+        scenario = Scenario("add", "Write add(a, b).", {"domain": "code", "entry_point": "add", "tests": TESTS})
+    gold = executor_reply or f"Let me see.\nAnswer: {scenario.data['answers'][0]}"
+    runtime = WorkflowRuntime(WorkflowOptions(), tmp_path / "rollouts", executor=FakeExecutor(reply=gold))
+    trajectory = await rollout(ScriptedContext(demo["messages"][-1]["content"], {"workflow": runtime}), scenario)
+    assert trajectory.reward == 1.0, trajectory.metadata
+
+
 # ---- the trainer ----------------------------------------------------------------------------------------------
 
 

@@ -47,3 +47,15 @@ def workflow_code(reply: str) -> str | None:
     if blocks:
         return blocks[-1]
     return reply if "def solve" in reply else None
+
+
+# The SFT demonstrations' workflows (--sft-demos), one per domain: short, valid, and a sensible use of the
+# operators, so a warm-started policy writes runnable workflows and RL can improve on them.
+DEMO_WORKFLOWS = {
+    "math": ("```python\ndef solve(problem, domain):\n"
+             "    votes = [answer(problem, temperature=0.7) for _ in range(3)]\n"
+             "    return ensemble(votes)\n```"),
+    "qa": "```python\ndef solve(problem, domain):\n    return answer(problem)\n```",
+    "code": ("```python\ndef solve(problem, domain):\n    code = program(problem)\n"
+             "    if 'def ' not in code:\n        code = program(problem, temperature=0.7)\n    return code\n```"),
+}
