@@ -314,7 +314,7 @@ class _Cfg:
     def env_options(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {**asdict(self.options), "workflow_time_limit": 3.0}
+        return {**asdict(self.options), "workflow_time_limit": 10.0}
 
 
 @dataclass
