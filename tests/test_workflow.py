@@ -16,7 +16,7 @@ from agent.executor import ExecutorError, ExecutorReply
 from envs.sandbox import bwrap_available
 from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
-from envs.workflow.data import load_tasks, math_rows, mix, read_dataset
+from envs.workflow.data import load_tasks, math_scenarios, mix, read_dataset
 from envs.workflow.flags import parse_ratios
 from envs.workflow.runner import WorkflowLimits, run_workflow
 from rewards.workflow import CodeOutcome, final_number, score_code, score_math, score_qa
@@ -186,10 +186,11 @@ async def test_a_workflow_cannot_use_the_network_or_write_outside_its_dir(tmp_pa
 
 
 def test_generated_math_problems_are_seeded_with_exact_answers():
-    rows = math_rows(20, seed=3)
-    assert rows == math_rows(20, seed=3) and rows != math_rows(20, seed=4)
-    assert all(score_math(row["answer"], row["answer"]).reward == 1.0 for row in rows)
-    assert len({row["question"] for row in rows}) > 15
+    tasks = math_scenarios(20, seed=3)
+    assert tasks == math_scenarios(20, seed=3) and tasks != math_scenarios(20, seed=4)
+    assert all(s.data["domain"] == "math" and score_math(s.data["answers"][0], s.data["answers"][0]).reward == 1.0
+               for s in tasks)
+    assert not {s.prompt for s in tasks} & {s.prompt for s in math_scenarios(20, seed=3, split="val")}
 
 
 def test_domains_are_mixed_by_ratio_and_val_never_repeats_train():

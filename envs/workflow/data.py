@@ -1,5 +1,6 @@
-"""The workflow env's tasks: bundled offline data (a seeded generator of multi-step word problems with exact
-answers, a small QA set, a small code set with tests) or a user's `--dataset FILE.jsonl`, mixed by domain ratio.
+"""The workflow env's tasks: bundled offline data (the planner env's seeded generator of multi-step word problems
+with exact answers, a small QA set, a small code set with tests), GSM8K for math (`--dataset gsm8k`, needs the
+hub) or a user's `--dataset FILE.jsonl`, mixed by domain ratio.
 
 A row is `{"domain": "math"|"qa"|"code", "question": str, "answer": ..., "id"?: str}`; qa rows may add
 `"aliases": [str]`, code rows need `"entry_point": str` and `"tests": [str]` (assert lines) instead of an answer.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,68 +18,33 @@ from envs.scenario import DatasetError, Scenario
 from rewards.workflow import parse_number
 
 DOMAINS = ("math", "qa", "code")
+GSM8K = "gsm8k"
 HERE = Path(__file__).parent
 
 
-def _shop(r: random.Random) -> tuple[str, int]:
-    boxes, per_box, sold = r.randint(3, 12), r.randint(4, 15), r.randint(1, 20)
-    return (f"A shop has {boxes} boxes with {per_box} apples in each box. It sells {sold} apples. "
-            "How many apples are left?", boxes * per_box - sold)
+def math_scenarios(count: int, seed: int, split: str = "train") -> list[Scenario]:
+    """`count` GSM8K-style problems with exact answers from the planner env's seeded generator (the same seed
+    always gives the same problems; the val split never repeats a train problem)."""
+    from envs.planner.problems import generate
+
+    return [_math(s) for s in generate(count, seed, split)]
 
 
-def _wages(r: random.Random) -> tuple[str, int]:
-    rate, hours, days, spent = r.randint(8, 25), r.randint(2, 8), r.randint(2, 6), r.randint(5, 40)
-    return (f"Maya earns ${rate} an hour. She works {hours} hours a day for {days} days, then spends ${spent} "
-            "on books. How many dollars does she have left?", rate * hours * days - spent)
+def gsm8k_scenarios(split: str) -> list[Scenario]:
+    """GSM8K from the hub (`--dataset gsm8k`; the planner env's loader): one DatasetError line when unreachable."""
+    from envs.planner.problems import load_gsm8k
+
+    return [_math(s) for s in load_gsm8k("train" if split == "train" else "test")]
 
 
-def _trip(r: random.Random) -> tuple[str, int]:
-    speed, first, second = r.randint(30, 70), r.randint(1, 4), r.randint(1, 3)
-    return (f"A bus drives at {speed} km per hour for {first} hours, stops, then drives {second} more hours at "
-            "the same speed. How many kilometres does it drive in all?", speed * (first + second))
-
-
-def _share(r: random.Random) -> tuple[str, int]:
-    friends, each, extra = r.randint(2, 6), r.randint(3, 9), r.randint(1, 10)
-    total = friends * each + extra
-    return (f"Tom has {total} stickers. He keeps {extra} and shares the rest equally among {friends} friends. "
-            "How many stickers does each friend get?", each)
-
-
-def _garden(r: random.Random) -> tuple[str, int]:
-    rows, per_row, eaten, bought = r.randint(3, 9), r.randint(5, 12), r.randint(2, 10), r.randint(5, 20)
-    return (f"A garden has {rows} rows of {per_row} tulips. Rabbits eat {eaten} tulips and the gardener plants "
-            f"{bought} new ones. How many tulips are in the garden now?", rows * per_row - eaten + bought)
-
-
-def _discount(r: random.Random) -> tuple[str, int]:
-    price, count, percent = r.randint(2, 20) * 10, r.randint(2, 5), r.choice([10, 20, 25, 50])
-    return (f"A jacket costs ${price}. Lena buys {count} jackets in a sale with {percent}% off. How many dollars "
-            "does she pay?", price * count * (100 - percent) // 100)
-
-
-TEMPLATES: tuple[Callable[[random.Random], tuple[str, int]], ...] = (_shop, _wages, _trip, _share, _garden, _discount)
-
-
-def math_rows(count: int, seed: int) -> list[dict[str, Any]]:
-    """`count` GSM8K-style problems from seeded templates; the same seed always gives the same problems."""
-    r = random.Random(f"workflow-math:{seed}")
-    rows = []
-    for i in range(count):
-        question, answer = r.choice(TEMPLATES)(r)
-        rows.append({"id": f"math-{seed}-{i}", "domain": "math", "question": question, "answer": str(answer)})
-    return rows
+def _math(planner_scenario: Scenario) -> Scenario:
+    return Scenario(f"math-{planner_scenario.id}", planner_scenario.prompt,
+                    {"domain": "math", "answers": [planner_scenario.data["answer"]]})
 
 
 def _bundled(name: str, domain: str) -> list[dict[str, Any]]:
     return [{**json.loads(line), "domain": domain}
             for line in (HERE / name).read_text().splitlines() if line.strip()]
-
-
-def bundled_rows(domain: str, seed: int, count: int) -> list[dict[str, Any]]:
-    if domain == "math":
-        return math_rows(count, seed)
-    return _bundled("qa.jsonl" if domain == "qa" else "code.jsonl", domain)
 
 
 def _need_str(row: dict[str, Any], field: str, where: str) -> str:
@@ -162,19 +127,17 @@ def mix(pools: dict[str, list[Scenario]], ratios: dict[str, float], count: int, 
 
 
 def load_tasks(ratios: dict[str, float], count: int, seed: int, split: str, dataset: str | None) -> list[Scenario]:
-    """The split's scenarios: from `dataset` (the same rows for every split: hold out data with a file of your
-    own) or the bundled sets, mixed by `ratios`. The bundled val split uses other generator seeds and the other
-    half of the QA and code sets, so the train split never holds a val task."""
-    if dataset:
+    """The split's scenarios: from a `dataset` file (the same rows for every split: hold out data with a file of
+    your own) or the bundled sets, mixed by `ratios`; `dataset='gsm8k'` takes the math tasks from GSM8K (its
+    test split for val). The bundled val split uses the generator's val problems and the last quarter of the QA
+    and code sets, so the train split never holds a val task."""
+    if dataset and dataset != GSM8K:
         rows = read_dataset(dataset)
         pools = {d: [s for s in rows if s.data["domain"] == d] for d in DOMAINS}
     else:
-        pools = {}
-        for domain in DOMAINS:
-            if domain == "math":
-                rows_ = math_rows(max(count, 8), seed if split == "train" else seed + 10_000)
-            else:
-                every = bundled_rows(domain, seed, count)
-                rows_ = every[: len(every) * 3 // 4] if split == "train" else every[len(every) * 3 // 4:]
+        pools = {"math": gsm8k_scenarios(split) if dataset == GSM8K else math_scenarios(max(count, 8), seed, split)}
+        for domain in ("qa", "code"):
+            every = _bundled(f"{domain}.jsonl", domain)
+            rows_ = every[: len(every) * 3 // 4] if split == "train" else every[len(every) * 3 // 4:]
             pools[domain] = [scenario_from_row(row, f"bundled {row['id']}") for row in rows_]
     return mix(pools, ratios, count, seed if split == "train" else seed + 1)
