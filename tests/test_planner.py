@@ -346,7 +346,10 @@ def test_two_step_cpu_run_with_an_executor_server_writes_state_logs_and_report(t
     _check_run(tmp_path, "plan", validate_logs)
     rows = [json.loads(p.read_text().splitlines()[0])["environment_kwargs"]
             for p in (tmp_path / "logs" / "plan").glob("step_*/*.jsonl")]
-    assert {-0.1, 1.0} <= {round(r["reward"], 1) for r in rows} or len({r["reward"] for r in rows}) > 1
+    assert any(r["reward_breakdown"].get("malformed_not_json") == 1.0 and r["reward"] == MALFORMED_REWARD
+               for r in rows)
+    scored = [r["reward_breakdown"] for r in rows if r["reward_breakdown"]["format_ok"] == 1.0]  # executor-answered
+    assert scored and all(b["executor_calls"] in (1.0, 3.0) and b["executor_completion_tokens"] > 0 for b in scored)
 
 
 @pytest.mark.slow
