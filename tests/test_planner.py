@@ -182,14 +182,15 @@ def executor_server():
 
 async def test_executor_faults_become_one_line_executor_errors(executor_server):
     for model, words in (("slow", "timed out"), ("error", "HTTP 500"), ("garbage", "executor"), ("odd", "usage")):
-        executor = OpenAIExecutor(executor_server.base_url, model, timeout_s=0.5, max_retries=0)
+        timeout = 0.5 if model == "slow" else 60.0  # the server sleeps 5 s for "slow"; the rest answer at once
+        executor = OpenAIExecutor(executor_server.base_url, model, timeout_s=timeout, max_retries=0)
         try:
             with pytest.raises(ExecutorError, match=words) as caught:
                 await executor.complete([{"role": "user", "content": "hi"}], max_tokens=8)
             assert "\n" not in str(caught.value)
         finally:
             await executor.aclose()
-    executor = OpenAIExecutor(executor_server.base_url, "fine", timeout_s=2)
+    executor = OpenAIExecutor(executor_server.base_url, "fine", timeout_s=60)
     reply = await executor.complete([{"role": "user", "content": "hi"}], max_tokens=8)
     await executor.aclose()
     assert reply.text == "so #### 7" and reply.completion_tokens == len("so #### 7") and reply.prompt_tokens == 1
@@ -212,7 +213,7 @@ class ScriptedContext:
         from rollouts.planner import PlannerRuntime
 
         self.model = SimpleNamespace(inference_base_url=self.base_url, inference_api_key="k", base_model="fine")
-        self.services = {"planner": PlannerRuntime(PlannerOptions(executor_timeout=0.5), tfidf_vectors)}
+        self.services = {"planner": PlannerRuntime(PlannerOptions(), tfidf_vectors)}
 
     async def complete(self, messages: list[dict[str, Any]], max_tokens: int) -> Choice:
         return _choice(self.plan)
