@@ -367,7 +367,11 @@ def test_two_step_cpu_run_of_the_workflow_env_writes_state_logs_and_report(tmp_p
         server.stop()
     assert result.returncode == 0, result.stderr[-3000:]
     assert history_steps(tmp_path, "wf") == [1, 2] and read_state(tmp_path, "wf")["step"] == 2
-    assert len(sorted((tmp_path / "logs" / "wf").glob("step_*/*.jsonl"))) == 2 * 2 * 2
+    logged = sorted((tmp_path / "logs" / "wf").glob("step_*/workflow_*.jsonl"))
+    assert len(logged) == 2 * 2 * 2
+    head, turn = (json.loads(line) for line in logged[0].read_text().splitlines())
+    assert head["environment_kwargs"]["scenario_id"].startswith(("math-", "qa-"))
+    assert "score" in turn["observation"]  # what the random policy's reply scored, and why
     assert validate_logs(tmp_path / "logs" / "wf") == 0 and (tmp_path / "logs" / "wf" / "report.html").exists()
 
 
