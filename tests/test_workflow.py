@@ -169,6 +169,31 @@ async def test_a_failed_executor_call_reaches_the_workflow_and_is_counted(tmp_pa
     assert run.executor_errors == 1 and "HTTP 500" in run.answer
 
 
+@pytest.mark.parametrize(("line", "reason"), [
+    ("not json at all", "broke the operator protocol"),
+    ('{"calls": []}', "bad operator call"),
+    ('{"calls": [{"messages": [], "temperature": 9}]}', "bad operator call"),
+])
+async def test_a_forged_protocol_line_ends_the_workflow_with_a_reason(tmp_path, line, reason):
+    code = f"import __main__\ndef solve(p, d):\n    __main__._protocol.write({line!r} + '\\n')\n" \
+           "    __main__._protocol.flush()\n    return answer(p)\n"
+    executor = FakeExecutor()
+    run = await run_workflow(code, "q", "math", tmp_path, executor, WorkflowLimits(time_limit_s=20))
+    assert run.answer is None and reason in run.error and not executor.asked
+
+
+async def test_an_executor_fault_fails_the_rollout_instead_of_scoring_the_policy(tmp_path):
+    from envs.workflow.flags import WorkflowOptions
+    from envs.workflow.prompts import DEMO_WORKFLOWS
+    from rollouts.workflow import WorkflowRuntime, rollout
+
+    runtime = WorkflowRuntime(WorkflowOptions(), tmp_path, executor=FakeExecutor(fail=True))
+    scenario = Scenario("qa-1", "Which planet is red?", {"domain": "qa", "answers": ["Mars"]})
+    with pytest.raises(ExecutorError, match="1 executor call.* failed: .*HTTP 500"):
+        await rollout(ScriptedContext(DEMO_WORKFLOWS["qa"], {"workflow": runtime}), scenario)
+    assert not list(tmp_path.iterdir())  # its work dir is removed all the same
+
+
 @pytest.mark.skipif(not bwrap_available(), reason="bubblewrap cannot run here (network and root isolation)")
 @pytest.mark.parametrize("body", [
     "import socket\n    socket.create_connection(('1.1.1.1', 80), timeout=3)",
