@@ -166,3 +166,13 @@ def planner_metrics(groups: list[art.TrajectoryGroup]) -> dict[str, float]:
 def load_scenarios(cfg: Any, split: str = "train") -> list[Scenario]:
     scenarios = load(cfg.dataset, options_of(cfg).num_problems, cfg.seed, split)
     return scenarios[: cfg.dataset_size] if cfg.dataset_size and split == "train" else scenarios
+
+
+def write_demos(cfg: Any, out: Any) -> None:
+    from envs.planner.problems import write_demos as write
+    from envs.scenario import DatasetError
+
+    if cfg.dataset:
+        raise DatasetError("--sft-demos: planner demonstrations exist for the generated problems only; with "
+                           "--dataset give --sft-data FILE or --sft-demos off")
+    write(out, options_of(cfg).num_problems, cfg.seed)

@@ -199,7 +199,7 @@ def _planner() -> EnvSpec:
 
     return EnvSpec(name="planner", load_scenarios=planner.load_scenarios, rollout=planner.rollout,
                    services=planner.services, step_metrics=planner.planner_metrics,
-                   load_val=lambda cfg: planner.load_scenarios(cfg, "val"))
+                   load_val=lambda cfg: planner.load_scenarios(cfg, "val"), write_demos=planner.write_demos)
 
 
 def _workflow() -> EnvSpec:
@@ -233,8 +233,9 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
                   "learning_rate": 1e-4, "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3,
                   "max_training_steps": 8, "num_demos": 48},
     # planner: one JSON plan per rollout; --max-tokens is also the token term's budget (planner + executor).
+    # SmolLM2 answers in prose (0 of 8 plans valid), so 2 SFT epochs on the generator's own plans come first.
     "planner": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 256, "temperature": 0.7,
-                "lora_rank": 16, "max_training_steps": 6},
+                "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6},
     # workflow: one workflow per rollout; a short solve() fits in 384 tokens. 2 SFT epochs on the demo workflows
     # (steps 1-2), then GRPO.
     "workflow": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 384, "temperature": 0.7,

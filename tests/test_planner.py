@@ -111,6 +111,23 @@ def test_a_generated_shopping_problem_has_its_exact_answer():
     pytest.fail("no shopping problem in 60")
 
 
+def test_demonstrations_are_valid_plans_that_state_their_numbers(tmp_path):
+    from envs.planner.problems import write_demos
+    from trainer.sft import load_sft_conversations
+
+    out = tmp_path / "demos.jsonl"
+    demos = write_demos(out, 30, 1)
+    assert load_sft_conversations([str(out)]) and len(demos) == 30
+    for demo, scenario in zip(demos, generate(30, 1), strict=True):
+        system, user, reply = demo["messages"]
+        assert system["content"] == PLANNER_SYSTEM_PROMPT and user["content"] == scenario.prompt
+        plan = parse_plan(reply["content"], PlannerOptions().max_subproblems)
+        numbers = {w.strip("$.,?") for w in scenario.prompt.split()}
+        assert plan.subproblems and all(any(n in numbers for n in q.replace("$", "").split()) for q in plan.subproblems)
+    two_part = [d for d in demos if len(json.loads(d["messages"][2]["content"])["subproblems"]) == 2]
+    assert two_part  # some templates split in two
+
+
 def test_dataset_rows_are_checked_and_gsm8k_answers_cleaned(tmp_path):
     rows = [{"question": "q1", "answer": "3 + 4 = 7\n#### 1,007"}, {"question": "q2", "answer": 5}]
     assert [s.data["answer"] for s in rows_to_scenarios(rows, "f")] == ["1007", "5"]
@@ -354,13 +371,14 @@ def test_two_step_cpu_run_with_an_executor_server_writes_state_logs_and_report(t
 
 
 @pytest.mark.slow
-def test_two_step_cpu_run_with_the_default_executor(tmp_path, tiny_flags):
-    """The tiny random policy rarely writes a plan, so this run checks the default wiring end to end."""
+def test_two_step_cpu_run_with_the_default_executor_after_sft_on_demonstrations(tmp_path, tiny_flags):
+    """Step 1 is SFT on the generator's plans, step 2 GRPO; the executor is the base model, adapter off."""
     from tests.test_train_e2e import validate_logs
 
-    result = run_train(tmp_path, "base", "--env", "planner", *tiny_flags)
+    result = run_train(tmp_path, "base", "--env", "planner", "--sft-demos", "on", "--sft-epochs", "1", *tiny_flags)
     assert result.returncode == 0, result.stderr[-3000:]
-    _check_run(tmp_path, "base", validate_logs)
+    assert "sft: 4 demonstration(s) of the planner train split" in result.stdout
+    _check_run(tmp_path, "base", validate_logs, logged_steps=1)
 
 
 @pytest.fixture
@@ -369,10 +387,10 @@ def tiny_flags() -> list[str]:
             "4", "--max-tokens", "48", "--executor-max-tokens", "8", "--log-sample-rate", "1"]
 
 
-def _check_run(art_path: Any, name: str, validate_logs: Any) -> None:
+def _check_run(art_path: Any, name: str, validate_logs: Any, logged_steps: int = 2) -> None:
     assert history_steps(art_path, name) == [1, 2] and read_state(art_path, name)["step"] == 2
     logged = sorted((art_path / "logs" / name).glob("step_*/planner_*.jsonl"))
-    assert len(logged) == 2 * 2 * 2
+    assert len(logged) == logged_steps * 2 * 2
     lines = [json.loads(line) for line in logged[0].read_text().splitlines()]
     assert [line["type"] for line in lines] == ["metadata", "iteration"]
     assert validate_logs(art_path / "logs" / name) == 0 and (art_path / "logs" / name / "report.html").exists()

@@ -22,16 +22,23 @@ _NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Isla"
 _ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells")
 
 
-def _shop(r: random.Random) -> tuple[str, int]:
+def _plan(subproblems: list[str], combine: str) -> str:
+    """A template's own decomposition, as the planner is asked to answer (the SFT demonstrations)."""
+    return json.dumps({"subproblems": subproblems, "combine": combine})
+
+
+def _shop(r: random.Random) -> tuple[str, int, str]:
     name, item = r.choice(_NAMES), r.choice(_ITEMS)
     packs, per_pack, price, spent_on_other = r.randint(2, 9), r.randint(3, 12), r.randint(2, 9), r.randint(5, 40)
     total_items = packs * per_pack
     text = (f"{name} buys {packs} packs of {item} with {per_pack} {item} in each pack. Each of the {item} costs "
             f"${price}. {name} also spends ${spent_on_other} on a bag. How many dollars does {name} spend in all?")
-    return text, total_items * price + spent_on_other
+    plan = _plan([f"How many dollars do {packs} packs of {per_pack} {item} cost at ${price} for each one?"],
+                 f"add the ${spent_on_other} bag")
+    return text, total_items * price + spent_on_other, plan
 
 
-def _share(r: random.Random) -> tuple[str, int]:
+def _share(r: random.Random) -> tuple[str, int, str]:
     a, b = r.sample(_NAMES, 2)
     item = r.choice(_ITEMS)
     friends, each, kept = r.randint(2, 8), r.randint(2, 9), r.randint(1, 20)
@@ -39,36 +46,44 @@ def _share(r: random.Random) -> tuple[str, int]:
     bought = r.randint(3, 30)
     text = (f"{a} has {start} {item}. {a} gives {each} {item} to each of {friends} friends, then {b} gives {a} "
             f"{bought} more. How many {item} does {a} have now?")
-    return text, kept + bought
+    plan = _plan([f"How many {item} are {friends} groups of {each}?"], f"subtract that from {start}, then add {bought}")
+    return text, kept + bought, plan
 
 
-def _work(r: random.Random) -> tuple[str, int]:
+def _work(r: random.Random) -> tuple[str, int, str]:
     name = r.choice(_NAMES)
     rate, weekday_hours, weekend_hours, weeks = r.randint(8, 25), r.randint(2, 6), r.randint(3, 9), r.randint(2, 5)
     text = (f"{name} earns ${rate} an hour. Each week {name} works {weekday_hours} hours on each of 5 weekdays and "
             f"{weekend_hours} hours on Saturday. How much does {name} earn in {weeks} weeks?")
-    return text, rate * (5 * weekday_hours + weekend_hours) * weeks
+    plan = _plan([f"How many dollars are {5 * weekday_hours} hours at ${rate} an hour?",
+                  f"How many dollars are {weekend_hours} hours at ${rate} an hour?"],
+                 f"add the two amounts, then multiply by {weeks} weeks")
+    return text, rate * (5 * weekday_hours + weekend_hours) * weeks, plan
 
 
-def _garden(r: random.Random) -> tuple[str, int]:
+def _garden(r: random.Random) -> tuple[str, int, str]:
     name = r.choice(_NAMES)
     rows, per_row, eaten_share, extra = r.randint(3, 9), r.randint(4, 12), r.choice((2, 4)), r.randint(2, 15)
     total = rows * per_row * eaten_share  # divisible by eaten_share, so the half/quarter is whole
     text = (f"{name} plants {rows} rows with {per_row * eaten_share} carrots in each row. Rabbits eat "
             f"1/{eaten_share} of the carrots. {name} then plants {extra} more carrots. How many carrots are in the "
             f"garden now?")
-    return text, total - total // eaten_share + extra
+    plan = _plan([f"How many carrots are {rows} rows of {per_row * eaten_share}?"],
+                 f"take away 1/{eaten_share} of them, then add {extra}")
+    return text, total - total // eaten_share + extra, plan
 
 
-def _trip(r: random.Random) -> tuple[str, int]:
+def _trip(r: random.Random) -> tuple[str, int, str]:
     name = r.choice(_NAMES)
     speed, hours, back_speed, back_hours = r.randint(30, 70), r.randint(2, 5), r.randint(20, 60), r.randint(1, 4)
     text = (f"{name} drives for {hours} hours at {speed} miles per hour, then drives back for {back_hours} hours at "
             f"{back_speed} miles per hour. How many miles does {name} drive in total?")
-    return text, speed * hours + back_speed * back_hours
+    plan = _plan([f"How many miles is {hours} hours at {speed} miles per hour?",
+                  f"How many miles is {back_hours} hours at {back_speed} miles per hour?"], "add the two distances")
+    return text, speed * hours + back_speed * back_hours, plan
 
 
-TEMPLATES: tuple[Callable[[random.Random], tuple[str, int]], ...] = (_shop, _share, _work, _garden, _trip)
+TEMPLATES: tuple[Callable[[random.Random], tuple[str, int, str]], ...] = (_shop, _share, _work, _garden, _trip)
 
 
 def generate(count: int, seed: int, split: str = "train") -> list[Scenario]:
@@ -77,9 +92,26 @@ def generate(count: int, seed: int, split: str = "train") -> list[Scenario]:
     scenarios = []
     for i in range(count):
         r = random.Random(f"planner|{seed}|{split}|{i}")
-        question, answer = r.choice(TEMPLATES)(r)
-        scenarios.append(_scenario(f"gen-{split}-{seed}-{i}", question, str(answer)))
+        question, answer, plan = r.choice(TEMPLATES)(r)
+        scenarios.append(Scenario(id=f"gen-{split}-{seed}-{i}", prompt=question,
+                                  data={"answer": str(answer), "plan": plan}))
     return scenarios
+
+
+def write_demos(out: Path, count: int, seed: int) -> list[dict[str, Any]]:
+    """SFT demonstrations (OpenAI-messages JSONL, as `--sft-data` reads): each generated train problem with the plan
+    its template knows, so a base model that answers in prose learns the JSON format before GRPO."""
+    from envs.planner.plan import PLANNER_SYSTEM_PROMPT
+
+    demos = [{"messages": [{"role": "system", "content": PLANNER_SYSTEM_PROMPT},
+                           {"role": "user", "content": s.prompt},
+                           {"role": "assistant", "content": s.data["plan"]}],
+              "metadata": {"env": "planner", "scenario_id": s.id}} for s in generate(count, seed)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # no half-written file if this fails
+    tmp.write_text("".join(json.dumps(d) + "\n" for d in demos))
+    tmp.replace(out)
+    return demos
 
 
 def _scenario(sid: str, question: str, answer: str) -> Scenario:
