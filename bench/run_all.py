@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -24,7 +25,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.figures import parse  # noqa: E402
+from bench.figures import PREFIX as FIGURE_PREFIX  # noqa: E402
+from bench.figures import meets, parse  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,29 @@ def load_results(path: Path) -> dict[str, Result]:
     return {name: Result(**fields) for name, fields in json.loads(path.read_text()).items()}
 
 
+def import_doc(doc: Path, kept: dict[str, Result]) -> None:
+    """Adopt the sections of a doc written before results were kept (its benches' outputs and table rows, with the
+    date it was measured) for the benches that have no kept result yet: one run, then nothing is lost."""
+    text = doc.read_text()
+    date = re.search(r"Measured (\d{4}-\d{2}-\d{2})", text)
+    titles = {b.title: b.name for b in BENCHES}
+    rows: dict[str, list[str]] = {}
+    for bench, name, value, goal, _ in re.findall(r"^\| ([\w-]+) \| (.+?) \| (.+?) \| (.*?) \| (.*?) \|$", text, re.M):
+        number, _, unit = value.partition(" ")
+        try:
+            record = {"name": name, "value": float(number), "unit": unit, "goal": goal or None,
+                      "met": meets(float(number), goal) if goal else None}
+        except ValueError:  # a failed bench's row
+            continue
+        rows.setdefault(bench, []).append(FIGURE_PREFIX + json.dumps(record))
+    section = r"^## (.+?)\n\n`uv run python [^`]+` \((\d+) s[^)]*\)\n\n.*?\n\n```\n(.*?)```"
+    for title, seconds, body in re.findall(section, text, re.M | re.S):
+        name = titles.get(title)
+        if name and name not in kept:
+            kept[name] = Result("\n".join([body.strip(), *rows.get(name, [])]), float(seconds), 0,
+                                date.group(1) if date else "unknown")
+
+
 def render(results: list[tuple[Bench, str, float, int]], dates: dict[str, str] | None = None) -> str:
     memory_gb = psutil.virtual_memory().total / 2**30
     lines = [
@@ -184,8 +209,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per bench")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "performance_results.json",
                         help="every bench's last output (kept between runs; --only updates some of them)")
+    parser.add_argument("--import-doc", type=Path, default=None,
+                        help="adopt the sections of an older generated doc for benches with no kept result")
     args = parser.parse_args()
     kept = load_results(args.results)
+    if args.import_doc is not None:
+        import_doc(args.import_doc, kept)
+        args.results.write_text(json.dumps({k: vars(v) for k, v in kept.items()}, indent=1) + "\n")
     codes = []
     for bench in BENCHES:
         if args.only is not None and bench.name not in args.only:
