@@ -109,7 +109,13 @@ _GATHER_WHY = (
     "garbage collection walked the millions of start-up objects (torch, transformers, ART) for ~0.3 s while every "
     "rollout waited (32 in flight: 0.82 before `gc.freeze()` of the start-up heap, 0.95 after)."
 )
-EXPLAINED = {"gather": _GATHER_WHY, "gather-1s": _GATHER_WHY}
+_R2E_WHY = (
+    "Every rollout scored 0 before training, after SFT and after RL: three SFT epochs over five long multi-turn "
+    "demonstrations (9 gradient steps; the gmsh run gets 30) leave SmolLM2-135M writing REPL cells that do not fix "
+    "the repository, so every GRPO group had zero variance and no RL step trained. The wall time was measured with "
+    "other heavy work on the same 2 cores."
+)
+EXPLAINED = {"gather": _GATHER_WHY, "gather-1s": _GATHER_WHY, "learning-r2e": _R2E_WHY}
 
 
 def run_bench(bench: Bench, timeout_s: float) -> tuple[str, float, int]:
