@@ -10,11 +10,12 @@ never sees an SDK exception from here.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 
-from agent.executor import ExecutorError, ExecutorReply
+from agent.executor import Executor, ExecutorError, ExecutorReply
 
 
 class OpenAIExecutor:
@@ -53,6 +54,38 @@ class OpenAIExecutor:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+@dataclass(kw_only=True)
+class ExecutorOwner:
+    """The run's frozen executor and the clients it opened, shared by the planner and workflow runtimes (they
+    subclass it). The executor is `--executor-url`'s server when one is given (`use_given`), else the policy's own
+    endpoint asked for the base model by name, known only once the model is registered, so it is made at the first
+    rollout (`executor_for_model`). Clients opened here are closed once, at the run's end; one set from outside
+    (a test's fake) is left alone."""
+
+    max_concurrent: int = 8
+    executor: Executor | None = None
+    _own: list[Executor] = field(default_factory=list)
+
+    def _open(self, url: str, model: str, api_key: str | None, timeout_s: float) -> Executor:
+        self.executor = OpenAIExecutor(url, model, api_key=api_key, timeout_s=timeout_s,
+                                       max_concurrent=self.max_concurrent)
+        self._own.append(self.executor)
+        return self.executor
+
+    def use_given(self, url: str, model: str, timeout_s: float) -> None:
+        self._open(url, model, None, timeout_s)
+
+    def executor_for_model(self, model: Any, timeout_s: float) -> Executor:
+        if self.executor is None:
+            return self._open(model.inference_base_url or "", str(model.base_model), model.inference_api_key,
+                              timeout_s)
+        return self.executor
+
+    async def aclose(self) -> None:
+        for executor in self._own:
+            await executor.aclose()
 
 
 def _reply(response: Any, model: str) -> ExecutorReply:

@@ -14,13 +14,13 @@ import contextlib
 import statistics
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import art
 
 from agent.executor import Executor, ExecutorReply
-from agent.openai_executor import OpenAIExecutor
+from agent.openai_executor import ExecutorOwner
 from envs.planner.flags import PlannerOptions
 from envs.planner.plan import PLANNER_SYSTEM_PROMPT, MalformedPlan, Plan, combine_messages, parse_plan, solve_messages
 from envs.planner.problems import load
@@ -44,14 +44,11 @@ def options_of(cfg: Any) -> PlannerOptions:
 
 
 @dataclass
-class PlannerRuntime:
+class PlannerRuntime(ExecutorOwner):
     """What every planner rollout of a run shares: options, weights, the embedder and the executor."""
 
     options: PlannerOptions
     embed: Embed
-    max_concurrent: int = 8
-    executor: Executor | None = None  # None until the first rollout when it is the run's own endpoint
-    _own: list[Executor] = field(default_factory=list)
 
     @property
     def weights(self) -> PlannerWeights:
@@ -61,17 +58,7 @@ class PlannerRuntime:
     def executor_for(self, ctx: RolloutContext) -> Executor:
         """The default executor is the policy's own endpoint asked for the base model by name (the CPU backend
         serves it with the adapter off, vLLM as its base model); it is known only once the model is registered."""
-        if self.executor is None:
-            model = ctx.model
-            self.executor = OpenAIExecutor(model.inference_base_url or "", str(model.base_model),  # type: ignore[attr-defined]
-                                           api_key=model.inference_api_key, timeout_s=self.options.executor_timeout,
-                                           max_concurrent=self.max_concurrent)
-            self._own.append(self.executor)
-        return self.executor
-
-    async def aclose(self) -> None:
-        for executor in self._own:
-            await executor.aclose()
+        return self.executor_for_model(ctx.model, self.options.executor_timeout)
 
 
 @contextlib.asynccontextmanager
@@ -79,9 +66,7 @@ async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
     options = options_of(cfg)
     runtime = PlannerRuntime(options, choose_embedder(options.embedding_model), max_concurrent=cfg.max_concurrent)
     if options.executor_url:
-        runtime.executor = OpenAIExecutor(options.executor_url, str(options.executor_model),
-                                          timeout_s=options.executor_timeout, max_concurrent=cfg.max_concurrent)
-        runtime._own.append(runtime.executor)
+        runtime.use_given(options.executor_url, str(options.executor_model), options.executor_timeout)
     try:
         yield {"planner": runtime}
     finally:

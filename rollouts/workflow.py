@@ -15,13 +15,14 @@ import json
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import art
 
 from agent.executor import Executor, ExecutorError
+from agent.openai_executor import ExecutorOwner
 from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks
@@ -38,23 +39,12 @@ def options_of(cfg: Any) -> WorkflowOptions:
     return WorkflowOptions.from_options(env_options(cfg, "workflow"))
 
 
-def _openai_executor(url: str, model: str, api_key: str | None, options: WorkflowOptions,
-                     max_concurrent: int) -> Executor:
-    from agent.openai_executor import OpenAIExecutor  # the shared client (planner and workflow)
-
-    return OpenAIExecutor(url, model, api_key=api_key, timeout_s=options.executor_timeout,
-                          max_concurrent=max_concurrent)
-
-
 @dataclass
-class WorkflowRuntime:
+class WorkflowRuntime(ExecutorOwner):
     """What every workflow rollout of a run shares: options, limits, the executor and where work dirs go."""
 
     options: WorkflowOptions
     root: Path
-    max_concurrent: int = 8
-    executor: Executor | None = None  # None until the first rollout when it is the run's own endpoint
-    _own: list[Executor] = field(default_factory=list)
 
     @property
     def limits(self) -> WorkflowLimits:
@@ -65,16 +55,7 @@ class WorkflowRuntime:
     def executor_for(self, ctx: RolloutContext) -> Executor:
         """The default executor is the policy's own endpoint asked for the base model by name (the CPU backend
         serves it with the adapter off)."""
-        if self.executor is None:
-            model = ctx.model
-            self.executor = _openai_executor(model.inference_base_url or "", str(model.base_model),  # type: ignore[attr-defined]
-                                             model.inference_api_key, self.options, self.max_concurrent)
-            self._own.append(self.executor)
-        return self.executor
-
-    async def aclose(self) -> None:
-        for executor in self._own:
-            await executor.aclose()
+        return self.executor_for_model(ctx.model, self.options.executor_timeout)
 
 
 @contextlib.asynccontextmanager
@@ -82,9 +63,7 @@ async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
     options = options_of(cfg)
     runtime = WorkflowRuntime(options, Path(cfg.rollout_root) / "workflow", max_concurrent=cfg.max_concurrent)
     if options.executor_url:
-        runtime.executor = _openai_executor(options.executor_url, str(options.executor_model), None, options,
-                                            cfg.max_concurrent)
-        runtime._own.append(runtime.executor)
+        runtime.use_given(options.executor_url, str(options.executor_model), options.executor_timeout)
     try:
         yield {"workflow": runtime}
     finally:
