@@ -33,18 +33,23 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
-def run(env: str, extra: list[str], tmp: str) -> tuple[list[dict], float, str]:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", f"bench-{env}", "--art-path", tmp,
-           "--log-dir", f"{tmp}/logs", "--rollout-root", f"{tmp}/rollouts", "--wandb", "disabled",
-           *PRESETS[env], *extra]
+def run_train(art: str, name: str, flags: list[str]) -> tuple[list[dict], float, str]:
+    """`train.py` with `flags` in art path `art` (logs and rollouts under it, W&B off): ART's history rows, the wall
+    time and the printed lines; a failed run stops the bench with its stderr."""
+    cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", name, "--art-path", art,
+           "--log-dir", f"{art}/logs", "--rollout-root", f"{art}/rollouts", "--wandb", "disabled", *flags]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, TQDM_DISABLE="1", WANDB_MODE="disabled"))
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"train.py failed ({done.returncode}): {done.stderr[-2000:]}")
-    history = Path(tmp) / "art-agent-trainer" / "models" / f"bench-{env}" / "history.jsonl"
+    history = Path(art) / "art-agent-trainer" / "models" / name / "history.jsonl"
     return [json.loads(line) for line in history.read_text().splitlines()], wall, done.stdout
+
+
+def run(env: str, extra: list[str], tmp: str) -> tuple[list[dict], float, str]:
+    return run_train(tmp, f"bench-{env}", [*PRESETS[env], *extra])
 
 
 def toy_figures(rows: list[dict], wall: float) -> None:

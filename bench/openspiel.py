@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
+from bench.learning import run_train  # noqa: E402
 from envs.openspiel.flags import GameOptions  # noqa: E402
 from envs.openspiel.playouts import PlayoutPool  # noqa: E402
 from envs.openspiel.tasks import load_tasks  # noqa: E402
@@ -99,16 +97,7 @@ def playouts_per_second(count: int, workers: int | None, simulations: int) -> tu
 
 
 def train(art: str, name: str, *flags: str) -> tuple[list[dict], float, str]:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--experiment-name", name, "--art-path", art, "--log-dir",
-           f"{art}/logs", "--rollout-root", f"{art}/rollouts", *LEARNING, *flags]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, TQDM_DISABLE="1", WANDB_MODE="disabled"))
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"train.py failed ({done.returncode}): {done.stderr[-2000:]}")
-    history = Path(art) / "art-agent-trainer" / "models" / name / "history.jsonl"
-    return [json.loads(line) for line in history.read_text().splitlines()], wall, done.stdout
+    return run_train(art, name, [*LEARNING, *flags])
 
 
 def learning_figures() -> None:
