@@ -42,6 +42,10 @@ class EnvSpec:
     runs_model_code: bool = False
     # (config, out.jsonl) -> writes the env's demonstrations of its train split for the SFT stage (--sft-demos).
     write_demos: Callable[[Any, Path], Any] | None = None
+    # state.json's "cursor" dict -> the data cursor: `take(scenarios, count, seed) -> (batch, next cursor)`,
+    # an `epoch` field, `describe()` for the resume line, and a dataclass so the loop can commit it.
+    # None: trainer.resume.Cursor (one shuffled order). A mixed run brings its own (one cursor per env).
+    make_cursor: Callable[[dict[str, Any]], Any] | None = None
 
 
 @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import PRETRAINED_MODEL, TINY_RANDOM_MODEL, ConfigError, ExperimentConfig
-from trainer.resume import RUN_ID, Cursor, ExperimentLock, check_outputs, check_resume, claim_outputs
+from trainer.resume import RUN_ID, ExperimentLock, check_outputs, check_resume, claim_outputs, load_cursor
 
 log = logging.getLogger("train")
 
@@ -148,8 +148,8 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
         step = await model.get_step()
         if step != committed:
             raise RuntimeError(f"checkpoint step {step} does not match the committed step {committed} in state.json")
-        cursor = Cursor(**state.get("cursor", {}))
-        print(f"resume: starting after step {step} (epoch {cursor.epoch}, position {cursor.position})"
+        cursor = load_cursor(env, state)
+        print(f"resume: starting after step {step} ({cursor.describe()})"
               if step else "start: step 0", flush=True)
         the_run.ctx = RolloutContext(model=model, settings=RolloutSettings(
             max_steps=the_run.max_steps, max_context_tokens=config.max_context_tokens,

@@ -51,6 +51,15 @@ class Cursor:
         chosen = [scenarios[i] for i in order[self.position : self.position + count]]
         return chosen, Cursor(self.epoch, self.position + count)
 
+    def describe(self) -> str:
+        return f"epoch {self.epoch}, position {self.position}"
+
+
+def load_cursor(env: Any, state: dict[str, Any]) -> Any:
+    """The committed data cursor: the env's own kind where it brings one (a mixed run), else a `Cursor`."""
+    saved = state.get("cursor", {})
+    return env.make_cursor(saved) if getattr(env, "make_cursor", None) else Cursor(**saved)
+
 
 def rollback_uncommitted(model_dir: Path, committed_step: int) -> list[str]:
     """Remove what a killed run wrote past the committed step; returns what was removed, for the log."""

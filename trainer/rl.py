@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from trainer.resume import Cursor
+from trainer.resume import load_cursor
 from trainer.schedule import TemperatureSchedule
 
 
@@ -26,7 +26,7 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
 
     config, env, model, backend = the_run.config, the_run.env, the_run.model, the_run.backend
     state = model.read_state() or {}
-    cursor = Cursor(**state.get("cursor", {}))
+    cursor = load_cursor(env, state)
     step = await model.get_step()
     freeze_startup_heap()  # after everything that lives for the whole run is loaded, before the first step
     last_step = config.max_training_steps or sys.maxsize
