@@ -1,9 +1,10 @@
-"""Does the model learn, and how fast? `uv run python bench/learning.py --env toy|gmsh|r2e`.
+"""Does the model learn, and how fast? `uv run python bench/learning.py --env toy|gmsh|r2e|planner`.
 
 Runs `train.py` itself in a fresh art path with the flags a README command uses, then reads ART's history:
 - toy (random tiny model, GRPO only): mean train reward of steps 1-2 and of the last 3 steps;
-- gmsh, r2e (SmolLM2-135M-Instruct: SFT on the env's demonstrations, then GRPO): the held-out reward before
-  training, after SFT and after RL (r2e: the held-out sample and the five demonstrated ones apart).
+- gmsh, r2e, planner (SmolLM2-135M-Instruct: SFT on the env's demonstrations, then GRPO): the held-out reward
+  before training, after SFT and after RL (r2e: the held-out sample and the five demonstrated ones apart; planner:
+  also its format-valid, correct and token-thrift rates, SmolLM2 with the adapter off as the frozen executor).
 Prints the figures, the steps and the wall time (model conversion and set-up included) as FIGURE lines.
 """
 
@@ -30,6 +31,14 @@ PRESETS: dict[str, list[str]] = {
             "--no-eval-before-after"],
     "gmsh": [],
     "r2e": ["--env", "r2e"],
+    "planner": ["--env", "planner"],
+}
+# Held-out figures an env logs besides its reward (rollouts/planner.py planner_metrics), read at the same stages.
+# (history key, name, goal of its rise from before training to the end or None)
+STAGED: dict[str, tuple[tuple[str, str, str | None], ...]] = {
+    "planner": (("val/planner/format_ok_rate", "format-valid plan rate", ">= 0.5"),
+                ("val/planner/correct_rate", "correct rate", None),
+                ("val/planner/token_thrift_mean", "token thrift", None)),
 }
 
 
@@ -69,6 +78,17 @@ def held_out_figures(env: str, rows: list[dict], wall: float) -> None:
     values = list(summary.values())
     if len(values) >= 2:
         figure(f"{env}: held-out reward rise (last - before)", values[-1] - values[0], ">= 0.2")
+    for key, name, goal in STAGED.get(env, ()):
+        # learning_summary reads val/reward_mean at each stage's step: give it this figure under that name.
+        view = [{k: v for k, v in r.items() if k != "val/reward_mean"} | ({"val/reward_mean": r[key]} if key in r
+                                                                            else {}) for r in rows]
+        staged = learning_summary(view)
+        for label, value in staged.items():
+            print(f"{env}: held-out {name} {label}: {value:.3f}")
+            figure(f"{env}: held-out {name} {label}", value)
+        if goal and len(staged) >= 2:
+            figure(f"{env}: held-out {name} rise (last - before)", list(staged.values())[-1] - list(staged.values())[0],
+                   goal)
     for key in ("val/heldout_reward", "val/demonstrated_reward", "val/pass_rate"):
         series = [(r["step"], r[key]) for r in rows if key in r]
         if series:

@@ -3,10 +3,12 @@
     reward = correctness_weight * correct + token_weight * (1 - tokens / max_tokens)
              + independence_weight * independence
 
-`correct` is 1 when the final answer's number equals the exact answer; the token term is clipped to [0, 1] (a
-rollout that spends more than its budget gets 0 there, never less); `independence` is the mean pairwise
-(1 - cosine similarity) of the subproblems' embeddings, clipped to [0, 1]. A plan of one subproblem, or an
-`atomic` answer, has nothing to be independent of: its independence is defined as 0, so splitting a problem is
+`tokens` are the rollout's completion tokens (the plan's and every executor answer's) and `max_tokens` is the
+run's `--token-budget` (not the per-turn `--max-tokens`: a plan and its executor answers overran that, so the term
+was 0 for most plans). `correct` is 1 when the final answer's number equals the exact answer; the token term is
+clipped to [0, 1] (a rollout that spends more than its budget gets 0 there, never less); `independence` is the
+mean pairwise (1 - cosine similarity) of the subproblems' embeddings, clipped to [0, 1]. A plan of one subproblem,
+or an `atomic` answer, has nothing to be independent of: its independence is defined as 0, so splitting a problem is
 what earns that term, and only when the parts differ. A malformed plan scores `MALFORMED_REWARD`, below any
 well-formed plan, with its reason in the breakdown.
 

@@ -117,7 +117,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         correct = is_correct(final_text, scenario.data["answer"])
         spent = planner_tokens + sum(r.completion_tokens for _, r in calls)
         score = await asyncio.to_thread(independence, plan.subproblems, runtime.embed)
-        trajectory.reward, breakdown = planner_reward(correct, spent, ctx.settings.max_tokens_per_turn, score,
+        trajectory.reward, breakdown = planner_reward(correct, spent, options.token_budget, score,
                                                       runtime.weights)
         breakdown["subproblems"] = float(len(plan.subproblems))
         breakdown["atomic"] = float(plan.atomic)
@@ -141,7 +141,8 @@ def planner_metrics(groups: list[art.TrajectoryGroup]) -> dict[str, float]:
     trajectories = [t for g in groups for t in g.trajectories]
     figures: dict[str, float] = {}
     for key, name in (("format_ok", "format_ok_rate"), ("correct", "correct_rate"),
-                      ("independence", "independence_mean"), ("executor_completion_tokens", "executor_tokens")):
+                      ("independence", "independence_mean"), ("token_thrift", "token_thrift_mean"),
+                      ("executor_completion_tokens", "executor_tokens")):
         values = [float(t.metrics[key]) for t in trajectories if key in t.metrics]
         if values:
             figures[f"planner/{name}"] = statistics.fmean(values)

@@ -157,7 +157,8 @@ def test_executor_flags_are_checked():
 
     for given, message in (({"executor_url": "http://h/v1"}, "--executor-model"),
                            ({"executor_url": "ftp://h", "executor_model": "m"}, "--executor-url"),
-                           ({"executor_model": "m"}, "--executor-url"), ({"token_weight": -1.0}, "--token-weight")):
+                           ({"executor_model": "m"}, "--executor-url"), ({"token_weight": -1.0}, "--token-weight"),
+                           ({"token_budget": 0}, "--token-budget")):
         with pytest.raises(EnvFlagError, match=message):
             split_env_options(given, "planner", set(given))
     _, options = split_env_options({"executor_url": "http://h/v1", "executor_model": "m"}, "planner",
@@ -243,13 +244,15 @@ async def test_a_plan_is_solved_by_the_executor_and_scored(executor_server):
     scenario = rows_to_scenarios([{"question": "q", "answer": "7"}], "t")[0]
     plan = '{"subproblems": ["apples in 3 boxes of 12", "miles driven at 40 mph for 2 hours"], "combine": "add"}'
     ctx = ScriptedContext(plan, executor_server.base_url)
+    ctx.services["planner"].options = PlannerOptions(token_budget=64)  # the token term's budget, not --max-tokens
     trajectory = await rollout(ctx, scenario)
     await ctx.services["planner"].aclose()
     m = trajectory.metrics
     assert m["correct"] == 1.0 and m["executor_calls"] == 3 and m["subproblems"] == 2 and m["format_ok"] == 1.0
     spent = len(plan) // 4 + 3 * len("so #### 7")  # a reply without logprobs counts ~4 characters a token
     assert m["executor_completion_tokens"] == 3 * len("so #### 7")
-    assert trajectory.reward == pytest.approx(1.0 + 0.2 * (1 - spent / 256) + 0.3 * m["independence"], abs=0.01)
+    assert m["token_thrift"] == pytest.approx(1 - spent / 64, abs=0.02) and 0.1 < m["token_thrift"] < 0.9
+    assert trajectory.reward == pytest.approx(1.0 + 0.2 * (1 - spent / 64) + 0.3 * m["independence"], abs=0.01)
     assert m["independence"] > 0.5
     lines = rlm_lines(trajectory, {"scenario_id": scenario.id})
     assert len(lines) == 2 and len(lines[1]["code_blocks"]) == 3

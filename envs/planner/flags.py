@@ -23,6 +23,9 @@ class PlannerOptions:
     executor_url: str | None = None  # None: the run's own endpoint, base model, adapter off
     executor_model: str | None = None  # None: the base model's own name
     executor_max_tokens: int = 128
+    # The token term's budget: a two-part plan (about 60 planner tokens, 3 executor answers of up to 128) spends at
+    # most ~450, so it keeps at least ~0.55 of the term; --max-tokens (256), the old budget, left most plans 0.
+    token_budget: int = 1024
     executor_timeout: float = 120.0
     max_subproblems: int = 6
     embedding_model: str | None = None
@@ -39,7 +42,9 @@ def add_flags(group: argparse._ArgumentGroup) -> None:
     a = group.add_argument
     a("--correctness-weight", type=float, default=d.correctness_weight, help="reward weight of a correct answer")
     a("--token-weight", type=float, default=d.token_weight,
-      help="reward weight of 1 - tokens/--max-tokens (planner and executor completion tokens)")
+      help="reward weight of 1 - tokens/--token-budget (planner and executor completion tokens)")
+    a("--token-budget", type=int, default=d.token_budget,
+      help="the token term's budget: completion tokens of a rollout, the plan's and every executor answer's")
     a("--independence-weight", type=float, default=d.independence_weight,
       help="reward weight of the subproblems' mean pairwise (1 - cosine similarity)")
     add_executor_flags(group)  # --executor-url, --executor-model, --executor-timeout: shared with --env workflow
@@ -58,6 +63,7 @@ def validate(options: dict[str, Any]) -> None:
         if value < 0:
             raise ValueError(f"{flag} must be at least 0, got {value}")
     for flag, number, low in (("--executor-max-tokens", opts.executor_max_tokens, 1),
+                              ("--token-budget", opts.token_budget, 1),
                               ("--max-subproblems", opts.max_subproblems, 1), ("--num-problems", opts.num_problems, 1)):
         if number < low:
             raise ValueError(f"{flag} must be at least {low}, got {number}")
