@@ -47,6 +47,11 @@ BENCHES = [
           "The README's r2e command (`train.py --experiment-name r2e-demo --env r2e`) in a fresh art path: SFT on the "
           "demonstrations of five bundled samples, GRPO on all six, the held-out sample (thermo) and the five "
           "demonstrated ones evaluated apart before training, after SFT and after RL."),
+    Bench("learning-planner", ("bench/learning.py", "--env", "planner"), "Learning: planner env (SmolLM2-135M)",
+          "The README's planner command (`train.py --env planner`, default weights, `--token-budget 1024`) in a "
+          "fresh art path: SmolLM2-135M-Instruct is the planner and, adapter off, the frozen executor; 2 SFT epochs "
+          "on the generator's plans, then 4 GRPO steps; the 16 held-out problems evaluated before training, after "
+          "SFT and after RL: reward, format-valid plan rate, correct rate and token thrift."),
     Bench("gather", ("bench/gather.py", "--latency", "0.2", "--waves", "10"), "Gather overhead, 0.2 s model latency",
           "A fake OpenAI-compatible server in its own process answers every request after a fixed latency, so the "
           "ideal is concurrency / latency rollouts per second; ratio = achieved / ideal. Overhead measured is ours "
@@ -84,6 +89,12 @@ BENCHES = [
           "same prompts are also sampled without HTTP (`policy.sample`: HTTP / direct is what the server adds) and "
           "with stock transformers `generate` on the bare base model (no LoRA, no logprobs). The sampler runs on "
           "`ART_SAMPLE_THREADS` threads, by default half the cores (see backends/policy.py for why)."),
+    Bench("executor", ("bench/executor.py",), "Frozen executor vs raw endpoint calls, SmolLM2-135M",
+          "The planner/workflow executor (`OpenAIExecutor`, made by `ExecutorOwner` from a model registered on the "
+          "CPU backend, asking for the base model by name: the adapter off) against the same calls sent straight to "
+          "that endpoint with httpx: the planner's executor prompts, max_tokens 32, temperature 0, 2 x C calls with "
+          "at most C = 8 or 32 in flight, alternating raw, executor, executor, raw. Executor / raw is the client's "
+          "overhead."),
     Bench("train-step", ("bench/train_step.py",), "CPU backend train step vs plain peft forward/backward",
           "The same packed batch (32 sampled rollouts) through the policy's `train_step` (ART tokenisation, "
           "packing, loss, clipping, AdamW), through `CPUBackend.train` (that plus the PEFT checkpoint of each "
