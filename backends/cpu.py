@@ -118,7 +118,12 @@ class CPUBackend:
     async def _prepare_backend_for_training(self, model: AnyTrainableModel, config: Any = None) -> tuple[str, str]:
         served = self._served(model)
         if served.server is None:
-            names = lambda: {model.name, self._model_inference_name(model)}  # noqa: E731
+            # The live adapter also answers to the step before: a rollout running while a step trains (pipelined
+            # steps, trainer/pipeline.py) may name `model@N` just before checkpoint N+1 lands and be checked after.
+            def names() -> set[str]:
+                step = get_step_from_dir(get_model_dir(model=model, art_path=self._path))
+                return {model.name, f"{model.name}@{step}", f"{model.name}@{step - 1}"}
+
             # The base model's own name is the base model (the adapter off), as vLLM serves it under LocalBackend.
             app = build_app(served.policy, served.api_key, names, self.settings.default_max_tokens,
                             base_names=lambda: {model.base_model})

@@ -118,6 +118,7 @@ async def write_step(log_dir: str, experiment: str, step: int, groups: list[art.
                 continue
             scenario = str(trajectory.metadata.get("scenario_id", f"g{g}"))
             extra = {**meta, "step": step, "scenario_id": scenario, "reward": trajectory.reward,
+                     "policy_step": trajectory.initial_policy_version,  # the policy that sampled it (None: unknown)
                      "reward_breakdown": dict(trajectory.metrics),
                      "logs": trajectory.logs[-20:]}
             name = f"{meta.get('env', 'env')}_{scenario}_{uuid.uuid4().hex[:8]}.jsonl"

@@ -80,6 +80,7 @@ class ExperimentConfig:
     loss_fn: str = "cispo"
     kl_penalty_coef: float = 0.0  # KL to the base model (adapter off), ART's advantage shaping
     temperature_schedule: str | None = None  # INITIAL:FINAL:WARMUP_STEPS for RL rollouts (trainer/schedule.py)
+    max_steps_off_policy: int = 0  # 0: synchronous steps; K: gather ahead while training (trainer/pipeline.py)
     lora_rank: int = 8
     eval_every: int = 0
     eval_only: bool = False
@@ -142,6 +143,8 @@ class ExperimentConfig:
             del fields["kl_penalty_coef"]
         if fields["temperature_schedule"] is None:  # and runs without a schedule
             del fields["temperature_schedule"]
+        if not fields["max_steps_off_policy"]:  # and synchronous runs
+            del fields["max_steps_off_policy"]
         return fields
 
     def config_hash(self) -> str:
@@ -171,6 +174,7 @@ class ExperimentConfig:
              "--max-training-steps must be at least 1"),
             (-1 <= self.advantage_balance <= 1, "--advantage-balance must be between -1 and 1"),
             (0 <= self.kl_penalty_coef <= 1e3, "--kl-penalty-coef must be between 0 (off) and 1000"),
+            (self.max_steps_off_policy >= 0, "--max-steps-off-policy must be 0 (synchronous) or more"),
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
             (self.health_check_interval > 0, "--health-check-interval must be positive"),
             (self.bash_timeout > 0, "--bash-timeout must be positive"),
@@ -214,7 +218,8 @@ class ExperimentConfig:
         # Every flag that names a path: kind, existence, readability, writability, encoding, format (one line).
         from trainer.paths import checkpoint_problem, experiment_busy, path_problems
 
-        problems = [self._backend_problem(), *path_problems(self), checkpoint_problem(self), experiment_busy(self)]
+        problems = [self._backend_problem(), self._pipeline_problem(), *path_problems(self), checkpoint_problem(self),
+                    experiment_busy(self)]
         if found := [p for p in problems if p is not None]:
             raise ConfigError(found[0])
 
@@ -238,6 +243,15 @@ class ExperimentConfig:
         if problem is None and local_model:  # megatron on a local or embedded model: the usual checks apply
             return base_model_problem(self.base_model, NAMED_MODELS)
         return problem
+
+    def _pipeline_problem(self) -> str | None:
+        """Overlap needs an engine that serves while it trains; ART's LocalBackend (and MegatronBackend) in shared
+        mode pauses inference during train(), which ART's own PipelineTrainer refuses too."""
+        if not self.max_steps_off_policy or self.backend not in ("auto", "local", "megatron"):
+            return None
+        from trainer.pipeline import backend_problem
+
+        return backend_problem(self.backend, self.max_steps_off_policy)
 
     def _wants_sft(self) -> bool:
         if self.sft_data:
@@ -312,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--temperature-schedule", default=None, metavar="INITIAL:FINAL:WARMUP_STEPS",
       help="RL sampling temperature: linear from INITIAL to FINAL over the first WARMUP_STEPS RL steps, then FINAL "
            "(e.g. 0.5:0.15:150); evaluations keep --temperature")
+    a("--max-steps-off-policy", type=int, default=d.max_steps_off_policy, metavar="K",
+      help="gather later steps' rollouts while a step trains, each at most K policy steps older than the policy it "
+           "trains (0: synchronous); see README 'Pipelined async training'")
     a("--lora-rank", type=int, default=d.lora_rank)
     a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
     a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")

@@ -2,7 +2,9 @@
 
 Each step: `gather_step` (one semaphore + start-rate throttle) -> `backend.train()` on the groups that carry a
 signal -> `model.log()` (history.jsonl, W&B) -> RLM-format logs -> `state.json` (the commit point, with the data
-cursor). Zero-variance groups are counted and left out, as ART's own loop does.
+cursor). Zero-variance groups are counted and left out, as ART's own loop does. With `--max-steps-off-policy K`
+the gathers of the next K steps run while a step trains (trainer/pipeline.py: the gate, staleness, resume); K = 0
+is the synchronous loop. Every rollout records the policy step it was sampled from.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from trainer.pipeline import PolicyClock, StepPipeline, check_staleness, versioned
 from trainer.resume import load_cursor
 from trainer.schedule import TemperatureSchedule
 
@@ -26,72 +29,91 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
 
     config, env, model, backend = the_run.config, the_run.env, the_run.model, the_run.backend
     state = model.read_state() or {}
-    cursor = load_cursor(env, state)
     step = await model.get_step()
     freeze_startup_heap()  # after everything that lives for the whole run is loaded, before the first step
-    last_step = config.max_training_steps or sys.maxsize
     first_step, evaluated_at = step, None
     schedule = TemperatureSchedule.parse(config.temperature_schedule) if config.temperature_schedule else None
     sft_steps = int((state.get("sft") or {}).get("epochs_done", 0))  # SFT epochs took the first ART steps
-    eval_settings = the_run.ctx.settings
-    while step < last_step:
-        batch, next_cursor = cursor.take(scenarios, config.groups_per_step, config.seed)
-        if next_cursor.epoch >= config.num_epochs:
-            print(f"done: {config.num_epochs} epoch(s) completed at step {step}", flush=True)
-            break
-        step += 1
-        the_run.ctx.step = step
-        started = time.monotonic()
-        temperature = schedule.at(step - sft_steps) if schedule else eval_settings.temperature
-        the_run.ctx.settings = dataclasses.replace(eval_settings, temperature=temperature)
-        try:
-            groups = await gather_step(batch, env.rollout, the_run.ctx, config.rollouts_per_group, the_run.limits,
-                                       config.max_failed_share, desc=f"step {step}")
-        finally:
-            the_run.ctx.settings = eval_settings  # evaluations sample at --temperature
-        gather_s = time.monotonic() - started
-        metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
-        if env.step_metrics is not None:
-            metrics |= env.step_metrics(groups)
-        metrics |= service_metrics(the_run.ctx.services)  # per service node: requests, errors, latency p50/p95
-        trainable = [g for g in groups if has_signal(g)]
-        kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked
-        result = await backend.train(model, trainable, **train_keywords(  # each engine's spelling of them
-            backend, learning_rate=config.learning_rate, advantage_balance=config.advantage_balance,
-            scale_rewards=config.scale_rewards, loss_fn=config.loss_fn, **kl))
-        if result.step != step:
-            raise RuntimeError(f"backend trained to step {result.step}, expected {step}")
-        metrics |= {"gather_seconds": gather_s, "step_seconds": time.monotonic() - started,
-                    "trained_groups": float(len(trainable)), "epoch": float(next_cursor.epoch),
-                    "temperature": temperature}
-        metrics |= result.metrics | monitor.figures()
-        await model.log([g for g in groups if g.trajectories], split="train", step=step, metrics=metrics)
-        if config.eval_every and step % config.eval_every == 0 and the_run.val:
-            await the_run.evaluate(step, f"at step {step}")
-            evaluated_at = step
-        await write_step(config.log_dir, config.experiment_name, step, groups, seed=config.seed,
-                         rate=config.log_sample_rate, meta={"env": config.env, "model": config.model_name,
-                                                            "experiment": config.experiment_name,
-                                                            "config_hash": config.config_hash(),
-                                                            "max_steps": the_run.max_steps})
-        the_run.commit(step, epoch=next_cursor.epoch, cursor=dataclasses.asdict(next_cursor))
-        cursor = next_cursor
-        print(summary_line(step, metrics), flush=True)
-        if config.keep_checkpoints:
-            existing = [int(p.name) for p in (the_run.model_dir / "checkpoints").iterdir() if p.name.isdigit()]
-            keep = steps_to_keep(existing, step, config.keep_checkpoints, config.save_every,
-                                 best_val_step(the_run.model_dir))
-            await backend._delete_checkpoint_files(model, keep)
+    eval_settings = the_run.ctx.settings  # evaluations sample at --temperature
+    clock = PolicyClock(step)
+    rollout = versioned(env.rollout, clock)
+    the_run.ctx.client()  # made once here, so the per-step contexts below share one connection pool
+
+    def temperature_at(at: int) -> float:
+        return schedule.at(at - sft_steps) if schedule else eval_settings.temperature
+
+    async def gather(at: int, batch: list[Any]) -> list[Any]:
+        """One step's groups, through a context of its own: steps gathered at once may sample at different
+        temperatures (the schedule) while evaluations keep --temperature."""
+        ctx = dataclasses.replace(the_run.ctx, step=at,
+                                  settings=dataclasses.replace(eval_settings, temperature=temperature_at(at)))
+        return await gather_step(batch, rollout, ctx, config.rollouts_per_group, the_run.limits,
+                                 config.max_failed_share, desc=f"step {at}")
+
+    pipeline = StepPipeline(load_cursor(env, state), lambda c: c.take(scenarios, config.groups_per_step, config.seed),
+                            gather, committed=step, last_step=config.max_training_steps or sys.maxsize,
+                            num_epochs=config.num_epochs, max_off_policy=config.max_steps_off_policy)
+    pipeline.open_gates(step)
+    ready_at = time.monotonic()  # when the trainer was free for the next step
+    try:
+        while (planned := pipeline.next()) is not None:
+            step = the_run.ctx.step = planned.step
+            groups = await planned.task
+            batch_wait = time.monotonic() - ready_at  # the trainer idle, waiting for this step's data
+            metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
+            if env.step_metrics is not None:
+                metrics |= env.step_metrics(groups)
+            metrics |= service_metrics(the_run.ctx.services)  # per service node: requests, errors, latency p50/p95
+            fresh = check_staleness(groups, trains_from=step - 1, max_off_policy=config.max_steps_off_policy)
+            trainable = [g for g in fresh.kept if has_signal(g)]
+            kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked
+            train_started = time.monotonic()
+            result = await backend.train(model, trainable, **train_keywords(  # each engine's spelling of them
+                backend, learning_rate=config.learning_rate, advantage_balance=config.advantage_balance,
+                scale_rewards=config.scale_rewards, loss_fn=config.loss_fn, **kl))
+            if result.step != step:
+                raise RuntimeError(f"backend trained to step {result.step}, expected {step}")
+            clock.step = step  # rollouts starting from now on sample the new policy
+            metrics |= {"gather_seconds": planned.gather_seconds, "batch_wait_seconds": batch_wait,
+                        "train_seconds": time.monotonic() - train_started,
+                        "step_seconds": time.monotonic() - ready_at, "trained_groups": float(len(trainable)),
+                        "epoch": float(planned.next_cursor.epoch), "temperature": temperature_at(step)}
+            metrics |= fresh.metrics() | result.metrics | monitor.figures()
+            await model.log([g for g in groups if g.trajectories], split="train", step=step, metrics=metrics)
+            if config.eval_every and step % config.eval_every == 0 and the_run.val:
+                await the_run.evaluate(step, f"at step {step}")
+                evaluated_at = step
+            await write_step(config.log_dir, config.experiment_name, step, groups, seed=config.seed,
+                             rate=config.log_sample_rate, meta={"env": config.env, "model": config.model_name,
+                                                                "experiment": config.experiment_name,
+                                                                "config_hash": config.config_hash(),
+                                                                "max_steps": the_run.max_steps})
+            the_run.commit(step, epoch=planned.next_cursor.epoch, cursor=dataclasses.asdict(planned.next_cursor))
+            ready_at = time.monotonic()
+            print(summary_line(step, metrics, pipelined=config.max_steps_off_policy > 0), flush=True)
+            if config.keep_checkpoints:
+                existing = [int(p.name) for p in (the_run.model_dir / "checkpoints").iterdir() if p.name.isdigit()]
+                keep = steps_to_keep(existing, step, config.keep_checkpoints, config.save_every,
+                                     best_val_step(the_run.model_dir))
+                await backend._delete_checkpoint_files(model, keep)
+            pipeline.open_gates(step)  # K = 0: the next step's gather starts only now, as in the synchronous loop
+    finally:
+        await pipeline.close()  # a failed or stopped run: the steps gathered ahead are discarded, never trained
+    if pipeline.epochs_done:
+        print(f"done: {config.num_epochs} epoch(s) completed at step {step}", flush=True)
     if the_run.val and config.eval_before_after and evaluated_at != step and step > first_step:
         await the_run.evaluate(step, "after training")
 
 
-def summary_line(step: int, m: dict[str, float]) -> str:
+def summary_line(step: int, m: dict[str, float], pipelined: bool = False) -> str:
     loss = f"{m['train/loss']:.4f}" if "train/loss" in m and m.get("train/num_gradient_steps") else "-"
+    behind = (f", off-policy {m['off_policy_steps_mean']:.1f} (max {m['off_policy_steps_max']:.0f}), "
+              f"{m['stale_groups_dropped']:.0f} stale dropped, waited {m['batch_wait_seconds']:.1f}s"
+              if pipelined else "")
     return (
         f"step {step}: reward {m.get('reward_mean', float('nan')):.3f} "
         f"[{m.get('reward_min', float('nan')):.2f}, {m.get('reward_max', float('nan')):.2f}] "
         f"zero-var {m['zero_variance_group_share']:.0%} failed {int(m['failed_rollouts'])} "
         f"trained {int(m['trained_groups'])} groups, loss {loss}, "
-        f"{m['step_seconds']:.1f}s"
+        f"{m['step_seconds']:.1f}s{behind}"
     )
