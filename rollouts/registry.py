@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import importlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,18 +286,21 @@ def _env_dests(env: str) -> dict[str, Any]:
     return {action.dest: action.default for action in probe._actions}
 
 
-def split_env_options(values: dict[str, Any], env: str, given: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Parsed flags -> (the common config fields, the chosen env's own options), checked by the env's module."""
+def split_env_options(values: dict[str, Any], env: str, given: set[str],
+                      mixed: Collection[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parsed flags -> (the common config fields, the chosen env's own options), checked by the env's module.
+    `mixed`: the envs of a mixed run (--mix, rollouts/mix.py), whose flags may all be given."""
     common = dict(values)
     options: dict[str, Any] = {}
-    own = set(_env_dests(env)) if env in ENV_FLAGS else set()
+    own = {dest for name in {env, *mixed} if name in ENV_FLAGS for dest in _env_dests(name)}
     for name in sorted(ENV_FLAGS):
         for dest in _env_dests(name):
             common.pop(dest, None)
             if name == env:  # a flag shared with an env read earlier is gone from `common` already
                 options[dest] = values.get(dest)
             elif dest in given and dest not in own:
-                raise EnvFlagError(f"--{dest.replace('_', '-')} belongs to --env {name}, not --env {env}")
+                where = f"--mix ({', '.join(mixed)})" if mixed else f"--env {env}"
+                raise EnvFlagError(f"--{dest.replace('_', '-')} belongs to --env {name}, not {where}")
     if env in ENV_FLAGS:
         validate = getattr(_flag_module(env), "validate", None)
         if validate is not None:
@@ -316,7 +319,16 @@ def env_options(cfg: Any, env: str) -> dict[str, Any]:
     return {**_env_dests(env), **getattr(cfg, "env_options", {})}
 
 
-def get_env(name: str) -> EnvSpec:
+# A mixed-domain run's env (`--mix`): a composite of registered envs, built from the run's ratios.
+MIX = "mix"
+
+
+def get_env(name: str, mix: str | None = None) -> EnvSpec:
+    """The env `name`; for a mixed run (name "mix", `mix` = the run's --mix) the composite of rollouts/mix.py."""
+    if name == MIX and mix is not None:
+        from rollouts.mix import mix_env
+
+        return mix_env(mix)
     if name not in ENVS:
         raise UnknownEnvError(f"--env: unknown env {name!r}; choose from {', '.join(sorted(ENVS))}")
     return ENVS[name]()

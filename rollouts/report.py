@@ -119,7 +119,13 @@ def panels(rows: list[dict[str, Any]]) -> list[Panel]:
         if not key.startswith("train/") or key in fixed or key in DUPLICATES:
             continue
         unit = unit_of(key, _series(rows, key)[1])
-        group = GROUPS.get(key.split("/")[1], "Reward breakdown and env figures")
+        part = key.split("/")[1]
+        mixed = key.count("/") > 1 and f"train/{part}/groups" in keys  # an env of a --mix run (rollouts/mix.py)
+        group = f"Mixed env {part}" if mixed else GROUPS.get(part, "Reward breakdown and env figures")
+        if mixed and unit == "reward":  # one reward panel per env: its train mean beside its held-out mean
+            if key.endswith("/reward_mean"):
+                extra[(group, unit)] = [key, *[k for k in [f"val/{part}/reward_mean"] if k in keys]]
+            continue
         # figures without a known unit each get a panel of their own, so no two of them share an axis
         extra.setdefault((group, unit if unit != "value" else key), []).append(key)
     found = [Panel(group if unit in UNIT_LABELS else f"{group}: {unit.removeprefix('train/')}",

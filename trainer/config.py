@@ -48,6 +48,7 @@ class ExperimentConfig:
     backend: str = "auto"
     serverless_url: str | None = None  # --backend serverless: ART's default endpoint unless given
     env: str = "gmsh"
+    mix: str | None = None  # --mix ENV=RATIO,...: a mixed-domain run (rollouts/mix.py); env is then "mix"
     vllm_url: str | None = None
     docker_url: list[str] = field(default_factory=list)
     gmsh_url: list[str] = field(default_factory=list)
@@ -143,6 +144,8 @@ class ExperimentConfig:
             del fields["kl_penalty_coef"]
         if fields["temperature_schedule"] is None:  # and runs without a schedule
             del fields["temperature_schedule"]
+        if fields["mix"] is None:  # and single-env runs
+            del fields["mix"]
         if not fields["max_steps_off_policy"]:  # and synchronous runs
             del fields["max_steps_off_policy"]
         return fields
@@ -195,7 +198,13 @@ class ExperimentConfig:
         ]
         from rollouts.registry import ENVS
 
-        checks.append((self.env in ENVS, f"--env: unknown env {self.env!r}; choose from {', '.join(sorted(ENVS))}"))
+        checks.append((self.env in ENVS or self.mix is not None,
+                       f"--env: unknown env {self.env!r}; choose from {', '.join(sorted(ENVS))}"))
+        if self.mix is not None:
+            from rollouts.mix import mix_problem
+
+            problem = mix_problem(self.env, self.mix)
+            checks.append((problem is None, str(problem)))
         from envs.service_client import NodeListError, expand_urls
 
         for flag, urls in (("--docker-url", self.docker_url), ("--gmsh-url", self.gmsh_url)):
@@ -256,9 +265,10 @@ class ExperimentConfig:
     def _wants_sft(self) -> bool:
         if self.sft_data:
             return True
-        from rollouts.registry import ENVS
+        from rollouts.registry import ENVS, get_env
 
-        return self.env in ENVS and self.wants_demos(ENVS[self.env]().write_demos is not None)
+        known = self.env in ENVS or self.mix is not None
+        return known and self.wants_demos(get_env(self.env, self.mix).write_demos is not None)
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
@@ -286,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
            "(keys from WANDB_API_KEY / TINKER_API_KEY; see docs/SCALING.md)")
     a("--serverless-url", default=None, help="--backend serverless: the training API (default: ART's, W&B's)")
     a("--env", default=d.env, help="environment (see rollouts/registry.py)")
+    a("--mix", default=None, metavar="ENV=RATIO,...",
+      help="a mixed-domain run instead of --env: each step's groups drawn from these envs by ratio (summing to 1), "
+           "e.g. gmsh=0.3,r2e=0.4,openspiel=0.3; metrics per env (rollouts/mix.py)")
     a("--vllm-url", default=None, help="external OpenAI-compatible server for rollouts (it must serve the adapter)")
     a("--docker-url", action="append", default=[],
       help="test service URL, or @FILE of URLs one a line (repeat for several nodes; token from TEST_SERVICE_TOKEN)")
@@ -386,10 +399,15 @@ def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
     for key, value in ENV_DEFAULTS.get(args.env, {}).items():
-        if key not in given:
+        if key not in given and args.mix is None:  # a mixed run's defaults: rollouts/mix.py
             setattr(args, key, value)
     try:
-        common, env_options = split_env_options(vars(args), args.env, given)
+        if args.mix is not None:
+            from rollouts.mix import mix_config_values
+
+            common, env_options = mix_config_values(vars(args), given)
+        else:
+            common, env_options = split_env_options(vars(args), args.env, given)
     except EnvFlagError as exc:
         raise ConfigError(str(exc)) from None
     config = ExperimentConfig(**common, env_options=env_options)

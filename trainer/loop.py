@@ -91,7 +91,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     from trainer.sft import load_sft_conversations
 
     choice = choose_backend(config.backend)  # keys, extras, GPUs: before anything is loaded or written
-    env = get_env(config.env)
+    env = get_env(config.env, config.mix)  # a mixed run (--mix): the composite of rollouts/mix.py
     if env.runs_model_code:
         _require_sandbox(config)
     scenarios = env.load_scenarios(config)
