@@ -7,9 +7,11 @@ adapter off); the executor is made from the registered model by `ExecutorOwner.e
 it. The prompts are the planner's executor prompts (`solve_messages`) for the subproblems of generated plans;
 max_tokens 32 and temperature 0 (the executor's default) on both paths, so both decode the same tokens. For each
 concurrency C, `--rounds` x C calls run with at most C in flight: through the executor (its own semaphore, the
-OpenAI SDK), and raw (an asyncio semaphore over one httpx client, JSON in and out). The two alternate raw, executor,
-executor, raw so a drift in the machine's load falls on both; rate = calls (or completion tokens) / wall time.
-Executor / raw is the executor's overhead (goal >= 0.95). Connections are opened (one token each) before timing.
+OpenAI SDK), and raw (an asyncio semaphore over one httpx client, JSON in and out), `--repeats` times each way in
+the order raw, executor, executor, raw, so a drift in the machine's load falls on both. A wave's rate is its calls
+(or completion tokens) over its wall time; each path's figure is the median of its waves, since other work on the
+machine only ever slows a wave (on the 2 shared cores one wave in eight can take half again as long). Executor / raw
+is the executor's overhead (goal >= 0.95). Connections are opened (one token each) before timing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -78,8 +81,9 @@ async def raw_wave(client: httpx.AsyncClient, model: str, batch: list[Messages],
 
 
 def rate(waves: list[Wave]) -> tuple[float, float]:
-    seconds = sum(w.seconds for w in waves)
-    return sum(w.calls for w in waves) / seconds, sum(w.tokens for w in waves) / seconds
+    """The median wave's calls/s and tokens/s."""
+    return (statistics.median(w.calls / w.seconds for w in waves),
+            statistics.median(w.tokens / w.seconds for w in waves))
 
 
 async def measure(args: argparse.Namespace, tmp: str) -> None:
@@ -107,7 +111,7 @@ async def measure(args: argparse.Namespace, tmp: str) -> None:
                 batch = batch_all[: c * args.rounds]
                 raw: list[Wave] = []
                 ours: list[Wave] = []
-                for first_raw in (True, False):  # raw, executor, executor, raw
+                for first_raw in (True, False) * args.repeats:  # raw, executor, executor, raw, ...
                     if first_raw:
                         raw.append(await raw_wave(client, base_name, batch, args.max_tokens, c))
                     ours.append(await executor_wave(executor, batch, args.max_tokens))
@@ -115,9 +119,10 @@ async def measure(args: argparse.Namespace, tmp: str) -> None:
                         raw.append(await raw_wave(client, base_name, batch, args.max_tokens, c))
             await owner.aclose()
             (raw_calls, raw_tokens), (our_calls, our_tokens) = rate(raw), rate(ours)
-            print(f"{c:3d} concurrent, {len(batch)} calls x 2 each way: executor {our_calls:5.2f} calls/s "
-                  f"{our_tokens:6.1f} tokens/s ({sum(w.tokens for w in ours)} tokens); raw {raw_calls:5.2f} calls/s "
-                  f"{raw_tokens:6.1f} tokens/s ({sum(w.tokens for w in raw)} tokens); wave seconds executor "
+            print(f"{c:3d} concurrent, {len(batch)} calls x {len(ours)} waves each way, medians: executor "
+                  f"{our_calls:5.2f} calls/s {our_tokens:6.1f} tokens/s ({sum(w.tokens for w in ours)} tokens); raw "
+                  f"{raw_calls:5.2f} calls/s {raw_tokens:6.1f} tokens/s ({sum(w.tokens for w in raw)} tokens); wave "
+                  f"seconds executor "
                   f"{', '.join(f'{w.seconds:.1f}' for w in ours)}, raw {', '.join(f'{w.seconds:.1f}' for w in raw)}",
                   flush=True)
             figure(f"executor calls/s, {c} concurrent", our_calls, unit="calls/s")
@@ -138,9 +143,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="calls per wave = rounds x concurrency")
+    parser.add_argument("--repeats", type=int, default=2, help="waves each way = 2 x repeats")
     args = parser.parse_args()
-    if min(args.concurrency) < 1 or args.max_tokens < 1 or args.rounds < 1:
-        parser.error("--concurrency, --max-tokens and --rounds must be at least 1")
+    if min(args.concurrency) < 1 or min(args.max_tokens, args.rounds, args.repeats) < 1:
+        parser.error("--concurrency, --max-tokens, --rounds and --repeats must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(measure(args, tmp))
 
