@@ -186,7 +186,7 @@ def mix_env(text: str) -> EnvSpec:
         """Every env's demonstrations, one file after another (written aside, then renamed: a kill leaves none)."""
         parts = []
         for env, spec in demo_specs.items():
-            part = out.with_name(f".{out.name}.{env}")
+            part = out.with_name(f".{out.stem}.{env}{out.suffix}")  # an env may check the suffix (.jsonl)
             spec.write_demos(env_config(cfg, env), part)  # type: ignore[misc]
             parts.append(part)
         tmp = out.with_name(f".{out.name}.tmp")
