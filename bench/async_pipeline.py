@@ -1,4 +1,4 @@
-"""Pipelined steps vs the ideal: `uv run python bench/async_pipeline.py [--steps 8] [--cpu-r2e]`.
+"""Pipelined steps vs the ideal: `uv run python bench/async_pipeline.py [--parts fake cpu-r2e]`.
 
 The real step loop (`trainer.rl.rl_loop`: gather, staleness, train, `model.log`, RLM logs, state.json commit) runs
 toy rollouts against a fake model server of fixed latency (its own process, as vLLM is), and a stand-in for the GPU
@@ -8,10 +8,10 @@ max(rollout time, train time), the rollout time being the median gather time of 
 the mean time between commits after the first two (the pipeline is full by then). Three regimes: rollouts slower
 than training, even, faster.
 
-`--cpu-r2e`: the real thing on this machine: `train.py --env r2e` on the CPU backend (tiny random model, so a step
-is seconds, not minutes), synchronous and with `--max-steps-off-policy 1`; sampling and training share the cores and
-one torch model (both hold the policy lock), so only the env's own time (sandboxed REPL cells and tests) overlaps
-training.
+`--parts cpu-r2e`: the real thing on this machine: `train.py --env r2e` on the CPU backend (`--r2e-model`, by default
+the tiny random model: seconds a step, not minutes), synchronous and with `--max-steps-off-policy 1`. Sampling and
+training share the cores and one torch model (both hold the policy lock), so only the env's own time (sandboxed
+REPL cells and tests) overlaps training.
 """
 
 from __future__ import annotations
@@ -138,12 +138,13 @@ async def regimes(steps: int, pairs: list[tuple[float, float]]) -> None:
         figure(f"async / sync step time ({label})", pipelined.step_s / sync.step_s)
 
 
-def cpu_r2e(steps: int) -> None:
+def cpu_r2e(steps: int, base_model: str) -> None:
     """`train.py --env r2e` on the CPU backend, synchronous then pipelined: the mean step time after the first."""
     from tests.helpers import history_rows, run_train
 
-    flags = ["--env", "r2e", "--max-training-steps", str(steps), "--groups-per-step", "2", "--rollouts-per-group",
-             "2", "--max-steps", "3", "--max-tokens", "64", "--log-sample-rate", "0", "--num-epochs", "100"]
+    flags = ["--env", "r2e", "--base-model", base_model, "--max-training-steps", str(steps), "--groups-per-step", "2",
+             "--rollouts-per-group", "2", "--max-steps", "3", "--max-tokens", "64", "--log-sample-rate", "0",
+             "--num-epochs", "100", "--sft-demos", "off"]
     times = {}
     for k in (0, 1):
         with tempfile.TemporaryDirectory() as tmp:
@@ -156,18 +157,21 @@ def cpu_r2e(steps: int) -> None:
             trains = statistics.fmean(r["train/train_seconds"] for r in rows[1:])
             print(f"r2e on the CPU backend, K={k}: {times[k]:.2f} s/step (gather {gathers:.2f} s, train {trains:.2f} s,"
                   f" steps 2-{steps})", flush=True)
-    figure("r2e on the CPU backend: async / sync step time", times[1] / times[0])
+    figure(f"r2e on the CPU backend ({base_model}): async / sync step time", times[1] / times[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--cpu-r2e", action="store_true", help="also time train.py --env r2e on the CPU backend")
+    parser.add_argument("--parts", nargs="+", choices=["fake", "cpu-r2e"], default=["fake"])
+    parser.add_argument("--steps", type=int, default=8, help="fake: steps per run")
     parser.add_argument("--r2e-steps", type=int, default=4)
+    parser.add_argument("--r2e-model", default="tiny-random",
+                        help="cpu-r2e: --base-model (smollm2-135m: minutes a step)")
     args = parser.parse_args()
-    asyncio.run(regimes(args.steps, [(1.0, 0.5), (0.5, 0.5), (0.25, 0.5)]))
-    if args.cpu_r2e:
-        cpu_r2e(args.r2e_steps)
+    if "fake" in args.parts:
+        asyncio.run(regimes(args.steps, [(1.0, 0.5), (0.5, 0.5), (0.25, 0.5)]))
+    if "cpu-r2e" in args.parts:
+        cpu_r2e(args.r2e_steps, args.r2e_model)
 
 
 if __name__ == "__main__":

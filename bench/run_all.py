@@ -107,6 +107,14 @@ BENCHES = [
           "is 3 service calls, and enough rollouts run at once to keep every slot busy. Efficiency = rollouts/s at N "
           "over N x the 1-node rate. Then 4 nodes with one killed (SIGKILL) halfway: rollouts lost, and the rate "
           "after the kill over the rate before it, against the ideal 3/4."),
+    Bench("async-pipeline", ("bench/async_pipeline.py", "--parts", "fake", "cpu-r2e"),
+          "Pipelined steps (`--max-steps-off-policy 1`) vs synchronous and vs the ideal",
+          "The real step loop (gather, train, `model.log`, RLM logs, state.json commit) with toy rollouts against a "
+          "fake model server of fixed latency (its own process) and a stand-in GPU trainer whose `train()` takes a "
+          "fixed 0.5 s; one step's 8 rollouts fill the concurrency limit. Ideal = max(rollout time, train time), "
+          "rollout time = the synchronous run's median gather; step time = mean time between commits after the "
+          "first two. Then `train.py --env r2e` on the CPU backend (tiny random model), synchronous and pipelined: "
+          "mean step time after the first."),
 ]
 
 _GATHER_WHY = (
