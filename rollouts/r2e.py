@@ -66,6 +66,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     turns, finished, trimmed, context_exhausted = 0, False, 0, False
     try:
         shutil.copytree(original, workdir)
+        workdir.touch()  # the copy keeps the cache's mtime: the health monitor takes a dir an hour old for a dead one's
         await repl.start()
         for turns in range(1, ctx.settings.max_steps + 1):  # noqa: B007 - turns is reported below
             budget = ctx.settings.max_context_tokens - ctx.settings.max_tokens_per_turn // 4
