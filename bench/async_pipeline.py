@@ -8,7 +8,7 @@ max(rollout time, train time), the rollout time being the median gather time of 
 the mean time between commits after the first two (the pipeline is full by then). Three regimes: rollouts slower
 than training, even, faster.
 
-`--parts cpu-r2e`: the real thing on this machine: `train.py --env r2e` on the CPU backend (`--r2e-model`, by default
+`--parts cpu-r2e`: the real thing on this machine: `train.py --env r2e` on the CPU backend (`--r2e-models`, by default
 the tiny random model: seconds a step, not minutes), synchronous and with `--max-steps-off-policy 1`. Sampling and
 training share the cores and one torch model (both hold the policy lock), so only the env's own time (sandboxed
 REPL cells and tests) overlaps training.
@@ -155,8 +155,10 @@ def cpu_r2e(steps: int, base_model: str) -> None:
             times[k] = statistics.fmean(r["train/step_seconds"] for r in rows[1:])
             gathers = statistics.fmean(r["train/gather_seconds"] for r in rows[1:])
             trains = statistics.fmean(r["train/train_seconds"] for r in rows[1:])
-            print(f"r2e on the CPU backend, K={k}: {times[k]:.2f} s/step (gather {gathers:.2f} s, train {trains:.2f} s,"
-                  f" steps 2-{steps})", flush=True)
+            trained = sum(r["train/trained_groups"] for r in rows)
+            print(f"r2e on the CPU backend ({base_model}), K={k}: {times[k]:.2f} s/step over steps 2-{steps} (gather "
+                  f"{gathers:.2f} s, train {trains:.2f} s; {trained:.0f} group(s) trained in {len(rows)} steps)",
+                  flush=True)
     figure(f"r2e on the CPU backend ({base_model}): async / sync step time", times[1] / times[0])
 
 
@@ -165,13 +167,14 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["fake", "cpu-r2e"], default=["fake"])
     parser.add_argument("--steps", type=int, default=8, help="fake: steps per run")
     parser.add_argument("--r2e-steps", type=int, default=4)
-    parser.add_argument("--r2e-model", default="tiny-random",
-                        help="cpu-r2e: --base-model (smollm2-135m: minutes a step)")
+    parser.add_argument("--r2e-models", nargs="+", default=["tiny-random"],
+                        help="cpu-r2e: --base-model of each measured pair (smollm2-135m: minutes a step)")
     args = parser.parse_args()
     if "fake" in args.parts:
         asyncio.run(regimes(args.steps, [(1.0, 0.5), (0.5, 0.5), (0.25, 0.5)]))
     if "cpu-r2e" in args.parts:
-        cpu_r2e(args.r2e_steps, args.r2e_model)
+        for model in args.r2e_models:
+            cpu_r2e(args.r2e_steps, model)
 
 
 if __name__ == "__main__":
