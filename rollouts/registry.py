@@ -236,7 +236,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "openspiel": {"groups_per_step": 4, "rollouts_per_group": 4, "max_tokens": 16, "temperature": 0.7,
                   "learning_rate": 1e-4, "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3,
                   "max_training_steps": 8, "num_demos": 48},
-    # planner: one JSON plan per rollout; --max-tokens is also the token term's budget (planner + executor).
+    # planner: one JSON plan per rollout; the token term's budget is the env's own --token-budget (planner + executor).
     # SmolLM2 answers in prose (0 of 8 plans valid), so 2 SFT epochs on the generator's own plans come first.
     "planner": {"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 256, "temperature": 0.7,
                 "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6},
