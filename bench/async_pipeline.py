@@ -139,7 +139,8 @@ async def regimes(steps: int, pairs: list[tuple[float, float]]) -> None:
 
 
 def cpu_r2e(steps: int, base_model: str) -> None:
-    """`train.py --env r2e` on the CPU backend, synchronous then pipelined: the mean step time after the first."""
+    """`train.py --env r2e` on the CPU backend, synchronous then pipelined: the mean step time from step 3 on (with
+    K=1 the gathers of steps 1 and 2 start together, so step 2 is short: the pipeline is full from step 3)."""
     from tests.helpers import history_rows, run_train
 
     flags = ["--env", "r2e", "--base-model", base_model, "--max-training-steps", str(steps), "--groups-per-step", "2",
@@ -152,11 +153,12 @@ def cpu_r2e(steps: int, base_model: str) -> None:
             if done.returncode:
                 raise SystemExit(f"train.py --env r2e (K={k}) failed: {done.stderr[-2000:]}")
             rows = [r for r in history_rows(Path(tmp), f"r2e-k{k}") if "train/step_seconds" in r]
-            times[k] = statistics.fmean(r["train/step_seconds"] for r in rows[1:])
-            gathers = statistics.fmean(r["train/gather_seconds"] for r in rows[1:])
-            trains = statistics.fmean(r["train/train_seconds"] for r in rows[1:])
+            full = rows[2:]
+            times[k] = statistics.fmean(r["train/step_seconds"] for r in full)
+            gathers = statistics.fmean(r["train/gather_seconds"] for r in full)
+            trains = statistics.fmean(r["train/train_seconds"] for r in full)
             trained = sum(r["train/trained_groups"] for r in rows)
-            print(f"r2e on the CPU backend ({base_model}), K={k}: {times[k]:.2f} s/step over steps 2-{steps} (gather "
+            print(f"r2e on the CPU backend ({base_model}), K={k}: {times[k]:.2f} s/step over steps 3-{steps} (gather "
                   f"{gathers:.2f} s, train {trains:.2f} s; {trained:.0f} group(s) trained in {len(rows)} steps)",
                   flush=True)
     figure(f"r2e on the CPU backend ({base_model}): async / sync step time", times[1] / times[0])
@@ -166,7 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=["fake", "cpu-r2e"], default=["fake"])
     parser.add_argument("--steps", type=int, default=8, help="fake: steps per run")
-    parser.add_argument("--r2e-steps", type=int, default=4)
+    parser.add_argument("--r2e-steps", type=int, default=5, help="cpu-r2e: steps per run (at least 3)")
     parser.add_argument("--r2e-models", nargs="+", default=["tiny-random"],
                         help="cpu-r2e: --base-model of each measured pair (smollm2-135m: minutes a step)")
     args = parser.parse_args()

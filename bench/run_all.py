@@ -108,14 +108,15 @@ BENCHES = [
           "over N x the 1-node rate. Then 4 nodes with one killed (SIGKILL) halfway: rollouts lost, and the rate "
           "after the kill over the rate before it, against the ideal 3/4."),
     Bench("async-pipeline", ("bench/async_pipeline.py", "--parts", "fake", "cpu-r2e", "--r2e-models", "tiny-random",
-                             "smollm2-135m", "--r2e-steps", "3"),
+                             "smollm2-135m", "--r2e-steps", "5"),
           "Pipelined steps (`--max-steps-off-policy 1`) vs synchronous and vs the ideal",
           "The real step loop (gather, train, `model.log`, RLM logs, state.json commit) with toy rollouts against a "
           "fake model server of fixed latency (its own process) and a stand-in GPU trainer whose `train()` takes a "
           "fixed 0.5 s; one step's 8 rollouts fill the concurrency limit. Ideal = max(rollout time, train time), "
           "rollout time = the synchronous run's median gather; step time = mean time between commits after the "
           "first two. Then `train.py --env r2e` on the CPU backend (the tiny random model, then SmolLM2-135M; 2 groups "
-          "of 2 rollouts, 3 turns of 64 tokens, no SFT), synchronous and pipelined: mean step time of steps 2-3."),
+          "of 2 rollouts, 3 turns of 64 tokens, no SFT), synchronous and pipelined: mean step time of steps 3-5 "
+          "(with K=1 the first two steps' gathers start together)."),
 ]
 
 _GATHER_WHY = (
