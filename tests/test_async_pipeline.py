@@ -128,6 +128,37 @@ async def test_planning_stops_at_the_last_step_and_at_the_end_of_the_epochs():
     await ended.close()
 
 
+# ---- the CPU backend serves while a step lands ----------------------------------------------------------------
+
+
+async def test_the_cpu_endpoint_answers_a_request_named_for_the_step_just_before(tmp_path):
+    """A rollout that named `m@0` while step 1's checkpoint was being written reaches the server after it."""
+    import httpx
+
+    from backends.cpu import CPUBackend, CPUBackendSettings
+    from backends.policy import LoraSettings
+    from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+
+    settings = CPUBackendSettings(lora=LoraSettings(target_modules=LORA_TARGETS))
+    backend = CPUBackend(path=str(tmp_path), settings=settings)
+    model = art.TrainableModel(name="m", project="p", base_model=ensure_tiny_model(tmp_path / "base"),
+                               base_path=str(tmp_path))
+    try:
+        await model.register(backend)
+        await backend.train(model, [], learning_rate=1e-2)  # step 1 lands
+        assert model.get_inference_name() == "m@1"
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def status(name: str) -> int:
+                body = {"model": name, "messages": [{"role": "user", "content": "a"}], "max_tokens": 2}
+                reply = await client.post(f"{model.inference_base_url}/chat/completions", json=body,
+                                          headers={"Authorization": f"Bearer {model.inference_api_key}"})
+                return reply.status_code
+
+            assert [await status(n) for n in ("m@1", "m@0", "m@2", "m@7")] == [200, 200, 404, 404]
+    finally:
+        await backend.close()
+
+
 # ---- the flag ---------------------------------------------------------------------------------------------------
 
 
