@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from trainer.config import ConfigError, ExperimentConfig, config_from_args, default_rollout_root  # noqa: E402
+from trainer.cli import config_from_args  # noqa: E402
+from trainer.config import ConfigError, ExperimentConfig, default_rollout_root  # noqa: E402
 from trainer.resume import Cursor, check_resume, rollback_uncommitted  # noqa: E402
 
 __all__ = ["ConfigError", "Cursor", "ExperimentConfig", "check_resume", "config_from_args", "default_rollout_root",

@@ -18,7 +18,8 @@ import art
 import pytest
 
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
-from trainer.config import ConfigError, config_from_args
+from trainer.cli import config_from_args
+from trainer.config import ConfigError
 from trainer.pipeline import PolicyClock, StepPipeline, check_staleness, versioned
 from trainer.resume import Cursor
 

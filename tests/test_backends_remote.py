@@ -16,7 +16,8 @@ import pytest
 from backends import BackendChoice, BackendUnavailable, RemoteSettings, choose_backend, create_backend
 from backends.remote import RunNeeds, roll_back_remote_steps, run_problem, train_keywords
 from tests.helpers import history_rows, read_state, run_train
-from trainer.config import ConfigError, config_from_args
+from trainer.cli import config_from_args
+from trainer.config import ConfigError
 
 FAKE_KEY = "sekrit-key-0123456789"
 HOSTED = "OpenPipe/Qwen3-14B-Instruct"

@@ -22,7 +22,8 @@ from envs.scenario import Scenario
 from rollouts.mix import env_config, mix_env
 from rollouts.registry import get_env
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
-from trainer.config import ConfigError, config_from_args
+from trainer.cli import config_from_args
+from trainer.config import ConfigError
 
 MIX3 = ["--mix", "toy=0.5,openspiel=0.25,planner=0.25", "--game-types", "tic_tac_toe", "--num-tasks-per-case", "8",
         "--val-tasks-per-case", "2", "--num-problems", "8", "--executor-max-tokens", "8", "--dataset-size", "8"]

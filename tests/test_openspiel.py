@@ -21,7 +21,8 @@ from envs.openspiel.tasks import load_tasks, replay, task
 from rewards.openspiel import Playout, legal_reward, outcome_reward, play_out
 from rollouts.context import RolloutSettings
 from tests.helpers import ROOT, history_steps, read_state, run_train, subprocess_env
-from trainer.config import ConfigError, config_from_args
+from trainer.cli import config_from_args
+from trainer.config import ConfigError
 
 # x holds 0 and 1, o holds 3 and 4; x to move: 2 wins at once, anything else lets o win at 5 (o to move next).
 #  x x .

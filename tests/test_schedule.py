@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import history_rows, run_train
-from trainer.config import ConfigError, config_from_args
+from trainer.cli import config_from_args
+from trainer.config import ConfigError
 from trainer.schedule import TemperatureSchedule
 
 

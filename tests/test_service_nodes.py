@@ -29,7 +29,8 @@ from envs.service_client import (
     service_metrics,
 )
 from envs.service_process import ServiceProcess
-from trainer.config import ConfigError, config_from_args
+from trainer.cli import config_from_args
+from trainer.config import ConfigError
 
 
 class FakeNode:

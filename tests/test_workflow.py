@@ -263,7 +263,8 @@ def test_bad_domain_ratios_name_the_flag(text, message):
 
 
 def test_workflow_flags_reach_only_the_workflow_env():
-    from trainer.config import ConfigError, config_from_args
+    from trainer.cli import config_from_args
+    from trainer.config import ConfigError
 
     config = config_from_args(["--experiment-name", "x", "--env", "workflow", "--domain-ratios", "qa=1",
                                "--max-executor-calls", "3"])

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.config import ExperimentConfig, OneLineParser
+from trainer.cli import OneLineParser
+from trainer.config import ExperimentConfig
 
 
 def export_main(argv: list[str]) -> int:
