@@ -55,7 +55,7 @@ BENCHES = [
     Bench("gather", ("bench/gather.py", "--latency", "0.2", "--waves", "10"), "Gather overhead, 0.2 s model latency",
           "A fake OpenAI-compatible server in its own process answers every request after a fixed latency, so the "
           "ideal is concurrency / latency rollouts per second; ratio = achieved / ideal. Overhead measured is ours "
-          "and ART's: semaphore, throttle, gather helpers, the OpenAI SDK and httpx."),
+          "and ART's: semaphore, throttle, gather helpers, the HTTP client (aiohttp)."),
     Bench("gather-1s", ("bench/gather.py", "--latency", "1.0", "--waves", "5"), "Gather overhead, 1 s model latency",
           "As above with a more realistic model latency: the same client work spread over more time."),
     Bench("gmsh", ("bench/gmsh_service.py",), "gmsh service vs direct",
@@ -128,7 +128,11 @@ _GATHER_WHY = (
     "request (0.21 at 64); the OpenAI SDK's request building cost 2.0-2.5 ms of event-loop CPU per call, httpx "
     "1.2 ms, aiohttp 0.2 ms (rollouts/model_client.py keeps the SDK's types, errors and retries); and a full "
     "garbage collection walked the millions of start-up objects (torch, transformers, ART) for ~0.3 s while every "
-    "rollout waited (32 in flight: 0.82 before `gc.freeze()` of the start-up heap, 0.95 after)."
+    "rollout waited (32 in flight: 0.82 before `gc.freeze()` of the start-up heap, 0.95 after). The fake server was "
+    "uvicorn + FastAPI (pure-Python h11): 0.4-0.7 ms of CPU per request on the trainer's 2 cores, and at 64 in flight "
+    "a burst sat unread for a whole latency period; now aiohttp's server (~0.14 ms): 64: 0.83 -> 0.95, 256: 0.72 -> "
+    "0.85 in alternating runs. At 256 the trainer spends ~0.26 ms CPU per rollout (aiohttp ~30%, GC ~14%, asyncio "
+    "~15%, pydantic ~11%, socket calls ~12%); the rest of the loss is start-up (~20 ms) and the first waves' bursts."
 )
 _R2E_WHY = (
     "Every rollout scored 0 before training, after SFT and after RL: three SFT epochs over five long multi-turn "
