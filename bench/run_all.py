@@ -130,8 +130,8 @@ _GATHER_WHY = (
     "garbage collection walked the millions of start-up objects (torch, transformers, ART) for ~0.3 s while every "
     "rollout waited (32 in flight: 0.82 before `gc.freeze()` of the start-up heap, 0.95 after). The fake server was "
     "uvicorn + FastAPI (pure-Python h11): 0.4-0.7 ms of CPU per request on the trainer's 2 cores, and at 64 in flight "
-    "a burst sat unread for a whole latency period; now aiohttp's server (~0.14 ms): 64: 0.83 -> 0.95, 256: 0.72 -> "
-    "0.85 in alternating runs. At 256 the trainer spends ~0.26 ms CPU per rollout (aiohttp ~30%, GC ~14%, asyncio "
+    "a burst sat unread for a whole latency period; now aiohttp's server (~0.14 ms): 64: 0.85 -> 0.95, 256: 0.80 -> "
+    "0.86-0.90 in alternating runs. At 256 the trainer spends ~0.26 ms CPU per rollout (aiohttp ~30%, GC ~14%, asyncio "
     "~15%, pydantic ~11%, socket calls ~12%); the rest of the loss is start-up (~20 ms) and the first waves' bursts."
 )
 _R2E_WHY = (
