@@ -11,15 +11,17 @@ flight a burst of new requests sat unread for a whole latency period. aiohttp's 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from fastapi import FastAPI, Request
 
-from backends.openai_server import ServerThread
+if TYPE_CHECKING:
+    from backends.openai_server import ServerThread
 
 
 class InFlightCounter:
@@ -74,6 +76,8 @@ def fake_app(latency_s: float, reply: str = "aaaa", counter: InFlightCounter | N
 
 
 def start_fake_server(latency_s: float, reply: str = "aaaa") -> tuple[ServerThread, InFlightCounter]:
+    from backends.openai_server import ServerThread  # imported here: it brings torch, which the process mode avoids
+
     app = fake_app(latency_s, reply)
     server = ServerThread(app)
     server.start()
@@ -94,6 +98,8 @@ def scripted_app(respond: Callable[[list[dict[str, Any]]], str]) -> FastAPI:
 
 
 def start_scripted_server(respond: Callable[[list[dict[str, Any]]], str]) -> ServerThread:
+    from backends.openai_server import ServerThread
+
     server = ServerThread(scripted_app(respond))
     server.start()
     return server
@@ -127,6 +133,9 @@ def main() -> None:
     import sys
 
     port, latency = int(sys.argv[1]), float(sys.argv[2])
+    # As the trainer does (rollouts.gather.freeze_startup_heap): what start-up imported stays out of every collection.
+    gc.collect()
+    gc.freeze()
     web.run_app(fake_aiohttp_app(latency), host="127.0.0.1", port=port, print=None, access_log=None)
 
 
