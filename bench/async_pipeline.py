@@ -167,11 +167,14 @@ def cpu_r2e(steps: int, base_model: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=["fake", "cpu-r2e"], default=["fake"])
-    parser.add_argument("--steps", type=int, default=8, help="fake: steps per run")
+    parser.add_argument("--steps", type=int, default=8, help="fake: steps per run (at least 3)")
     parser.add_argument("--r2e-steps", type=int, default=5, help="cpu-r2e: steps per run (at least 3)")
     parser.add_argument("--r2e-models", nargs="+", default=["tiny-random"],
                         help="cpu-r2e: --base-model of each measured pair (smollm2-135m: minutes a step)")
     args = parser.parse_args()
+    for flag, value in (("--steps", args.steps), ("--r2e-steps", args.r2e_steps)):
+        if value < 3:  # the first two steps' gathers start together with K=1: step time is read from step 3 on
+            parser.error(f"{flag} must be at least 3 (got {value})")
     if "fake" in args.parts:
         asyncio.run(regimes(args.steps, [(1.0, 0.5), (0.5, 0.5), (0.25, 0.5)]))
     if "cpu-r2e" in args.parts:

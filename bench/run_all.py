@@ -243,6 +243,8 @@ def main() -> int:
     parser.add_argument("--import-doc", type=Path, default=None,
                         help="adopt the sections of an older generated doc for benches with no kept result")
     args = parser.parse_args()
+    if args.import_doc is not None and not args.import_doc.is_file():
+        parser.error(f"--import-doc {args.import_doc}: no such file")
     kept = load_results(args.results)
     if args.import_doc is not None:
         import_doc(args.import_doc, kept)

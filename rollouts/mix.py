@@ -64,13 +64,15 @@ def parse_mix(text: str) -> dict[str, float]:
             raise MixError(f"--mix: {name}={value} must be a ratio above 0")
         shares[name] = share
     if abs(sum(shares.values()) - 1) > RATIO_TOLERANCE:
-        raise MixError(f"--mix: the ratios sum to {sum(shares.values()):g}, not 1")
+        raise MixError(f"--mix: the ratios sum to {sum(shares.values()):.10g}, not 1")
     return dict(sorted(shares.items()))
 
 
 def format_mix(shares: dict[str, float]) -> str:
-    """The canonical spelling kept in the config (so the same mix in another order has the same config hash)."""
-    return ",".join(f"{env}={share:g}" for env, share in shares.items())
+    """The canonical spelling kept in the config (so the same mix in another order has the same config hash).
+    Shares keep 15 significant digits (every ratio typed with up to 15 reads back as itself): a rounded spelling
+    would change the shares drawn by, and could fail the sum check the config gets again (`mix_problem`)."""
+    return ",".join(f"{env}={share:.15g}" for env, share in shares.items())
 
 
 def mix_problem(env: str, mix: str) -> str | None:

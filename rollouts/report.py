@@ -126,9 +126,10 @@ def panels(rows: list[dict[str, Any]]) -> list[Panel]:
         part = key.split("/")[1]
         mixed = key.count("/") > 1 and f"train/{part}/groups" in keys  # an env of a --mix run (rollouts/mix.py)
         group = f"Mixed env {part}" if mixed else GROUPS.get(part, "Reward breakdown and env figures")
-        if mixed and unit == "reward":  # one reward panel per env: its train mean beside its held-out mean
-            if key.endswith("/reward_mean"):
-                extra[(group, unit)] = [key, *[k for k in [f"val/{part}/reward_mean"] if k in keys]]
+        if mixed and unit == "reward":  # one reward panel per env: its train figures beside its held-out mean
+            held_out = [k for k in [f"val/{part}/reward_mean"] if k in keys]  # kept last
+            panel = extra.setdefault((group, unit), held_out)
+            panel.insert(0 if key.endswith("/reward_mean") else len(panel) - len(held_out), key)
             continue
         # figures without a known unit each get a panel of their own, so no two of them share an axis
         extra.setdefault((group, unit if unit != "value" else key), []).append(key)

@@ -21,9 +21,11 @@ from envs.mix_cursor import EnvPosition, MixCursor, deal
 from envs.scenario import Scenario
 from rollouts.mix import env_config, mix_env
 from rollouts.registry import get_env
+from rollouts.report import panels
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
 from trainer.cli import config_from_args
 from trainer.config import ConfigError
+from trainer.resume import Cursor, load_cursor
 
 MIX3 = ["--mix", "toy=0.5,openspiel=0.25,planner=0.25", "--game-types", "tic_tac_toe", "--num-tasks-per-case", "8",
         "--val-tasks-per-case", "2", "--num-problems", "8", "--executor-max-tokens", "8", "--dataset-size", "8"]
@@ -38,7 +40,7 @@ def parse(*flags: str):
 
 @pytest.mark.parametrize(("value", "why"), [
     ("toy=0.5", "the ratios sum to 0.5, not 1"),
-    ("toy=0.5,openspiel=0.5000011", "the ratios sum to 1, not 1"),
+    ("toy=0.5,openspiel=0.5000011", "the ratios sum to 1.0000011, not 1"),
     ("toy=0.5,chess=0.5", "unknown env 'chess'; choose from gmsh, openspiel"),
     ("toy", "'toy' is not ENV=RATIO"),
     ("toy=0.5,,openspiel=0.5", "'' is not ENV=RATIO"),
@@ -57,10 +59,17 @@ def test_a_bad_mix_is_one_line_naming_the_flag(value, why):
 
 def test_ratios_within_a_millionth_of_one_are_accepted_and_spelt_one_way():
     a = parse("--mix", "toy=0.3333333,openspiel=0.6666667")
-    assert a.env == "mix" and a.mix == "openspiel=0.666667,toy=0.333333"
+    assert a.env == "mix" and a.mix == "openspiel=0.6666667,toy=0.3333333"
     b = parse("--mix", "openspiel=0.6666667,toy=0.3333333")
     assert a.config_hash() == b.config_hash()  # the same mix in another order is the same experiment
     assert parse("--mix", "toy=1").mix == "toy=1"
+
+
+def test_an_even_three_way_mix_keeps_its_shares():
+    """Typed to 7 digits, a third each sums to exactly 1; the config keeps the shares as typed, not rounded to a
+    sum the config's own check would refuse."""
+    cfg = parse("--mix", "toy=0.3333333,openspiel=0.3333333,planner=0.3333334")
+    assert cfg.mix == "openspiel=0.3333333,planner=0.3333334,toy=0.3333333"
 
 
 def test_a_bad_mix_exits_2_before_any_work(tmp_path):
@@ -147,6 +156,33 @@ def test_the_cursor_is_a_pure_function_of_seed_and_committed_cursor():
     assert cursor.positions["a"].drawn == 24 and cursor.positions["b"].drawn + cursor.positions["c"].drawn == 24
     other, _ = MixCursor.restore({}, shares).take(scenarios, 12, seed=8)
     assert [s.id for s in other] != [i for ids in straight[:3] for i in ids]  # the seed matters
+
+
+def test_a_single_env_resumed_from_a_mixed_run_starts_its_order_over():
+    """--allow-config-change from a --mix run to one env: the mix's cursor has no place in that env's order, so the
+    run goes on from the start of the saved epoch instead of stopping with a traceback."""
+    saved = json.loads(json.dumps(dataclasses.asdict(MixCursor.restore({}, {"a": 0.5, "b": 0.5}))))
+    saved["epoch"] = 2
+    assert load_cursor(get_env("toy"), {"cursor": saved}) == Cursor(2, 0)
+    assert load_cursor(get_env("toy"), {"cursor": {"epoch": 1, "position": 6}}) == Cursor(1, 6)
+    assert load_cursor(get_env("toy"), {}) == Cursor(0, 0)
+
+
+def test_cache_dir_is_checked_for_each_mixed_env_that_reads_it(tmp_path):
+    """r2e reads --cache-dir as a built repo cache, in a mix as alone; a folder without one is refused up front."""
+    with pytest.raises(ConfigError, match=r"^--cache-dir .*r2e repo cache"):
+        parse("--mix", "r2e=0.5,toy=0.5", "--cache-dir", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^--cache-dir .*"):
+        parse("--mix", "r2e=0.5,toy=0.5", "--cache-dir", str(tmp_path / "missing"))
+    assert parse("--mix", "gmsh=0.5,toy=0.5", "--cache-dir", str(tmp_path / "store")).cache_dir is not None
+
+
+def test_the_report_draws_every_reward_figure_of_a_mixed_env():
+    rows = [{"step": 1, "train/reward": 0.1, "train/r2e/groups": 2.0, "train/r2e/reward_mean": 0.0,
+             "train/r2e/reward_std": 0.0, "train/r2e/heldout_reward": 0.5, "val/r2e/reward_mean": 0.3}]
+    found = {p.title: p.keys for p in panels(rows)}
+    assert found["Mixed env r2e"] == ["train/r2e/reward_mean", "train/r2e/heldout_reward", "train/r2e/reward_std",
+                                      "val/r2e/reward_mean"]  # the mean first, the held-out mean last
 
 
 def test_each_env_sees_every_scenario_once_per_epoch():

@@ -165,6 +165,15 @@ def writable_dir(flag: str, path: str) -> str | None:
     return None
 
 
+def _run_envs(c: ExperimentConfig) -> set[str]:
+    """The envs a run loads: its own, or each env of its mix (the mix is checked before any path is)."""
+    if c.mix is None:
+        return {c.env}
+    from rollouts.mix import parse_mix
+
+    return set(parse_mix(c.mix))
+
+
 def path_problems(c: ExperimentConfig) -> list[str]:
     """Every path flag of `config` (an ExperimentConfig) checked; the first problem is what the user sees."""
     found: list[str | None] = [
@@ -176,9 +185,10 @@ def path_problems(c: ExperimentConfig) -> list[str]:
         found.append(data_file("--dataset", c.dataset, DATASET_SUFFIXES[c.env]) if c.env in DATASET_SUFFIXES
                      else readable_file("--dataset", c.dataset))
     if c.cache_dir is not None:
-        if c.env == "r2e":  # a built repo cache: read as it is, never written by the trainer
+        envs = _run_envs(c)
+        if "r2e" in envs:  # a built repo cache: read as it is, never written by the trainer
             found.append(readable_dir("--cache-dir", c.cache_dir, "index.json", "an r2e repo cache"))
-        else:  # gmsh writes its generated task store there
+        if envs != {"r2e"}:  # gmsh writes its generated task store there (in a mix with r2e too: the same folder)
             found.append(writable_dir("--cache-dir", c.cache_dir))
     for path in c.sft_data:
         found.append(data_file("--sft-data", path, (".jsonl", ".parquet")))

@@ -54,11 +54,19 @@ class Cursor:
     def describe(self) -> str:
         return f"epoch {self.epoch}, position {self.position}"
 
+    @classmethod
+    def restore(cls, saved: dict[str, Any]) -> Cursor:
+        """state.json's "cursor" -> the cursor. A cursor of another kind (a mixed run's, resumed as one env with
+        --allow-config-change) has no position in this env's order: the run goes on from the start of its epoch."""
+        if set(saved) <= {"epoch", "position"}:
+            return cls(**saved)
+        return cls(int(saved.get("epoch", 0)), 0)
+
 
 def load_cursor(env: Any, state: dict[str, Any]) -> Any:
     """The committed data cursor: the env's own kind where it brings one (a mixed run), else a `Cursor`."""
     saved = state.get("cursor", {})
-    return env.make_cursor(saved) if getattr(env, "make_cursor", None) else Cursor(**saved)
+    return env.make_cursor(saved) if getattr(env, "make_cursor", None) else Cursor.restore(saved)
 
 
 def rollback_uncommitted(model_dir: Path, committed_step: int) -> list[str]:

@@ -53,9 +53,9 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
     pipeline = StepPipeline(load_cursor(env, state), lambda c: c.take(scenarios, config.groups_per_step, config.seed),
                             gather, committed=step, last_step=config.max_training_steps or sys.maxsize,
                             num_epochs=config.num_epochs, max_off_policy=config.max_steps_off_policy)
-    pipeline.open_gates(step)
     ready_at = time.monotonic()  # when the trainer was free for the next step
     try:
+        pipeline.open_gates(step)  # inside the try: a plan that fails part-way still closes the gathers it started
         while (planned := pipeline.next()) is not None:
             step = the_run.ctx.step = planned.step
             groups = await planned.task
