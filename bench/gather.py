@@ -1,4 +1,4 @@
-"""Gather throughput vs the ideal: `uv run python bench/gather.py [--latency 0.2] [--waves 10]`.
+"""Gather throughput vs the ideal: `uv run python bench/gather.py [--latency 0.2] [--waves 10] [--no-pin]`.
 
 A fake OpenAI-compatible server answers every request after a fixed latency, so a perfect gather loop finishes
 C concurrent rollouts every `latency` seconds. Prints achieved / ideal rollouts per second at 8, 32, 64, 128 and
@@ -6,16 +6,25 @@ C concurrent rollouts every `latency` seconds. Prints achieved / ideal rollouts 
 measured here is ours and ART's: semaphore, throttle, ART's gather helpers, the HTTP client (rollouts/model_client.py,
 the path a training run uses).
 
-The fake server (tests/fake_openai_server.py) stands in for vLLM, which runs on its own GPU machine; here it shares
-the trainer's 2 cores, so it is kept cheap: aiohttp's server (C parser), ~0.14 ms of CPU per request, where uvicorn
-+ FastAPI cost 0.4-0.7 ms and at 64 in flight left a burst of requests unread for a whole latency period (0.83 of
-ideal at 64 with it, 0.95 without). It still reads and parses every request over HTTP, holds it for the latency and
-encodes a fresh answer. Profile at 256 in flight (2,560 rollouts, 0.2 s): client ~0.26 ms CPU per rollout, of which
-aiohttp's request/response path ~30% plus socket calls ~12%, the garbage collector ~14%, asyncio tasks/futures ~15%,
-pydantic (answer parse, Trajectory) ~11%, ART's gather + tqdm ~5%, our rollout code ~7%. Wall-time loss at 256
-(~230 ms over 2 s): start-up before the first request ~20 ms (2,560 tasks made up front by ART's groups), the first
-waves' bursts (all 256 answers land together and are handled one by one: +39 ms latency in wave 0, ~+6 ms by wave
-5), and the spread of slots at the end.
+The fake server (tests/fake_openai_server.py) stands in for vLLM, which runs on its own GPU machine. Here it shares
+the trainer's machine, so it is kept out of the trainer's way:
+- its own core: the trainer is pinned to the first core it may use and the server to the others (`--no-pin` leaves
+  both to the scheduler). Unpinned, loopback wake-ups often put both processes on one core while the other idles:
+  64 in flight read 0.947-0.948 unpinned against 0.966-0.974 pinned (same build, alternating runs);
+- light: aiohttp's server (C parser, ~0.14 ms of CPU per request; uvicorn + FastAPI cost 0.4-0.7 ms and at 64 in flight
+  left a burst unread for a whole latency period), and no torch: it used to import torch/transformers/ART with the
+  test helpers, and a full garbage collection of that heap stalled it 170-280 ms mid-run (256: 0.77-0.84 -> 0.86-0.90).
+It still reads and parses every request over HTTP, holds it for the latency and encodes a fresh answer.
+
+Where the rest goes (256 in flight, pinned, ~0.90): the trainer spends ~0.27-0.33 ms of CPU per rollout (by
+cProfile: aiohttp's request/response path ~38%, asyncio ~19%, pydantic and json ~12%, socket sends ~6%, ART's
+gather ~4%, our code ~5%), the event loop is busy ~40% of the time, and with a fixed latency the answers keep
+arriving in bursts: each loop iteration handles every answer that is ready, so an answer waits for the others of
+its batch at each hop (answer read -> rollout done -> next rollout's request sent). Per rollout: ~8 ms from request
+to the server, ~1.8 ms of timer overshoot in the server, ~8 ms back, ~3-4 ms between a slot freeing and the next
+rollout starting; plus ~23 ms of start-up (2,560 rollout tasks made up front by ART's groups). More waves do not
+help (40 waves: 0.953 at 64, 0.868 at 256 unpinned), and neither did uvloop (client or server) nor garbage
+collector thresholds (within the run-to-run spread of +-0.02).
 """
 
 from __future__ import annotations
@@ -55,11 +64,20 @@ def fake_server_process(latency: float):
         yield base_url
 
 
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """(the trainer's core, the fake server's cores), or None where this process may use only one core."""
+    cores = sorted(os.sched_getaffinity(0))
+    return ({cores[0]}, set(cores[1:])) if len(cores) > 1 else None
+
+
 @contextlib.contextmanager
-def fake_server(latency: float):
-    """The model server runs in its own process, as vLLM does: the trainer's event loop is measured alone."""
+def fake_server(latency: float, cores: set[int] | None = None):
+    """The model server runs in its own process (on `cores` when given), as vLLM does on its own machine: the
+    trainer's event loop is measured alone."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.fake_openai_server", str(port), str(latency)], cwd=ROOT)
+    if cores:
+        os.sched_setaffinity(proc.pid, cores)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -105,10 +123,15 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--waves", type=int, default=10)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64, 128, 256])
+    parser.add_argument("--no-pin", action="store_true", help="leave the trainer and the fake server unpinned")
     args = parser.parse_args()
     print(f"latency {args.latency}s, {args.waves} waves per concurrency")
+    split = None if args.no_pin else split_cores()
+    if split is not None:
+        os.sched_setaffinity(0, split[0])
+        print(f"trainer on core {min(split[0])}, fake server on core(s) {','.join(map(str, sorted(split[1])))}")
     for c in args.concurrency:
-        with fake_server(args.latency) as (base_url, pid):
+        with fake_server(args.latency, split[1] if split else None) as (base_url, pid):
             achieved, ideal, client_s, server_s = asyncio.run(measure(base_url, pid, c, args.latency, args.waves))
         print(f"concurrency {c:3d}: {achieved:7.1f} rollouts/s, ideal {ideal:7.1f}, ratio {achieved / ideal:.3f}; "
               f"CPU per rollout: trainer {client_s * 1e3:.2f} ms, fake server {server_s * 1e3:.2f} ms")
