@@ -1,7 +1,14 @@
 """Run one step's groups: every rollout of every group concurrently, under one semaphore and one rate limit.
 
 ART's own gather helpers do the bookkeeping (progress bar, per-rollout exceptions recorded on their group,
-the exception bound); this module only adds the shared limits and the timing each rollout reports.
+the exception bound); this module adds the shared limits, the timing each rollout reports, and who runs the
+rollouts: a gather's slot workers, one per slot it may fill (at most `max_concurrent`). A worker takes a slot of the
+run-wide semaphore and runs the gather's rollouts one after another until none is left, so a rollout that ends hands
+its slot to the next one within the same task: no second task has to be woken and scheduled (an event-loop pass
+later, behind everything else that is ready) before the next request goes out, and no task per rollout is made up
+front (2,560 of them took ~23 ms before the first request at 256 in flight). A gather that starts while another
+holds the slots waits for them, as a gather's queued rollouts did before: the earlier gather (the step that trains
+next) keeps its priority. Each rollout's outcome reaches ART as a future of its group.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import art
@@ -29,13 +37,14 @@ class GatherLimits:
 
     semaphore: asyncio.Semaphore
     throttler: Throttler
+    max_concurrent: int
 
     @classmethod
     def create(cls, max_concurrent: int, rate_per_second: float) -> GatherLimits:
         # asyncio-throttle counts whole starts per period: express fractional rates as N per N/rate seconds.
         rate_limit = max(int(rate_per_second), 1)
         throttler = Throttler(rate_limit=rate_limit, period=rate_limit / rate_per_second)
-        return cls(asyncio.Semaphore(max_concurrent), throttler)
+        return cls(asyncio.Semaphore(max_concurrent), throttler, max_concurrent)
 
 
 def freeze_startup_heap() -> None:
@@ -47,14 +56,30 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def _limited(rollout: RolloutFn, ctx: RolloutContext, scenario: Scenario, limits: GatherLimits) -> art.Trajectory:
+@dataclass
+class _Job:
+    scenario: Scenario
+    outcome: asyncio.Future[art.Trajectory]
+
+
+async def _slot_worker(jobs: deque[_Job], rollout: RolloutFn, ctx: RolloutContext, limits: GatherLimits) -> None:
+    """Hold one slot while the gather has rollouts left, running them one at a time (see the module's docstring)."""
     async with limits.semaphore:
-        async with limits.throttler:
-            pass
-        started = time.monotonic()
-        trajectory = await rollout(ctx, scenario)
-        trajectory.metrics["rollout_seconds"] = time.monotonic() - started
-        return trajectory
+        while jobs:
+            job = jobs.popleft()
+            try:
+                async with limits.throttler:
+                    pass
+                started = time.monotonic()
+                trajectory = await rollout(ctx, job.scenario)
+                trajectory.metrics["rollout_seconds"] = time.monotonic() - started
+            except Exception as exc:  # recorded on its group by ART, as a rollout task's exception was
+                job.outcome.set_exception(exc)
+            except BaseException:  # cancelled with its gather: nothing may wait on this rollout any more
+                job.outcome.cancel()
+                raise
+            else:
+                job.outcome.set_result(trajectory)
 
 
 async def gather_step(
@@ -67,14 +92,16 @@ async def gather_step(
     desc: str = "gather",
 ) -> list[art.TrajectoryGroup]:
     """A rollout that raises is kept as an exception on its group; the step fails only past `max_failed_share`."""
+    loop = asyncio.get_running_loop()
+    per_group = [[_Job(scenario, loop.create_future()) for _ in range(rollouts_per_group)] for scenario in scenarios]
+    jobs = deque(job for group in per_group for job in group)
+    total = len(jobs)
+    workers = [asyncio.create_task(_slot_worker(jobs, rollout, ctx, limits))
+               for _ in range(min(total, limits.max_concurrent))]
     groups = [
-        art.TrajectoryGroup(
-            (_limited(rollout, ctx, scenario, limits) for _ in range(rollouts_per_group)),
-            metadata={"scenario_id": scenario.id},
-        )
-        for scenario in scenarios
+        art.TrajectoryGroup((job.outcome for job in group), metadata={"scenario_id": scenario.id})
+        for scenario, group in zip(scenarios, per_group, strict=True)
     ]
-    total = len(scenarios) * rollouts_per_group
     # ART reads a bound below 1 as a share of all rollouts; max_failed_share == 1 means "never fail the step".
     bound: float = max_failed_share if max_failed_share < 1 else float(total)
     try:
@@ -84,3 +111,12 @@ async def gather_step(
             f"{desc}: more than {max_failed_share:.0%} of {total} rollouts failed "
             f"(--max-failed-share); last error: {exc.__class__.__name__}: {exc}"
         ) from exc
+    finally:  # a failed or cancelled gather: the rollouts still running or queued stop with it
+        jobs.clear()
+        if running := [worker for worker in workers if not worker.done()]:
+            for worker in running:
+                worker.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        for job in (job for group in per_group for job in group):
+            if not job.outcome.cancel() and not job.outcome.cancelled():  # done: its error is ART's record or the
+                job.outcome.exception()  # step's failure, not a loose end to log at exit
