@@ -16,15 +16,16 @@ the trainer's machine, so it is kept out of the trainer's way:
   test helpers, and a full garbage collection of that heap stalled it 170-280 ms mid-run (256: 0.77-0.84 -> 0.86-0.90).
 It still reads and parses every request over HTTP, holds it for the latency and encodes a fresh answer.
 
-Where the rest goes (256 in flight, pinned, ~0.90): the trainer spends ~0.27-0.33 ms of CPU per rollout (by
+Where the rest goes (256 in flight, pinned, 0.89-0.93): the trainer spends ~0.25-0.35 ms of CPU per rollout (by
 cProfile: aiohttp's request/response path ~38%, asyncio ~19%, pydantic and json ~12%, socket sends ~6%, ART's
 gather ~4%, our code ~5%), the event loop is busy ~40% of the time, and with a fixed latency the answers keep
 arriving in bursts: each loop iteration handles every answer that is ready, so an answer waits for the others of
-its batch at each hop (answer read -> rollout done -> next rollout's request sent). Per rollout: ~8 ms from request
-to the server, ~1.8 ms of timer overshoot in the server, ~8 ms back, ~3-4 ms between a slot freeing and the next
-rollout starting; plus ~23 ms of start-up (2,560 rollout tasks made up front by ART's groups). More waves do not
-help (40 waves: 0.953 at 64, 0.868 at 256 unpinned), and neither did uvloop (client or server) nor garbage
-collector thresholds (within the run-to-run spread of +-0.02).
+its batch at each hop. Per rollout: ~8 ms from request to the server, ~1.8 ms of timer overshoot in the server,
+~8 ms back. Slot workers (rollouts/gather.py) took out one hop, a waiter task woken between a rollout's end and the
+next one's start (3-4 ms), and the ~23 ms of making 2,560 rollout tasks before the first request (now 8-14 ms):
+256 went from a median of 0.904 to 0.917 over seven alternating runs each. More waves do not help (40 waves: 0.953
+at 64, 0.868 at 256 unpinned), and neither did uvloop (client or server) nor garbage-collector thresholds (within
+the run-to-run spread of +-0.02).
 """
 
 from __future__ import annotations
