@@ -55,7 +55,9 @@ BENCHES = [
     Bench("gather", ("bench/gather.py", "--latency", "0.2", "--waves", "10"), "Gather overhead, 0.2 s model latency",
           "A fake OpenAI-compatible server in its own process answers every request after a fixed latency, so the "
           "ideal is concurrency / latency rollouts per second; ratio = achieved / ideal. Overhead measured is ours "
-          "and ART's: semaphore, throttle, gather helpers, the HTTP client (aiohttp)."),
+          "and ART's: semaphore, throttle, gather helpers, the HTTP client (aiohttp). The trainer runs on one core "
+          "and the server on the other, as vLLM runs on a machine of its own (`--no-pin` leaves both to the "
+          "scheduler); bench/gather.py's docstring says where the rest of the time goes."),
     Bench("gather-1s", ("bench/gather.py", "--latency", "1.0", "--waves", "5"), "Gather overhead, 1 s model latency",
           "As above with a more realistic model latency: the same client work spread over more time."),
     Bench("gmsh", ("bench/gmsh_service.py",), "gmsh service vs direct",
