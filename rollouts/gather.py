@@ -94,8 +94,8 @@ async def gather_step(
     """A rollout that raises is kept as an exception on its group; the step fails only past `max_failed_share`."""
     loop = asyncio.get_running_loop()
     per_group = [[_Job(scenario, loop.create_future()) for _ in range(rollouts_per_group)] for scenario in scenarios]
-    jobs = deque(job for group in per_group for job in group)
-    total = len(jobs)
+    every_job = [job for group in per_group for job in group]
+    jobs, total = deque(every_job), len(every_job)
     workers = [asyncio.create_task(_slot_worker(jobs, rollout, ctx, limits))
                for _ in range(min(total, limits.max_concurrent))]
     groups = [
@@ -117,6 +117,6 @@ async def gather_step(
             for worker in running:
                 worker.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-        for job in (job for group in per_group for job in group):
+        for job in every_job:
             if not job.outcome.cancel() and not job.outcome.cancelled():  # done: its error is ART's record or the
                 job.outcome.exception()  # step's failure, not a loose end to log at exit
