@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envs.probes import RewardProbe
 from envs.scenario import DatasetError, Scenario
 from envs.service_process import ServiceProcess
 
@@ -46,6 +47,11 @@ class EnvSpec:
     # an `epoch` field, `describe()` for the resume line, and a dataclass so the loop can commit it.
     # None: trainer.resume.Cursor (one shuffled order). A mixed run brings its own (one cursor per env).
     make_cursor: Callable[[dict[str, Any]], Any] | None = None
+    # (config, scenario) -> the scripted outputs that prove the reward cannot be gamed (envs/probes.py): oracle,
+    # do-nothing, cheats. None: the env has none yet, and the reward preflight says so.
+    reward_probes: Callable[[Any, Scenario], list[RewardProbe]] | None = None
+    # The reward an answer must reach to count as a pass: the oracle at or above it, do-nothing and cheats below.
+    pass_threshold: float = 1.0
 
 
 @contextlib.asynccontextmanager
