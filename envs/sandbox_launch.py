@@ -1,8 +1,10 @@
 """How one sandboxed process is started and ended (the mechanism behind `envs.sandbox`; see its docstring for why).
 
-Under root: a leased uid (`Identity`, an flock per slot so two live runs never share one), the work dir chowned
-to it, and paths that uid cannot reach (a Python or venv under /root) bind-mounted for it by root in a private
-mount namespace before the uid is dropped; bwrap then runs unprivileged in its own user namespace. At the end
+bwrap's root is the allowlist of `envs.sandbox_view`, nothing else of the host. Under root: a leased uid
+(`Identity`, an flock per slot so two live runs never share one), the work dir chowned to it, and every
+allowlisted path that uid cannot reach (a Python or venv under /root, a work dir or runtime file under a closed
+dir) bind-mounted for it by root in a private mount namespace before the uid is dropped (the stage); bwrap then
+runs unprivileged in its own user namespace. The unsandboxed opt-out has no allowlist, only the uid. At the end
 every process of that uid is killed (kill(-1) sent as the uid), and a pids cgroup where writable caps and kills
 the tree too. `Launch.prepare` builds the argv, the environment and the child's set-up; `cleanup` undoes it.
 """
@@ -25,13 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envs import sandbox_view
+
 PROJECT = Path(__file__).resolve().parents[1]
 UID_BASE, UID_SLOTS = 1_900_000_000, 4096  # far above real users and the usual /etc/subuid ranges
 RUN = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
 LEASES, STAGE = RUN / "art-sandbox-uids", RUN / "art-sandbox-stage"
-# Read-only is not enough for these: they hold other users' and root's secrets (keys, tokens, shadow).
-HIDDEN_DIRS = ("/root", "/home")
-HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow")
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE, PR_SET_NO_NEW_PRIVS = 0x20000, 4096, 1 << 14, 1 << 18, 38
 PR_SET_PDEATHSIG = 1
@@ -178,6 +179,18 @@ class Identity:
             subprocess.run(["/bin/sh", "-c", script], user=self.uid, group=self.uid,
                            extra_groups=[], env={}, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=10, check=False)
+        self._wait_gone()
+
+    def _wait_gone(self, timeout_s: float = 2.0) -> None:
+        """Until the kernel has reaped the uid's killed processes: they count against RLIMIT_NPROC, so a uid
+        leased again at once could have its first fork refused (EAGAIN) by what the last run left dying."""
+        import psutil
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not any(p.info["uids"] and p.info["uids"].real == self.uid for p in psutil.process_iter(["uids"])):
+                return
+            time.sleep(0.01)
 
     def release(self) -> None:
         os.close(self.fd)
@@ -199,8 +212,11 @@ def _closed_ancestor(path: Path, deepest: bool = False) -> Path | None:
     return (closed[0] if deepest else closed[-1]) if closed else None
 
 
-def _bwrap_prefix(binary: str, workdir: Path, drop: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """bwrap's arguments, and the (source, staging dir) pairs to bind-mount first for a dropped uid."""
+def _bwrap_prefix(binary: str, workdir: Path, drop: bool,
+                  argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """bwrap's arguments for `argv` (the allowlisted view of `envs.sandbox_view`), and the (source, staging path)
+    pairs root bind-mounts first for a dropped uid: every bind whose source that uid cannot reach (a Python or a
+    work dir under a dir closed to others) goes through the stage, whatever part of the allowlist it is."""
     staged: list[tuple[str, str]] = []
     if drop and (closed := _closed_ancestor(Path(binary), deepest=True)) is not None:
         # A venv under /root: the uid could not exec its bwrap. Staged from the dir below the last closed one, so
@@ -208,28 +224,21 @@ def _bwrap_prefix(binary: str, workdir: Path, drop: bool) -> tuple[list[str], li
         top = Path(binary).relative_to(closed).parts[0]
         staged.append((str(closed / top), str(STAGE / "bin")))
         binary = str(STAGE / "bin" / Path(binary).relative_to(closed / top))
-    argv = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    # The interpreter and the project must stay visible even when they live under a hidden or private dir.
-    needed = sorted({Path(sys.prefix), Path(sys.base_prefix), PROJECT})
-    private = [Path("/tmp"), *(Path(d) for d in HIDDEN_DIRS if Path(d).is_dir())]
-    if drop:  # a dir the uid cannot search hides nothing it could see: an empty tmpfs in its place
-        for target in (*needed, workdir):
-            closed = _closed_ancestor(target)
-            if closed is not None and not any(p == closed or p in closed.parents for p in private):
-                private.append(closed)
-    for path in private:
-        argv += ["--tmpfs", str(path)]
-    argv += [arg for f in HIDDEN_FILES if Path(f).exists() for arg in ("--ro-bind", "/dev/null", f)]
-    binds = [(p, "--ro-bind") for p in needed if any(q in p.parents for q in private)] + [(workdir, "--bind")]
-    for path, flag in binds:
-        source = str(path)
-        if drop and _closed_ancestor(path) is not None:  # unreachable for the uid: staged by root, see _preexec
-            source = str(STAGE / str(len(staged)))
-            staged.append((str(path), source))
-        argv += [flag, source, str(path)]
-    if staged:
-        argv += ["--tmpfs", str(STAGE)]
-    return argv + ["--unshare-all", "--die-with-parent", "--new-session", "--chdir", str(workdir), "--"], staged
+    args = [binary]
+    for mount in sandbox_view.mounts(argv, workdir):
+        if mount.flag in ("--ro-bind", "--bind"):
+            source = str(mount.source)
+            if drop and _closed_ancestor(Path(source)) is not None:  # staged by root, see _preexec
+                staged.append((source, str(STAGE / str(len(staged)))))
+                source = staged[-1][1]
+            args += [mount.flag, source, mount.target]
+        elif mount.flag == "--symlink":
+            args += [mount.flag, str(mount.source), mount.target]
+        else:
+            args += [mount.flag, mount.target]
+    # The root bwrap builds is a tmpfs: read-only once filled, so only the work dir and /tmp can be written.
+    return args + ["--remount-ro", "/", "--unshare-all", "--die-with-parent", "--new-session",
+                   "--chdir", str(workdir), "--"], staged
 
 
 def _check(result: int) -> None:
@@ -322,7 +331,7 @@ class Launch:
             if identity is not None:
                 _chown_tree(workdir, identity.uid)
             if binary is not None:
-                prefix, staged = _bwrap_prefix(binary, workdir, drop)
+                prefix, staged = _bwrap_prefix(binary, workdir, drop, argv)
                 argv = prefix + argv
             if staged:
                 STAGE.mkdir(mode=0o755, exist_ok=True)

@@ -18,6 +18,7 @@ from envs import sandbox
 from envs.r2e.repl import Repl
 from envs.sandbox import ENV_ALLOW, ENV_BWRAP, SandboxLimits, SandboxUnavailable, check_sandbox, run_sandboxed
 from envs.sandbox_launch import UID_BASE, _closed_ancestor
+from envs.sandbox_view import argv_files
 from envs.service_process import ROOT, ServiceProcess, free_port
 
 BUNDLED = sandbox._bundled()
@@ -68,6 +69,39 @@ def test_a_broken_system_bwrap_loses_to_the_bundled_one(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_BWRAP, "system")  # forced: its probe's own error is the reason given
     with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
         check_sandbox()
+
+
+def test_a_bwrap_that_shows_the_project_fails_the_probe(tmp_path, monkeypatch):
+    fake_system_bwrap(tmp_path, monkeypatch, f'exec {BUNDLED} --ro-bind {sandbox.PROJECT} {sandbox.PROJECT} "$@"')
+    assert check_sandbox().source == "bundled"
+    monkeypatch.setattr(sandbox, "_BACKENDS", {})
+    monkeypatch.setenv(ENV_BWRAP, "system")
+    with pytest.raises(SandboxUnavailable, match="could see .*envs: the sandbox's root is not the allowlist"):
+        check_sandbox()
+
+
+def test_runtime_files_come_from_argv_but_never_from_code(tmp_path):
+    script, data = tmp_path / "runner.py", tmp_path / "data.txt"
+    script.write_text("pass")
+    data.write_text("x")
+    found = argv_files([sys.executable, str(script), "-c", str(data), str(tmp_path), "rel.py", str(data)], [])
+    assert found == sorted([Path(sys.executable), data, script])  # a dir and a relative path are not files to bind
+    assert argv_files(["/bin/sh", "-c", str(script)], []) == [Path("/bin/sh")]
+    assert argv_files([str(script)], [tmp_path]) == []  # already inside an allowed root
+
+
+async def test_a_runtime_file_only_root_can_reach_is_staged_for_the_sandbox_uid(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_BWRAP, "bundled")
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)  # under root: the leased uid cannot search it, so root stages the file
+    (closed / "secret.txt").write_text("beside the runtime file")
+    runner = closed / "runner.py"
+    runner.write_text("import os, sys\nprint('ran', sorted(os.listdir(os.path.dirname(sys.argv[0]))))\n")
+    runner.chmod(0o644)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = await run_sandboxed([sys.executable, str(runner)], workdir, SandboxLimits(wall_s=30))
+    assert result.exit_code == 0 and result.stdout.strip() == "ran ['runner.py']", result
 
 
 def test_an_explicit_path_is_used(monkeypatch):
@@ -175,13 +209,15 @@ async def test_bwrap_runs_each_sandbox_as_a_uid_of_its_own(tmp_path, monkeypatch
         dirs = [tmp_path / "a", tmp_path / "b"]
         for d in dirs:
             d.mkdir()
-        script = f"id -u; cat {secret} || echo denied; sleep 0.5"
-        results = await asyncio.gather(*(run_sandboxed(["/bin/sh", "-c", script], d, SandboxLimits()) for d in dirs))
+        script = 'id -u; cat "$1" || echo denied; sleep 0.5'  # $1: in argv, so bound into the view; the uid stops it
+        argv = ["/bin/sh", "-c", script, "sh", str(secret)]
+        results = await asyncio.gather(*(run_sandboxed(argv, d, SandboxLimits()) for d in dirs))
     finally:
         secret.unlink()
     uids = [int(r.stdout.split()[0]) for r in results]
     assert len(set(uids)) == 2 and min(uids) >= UID_BASE
     assert all("denied" in r.stdout and "root-only" not in r.stdout for r in results)
+    assert all("Permission denied" in r.stderr for r in results)  # there, but not readable by the uid
 
 
 def run_check(*args: str, bwrap: str) -> subprocess.CompletedProcess:
@@ -195,10 +231,13 @@ def test_check_command_with_the_bundled_bwrap_shows_all_holding():
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"sandbox: bubblewrap (bundled, {BUNDLED})")
     held = [line.split(None, 1)[1] for line in done.stdout.splitlines() if line.startswith("holds")]
-    for prop in ("read-only root", "/root and /etc/shadow hidden", "no network", "own PID namespace",
+    for prop in ("only the allowlist at /", "the project is out of view", "read-only root",
+                 "/root and /etc/shadow hidden", "no network", "own PID namespace",
                  "cannot kill processes outside", "environment scrubbed", "memory cap", "not root"):
         assert any(line.startswith(prop) for line in held), (prop, done.stdout)
-    assert "NOT HELD" not in done.stdout and "all 9 hold" in done.stdout
+    assert "NOT HELD" not in done.stdout and "all 11 hold" in done.stdout
+    assert "allowlist, in mount order" in done.stdout and "  ro     /usr" in done.stdout
+    assert f"  ro     {sys.prefix}" in done.stdout and "/etc/shadow" not in done.stdout.split("holds")[0]
 
 
 def test_check_command_refuses_without_a_sandbox():
@@ -210,8 +249,9 @@ def test_check_command_refuses_without_a_sandbox():
 def test_check_command_on_the_fallback_says_what_does_not_hold():
     done = run_check("--allow-unsandboxed", bwrap="none")
     assert done.returncode == 1
-    for prop in ("no network", "own PID namespace"):
+    for prop in ("no network", "own PID namespace", "only the allowlist at /", "the project is out of view"):
         assert f"NOT HELD  {prop}" in done.stdout, done.stdout
+    assert "allowlist: none" in done.stdout
     assert "holds     environment scrubbed" in done.stdout
 
 

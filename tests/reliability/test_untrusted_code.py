@@ -26,7 +26,7 @@ from envs.service_process import ServiceProcess
 
 MARK = f"reliability-sleeper-{uuid.uuid4().hex[:8]}"  # this run's: processes of other runs are not ours to count
 BUNDLED = {ENV_BWRAP: "bundled"}
-# Outside every hidden dir, so only the uid model code runs as keeps it out (root-owned, mode 0600).
+# Outside the allowlist (envs/sandbox_view.py), and root-owned with mode 0600 should it ever come into view.
 ROOT_ONLY = Path("/var/tmp") / f"art-reliability-root-only-{uuid.uuid4().hex[:8]}"
 CASES = {
     "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
@@ -69,7 +69,9 @@ def contained(name: str, stdout: str, error: str | None, timed_out: bool) -> boo
     if name == "print 100 MB":
         return len(stdout) < 1_000_000 and "cut" in stdout
     if name == "read a root-only file":
-        return "root-only-secret" not in stdout and "PermissionError" in (error or "")
+        # Outside the allowlist the file is not there at all; inside it, the leased uid would still be refused.
+        return "root-only-secret" not in stdout and any(e in (error or "") for e in ("PermissionError",
+                                                                                    "FileNotFoundError"))
     return True  # the rest: the process may die or not; what matters is the checks after it
 
 
