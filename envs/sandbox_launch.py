@@ -16,6 +16,7 @@ import ctypes
 import fcntl
 import os
 import resource
+import secrets
 import signal
 import stat
 import subprocess
@@ -159,7 +160,11 @@ class Identity:
         info = LEASES.lstat()
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
             raise SandboxUnavailable(f"{LEASES} must be a directory owned by root with mode 0700")
-        for slot in range(UID_SLOTS):
+        # From a random slot on, not the lowest free one: a uid just released may still own the zombies of its
+        # killed sandbox until the host's init reaps them (up to ~2 s here), and they count against RLIMIT_NPROC,
+        # so reusing it at once could have the next sandbox's first fork refused.
+        first = secrets.randbelow(UID_SLOTS)  # not `random`: the trainer seeds that
+        for slot in ((first + i) % UID_SLOTS for i in range(UID_SLOTS)):
             fd = os.open(LEASES / str(slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,18 +184,6 @@ class Identity:
             subprocess.run(["/bin/sh", "-c", script], user=self.uid, group=self.uid,
                            extra_groups=[], env={}, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=10, check=False)
-        self._wait_gone()
-
-    def _wait_gone(self, timeout_s: float = 2.0) -> None:
-        """Until the kernel has reaped the uid's killed processes: they count against RLIMIT_NPROC, so a uid
-        leased again at once could have its first fork refused (EAGAIN) by what the last run left dying."""
-        import psutil
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not any(p.info["uids"] and p.info["uids"].real == self.uid for p in psutil.process_iter(["uids"])):
-                return
-            time.sleep(0.01)
 
     def release(self) -> None:
         os.close(self.fd)
