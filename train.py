@@ -2,8 +2,9 @@
 
 A thin entry point: flags and settings live in `trainer/config.py`, resume in `trainer/resume.py`, the SFT
 stage in `trainer/sft.py`, the GRPO loop in `trainer/rl.py`, wiring in `trainer/loop.py`, export in
-`trainer/export.py`. This file maps their errors to exit codes: 2 for bad input (one line, before any work),
-1 for a step that failed (nothing of it committed).
+`trainer/export.py`. This file maps their errors to exit codes: 2 for bad input (one line, before any work; a
+damaged checkpoint with none to fall back to counts as one), 1 for a step that failed or a full disk (one line
+naming the path; nothing of the step committed), 143 for SIGTERM (the run's cleanup ran; one line).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
+import threading
 
 # Set before anything imports ART/LiteLLM/HF: no network at import, no hub downloads at run time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -21,7 +24,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from trainer.cli import config_from_args  # noqa: E402
 from trainer.config import ConfigError, ExperimentConfig, default_rollout_root  # noqa: E402
-from trainer.resume import Cursor, check_resume, rollback_uncommitted  # noqa: E402
+from trainer.resume import Cursor, check_resume, committed_step, disk_full_line, rollback_uncommitted  # noqa: E402
+
+STOPPED: list[int] = []  # SIGTERMs received by this run
 
 __all__ = ["ConfigError", "Cursor", "ExperimentConfig", "check_resume", "config_from_args", "default_rollout_root",
            "main", "rollback_uncommitted", "run"]
@@ -30,6 +35,9 @@ __all__ = ["ConfigError", "Cursor", "ExperimentConfig", "check_resume", "config_
 async def run(config: ExperimentConfig):
     from trainer.loop import run as run_experiment
 
+    if threading.current_thread() is threading.main_thread():  # SIGTERM cancels the run: its cleanup runs, then exit
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: (STOPPED.append(1), task.cancel()))
     return await run_experiment(config)
 
 
@@ -46,22 +54,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from backends import BackendUnavailable
+    from backends.policy import CheckpointError
     from backends.pretrained import EmbeddedModelError
     from backends.trainer_model import StateFileError
     from envs.sandbox import SandboxUnavailable
     from envs.scenario import DatasetError
     from rollouts.gather import StepFailed
+    from rollouts.preflight import RewardCheckFailed
     from trainer.sft import SFTDataError
 
     try:
         asyncio.run(run(config))
     except (ConfigError, BackendUnavailable, DatasetError, StateFileError, SFTDataError, SandboxUnavailable,
-            EmbeddedModelError) as exc:
+            EmbeddedModelError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StepFailed as exc:
         print(f"error: {exc}; nothing of this step was committed, rerun the same command to retry it",
               file=sys.stderr)
+        return 1
+    except RewardCheckFailed as exc:  # --check-rewards, or the preflight before the first RL step
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        if not STOPPED:
+            raise
+        print(f"stopped: SIGTERM; rerun the same command to resume after step {committed_step(config)}",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except Exception as exc:  # a full disk: one line naming the file, whatever was writing it
+        if (line := disk_full_line(exc, config)) is None:
+            raise
+        print(line, file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """`Executor` over any OpenAI-compatible endpoint: a remote server (`--executor-url`), or by default the run's own
-policy endpoint asked for the base model by name, which the CPU backend answers with the adapter off (and vLLM
-under ART's LocalBackend serves as its base model).
+policy endpoint asked for the base model under the name that endpoint serves it by (`base_model_name`): its own
+name on the CPU backend (the adapter off), the runtime's served name under ART's engines.
 
 Every fault of a call becomes one `ExecutorError` line: a timeout, an HTTP error (after the SDK's own retries), a
 refused connection, or a 200 whose body is not a chat completion. The rollout decides what that costs; the run
@@ -79,13 +79,33 @@ class ExecutorOwner:
 
     def executor_for_model(self, model: Any, timeout_s: float) -> Executor:
         if self.executor is None:
-            return self._open(model.inference_base_url or "", str(model.base_model), model.inference_api_key,
+            return self._open(model.inference_base_url or "", base_model_name(model), model.inference_api_key,
                               timeout_s)
         return self.executor
 
     async def aclose(self) -> None:
         for executor in self._own:
             await executor.aclose()
+
+
+def base_model_name(model: Any) -> str:
+    """The name under which the policy's endpoint serves the base model, for the frozen executor.
+
+    Our CPU backend answers to the base model's own name with the adapter off. ART's engines serve only the names
+    their backend gives: under LocalBackend (and Megatron) the vLLM runtime is started with
+    `--served-model-name=<name>@<step at start>` for the base weights (art/unsloth/service.py), which is
+    `model.inference_model_name` as `TrainableModel.register` sets it; a fresh run starts at step 0, whose adapter
+    is the base model (LoRA B starts at zero). A request for the base model's folder would be a 404 there.
+    """
+    backend = getattr(model, "_backend", None)
+    if backend is None or _serves_base_by_name(backend):
+        return str(model.base_model)
+    return str(getattr(model, "inference_model_name", None) or model.get_inference_name())
+
+
+def _serves_base_by_name(backend: Any) -> bool:
+    """Our CPU backend (and the fakes of tests that stand for it) serve the base model under its own name."""
+    return any(cls.__module__ == "backends.cpu" for cls in type(backend).__mro__)
 
 
 def _reply(response: Any, model: str) -> ExecutorReply:

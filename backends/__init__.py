@@ -31,8 +31,19 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+# What `--extra gpu` (openpipe-art[backend]) brings that ART's LocalBackend imports when it builds its service
+# (art/unsloth/service.py, art/unsloth/train.py), module -> distribution. Not vLLM: ART 0.5.18 runs vLLM out of
+# process from a runtime it installs itself at the first `register` (art/vllm_runtime.py).
+GPU_EXTRA_MODULES = {"unsloth": "unsloth", "unsloth_zoo": "unsloth-zoo", "trl": "trl", "peft": "peft"}
+GPU_EXTRA = "the gpu extra (openpipe-art[backend]: unsloth, trl, peft; ART installs its own vLLM runtime)"
+
+
+def _missing_gpu_modules() -> list[str]:
+    return [name for name in GPU_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
 def _gpu_extra_installed() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("unsloth", "vllm"))
+    return not _missing_gpu_modules()
 
 
 def choose_backend(requested: str) -> BackendChoice:
@@ -50,12 +61,13 @@ def choose_backend(requested: str) -> BackendChoice:
             )
         if not extra:
             raise BackendUnavailable(
-                "--backend local needs the gpu extra (unsloth, vLLM): run `uv sync --extra gpu` first"
+                f"--backend local needs {GPU_EXTRA} (missing: {', '.join(_missing_gpu_modules())}): "
+                "run `uv sync --extra gpu` first"
             )
         return BackendChoice("local", "asked for with --backend local")
     if cuda and extra:
-        return BackendChoice("local", "CUDA is available and the gpu extra (unsloth, vLLM) is installed")
-    missing = "no CUDA GPU" if not cuda else "the gpu extra (unsloth, vLLM) is not installed"
+        return BackendChoice("local", "CUDA is available and the gpu extra is installed")
+    missing = "no CUDA GPU" if not cuda else f"{GPU_EXTRA} is not installed (`uv sync --extra gpu`)"
     return BackendChoice("cpu", f"{missing}, so the CPU backend (transformers + peft) is used")
 
 
@@ -68,6 +80,9 @@ def create_backend(choice: BackendChoice, art_path: str, cpu_settings: Any = Non
     if choice.kind == "local":
         from art.local import LocalBackend
 
+        from backends.local_config import ensure_model_config_importable
+
+        ensure_model_config_importable()
         return LocalBackend(path=art_path)
     from backends.cpu import CPUBackend
 

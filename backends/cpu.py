@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from art.types import LocalTrainResult
 from art.utils.get_model_step import get_step_from_dir
 from art.utils.output_dirs import get_model_dir, get_step_checkpoint_dir
 
+from backends.atomic import atomic_dir, atomic_write_text, disk_full_guard, fsync_dir
 from backends.openai_server import ServerThread, build_app, new_api_key
 from backends.policy import LoraPolicy, LoraSettings
 from backends.train_options import train_settings
@@ -88,7 +88,7 @@ class CPUBackend:
         model.base_path = self._path
         output_dir = Path(get_model_dir(model=model, art_path=self._path))
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "model.json").write_text(json.dumps(model.safe_model_dump(mode="json")))
+        atomic_write_text(output_dir / "model.json", json.dumps(model.safe_model_dump(mode="json")))
         if not model.trainable or model.name in self._models:
             return
         policy = await asyncio.to_thread(
@@ -101,7 +101,7 @@ class CPUBackend:
         )
         step = get_step_from_dir(str(output_dir))
         latest = Path(get_step_checkpoint_dir(str(output_dir), step))
-        if (latest / "adapter_model.safetensors").exists():
+        if latest.is_dir():  # a damaged one stops here (CheckpointError), never refilled with fresh weights
             await asyncio.to_thread(policy.load, latest)
         else:  # checkpoint 0 is the initial adapter, so a resume before step 1 starts from the same weights
             await asyncio.to_thread(self._save_checkpoint, policy, output_dir, step)
@@ -279,19 +279,14 @@ class CPUBackend:
         if following.exists():
             shutil.rmtree(following)
         os.rename(latest, following)
+        fsync_dir(following.parent)
         return following
 
     @staticmethod
     def _save_checkpoint(policy: LoraPolicy, output_dir: Path, step: int) -> Path:
-        """Write to a hidden temp dir, then rename: a kill mid-save never leaves a half checkpoint."""
+        """Write into `<step>.tmp-<pid>`, fsync, then rename: a kill or a full disk mid-save never leaves a half
+        checkpoint (a full disk raises `DiskFull` naming the checkpoint)."""
         final = Path(get_step_checkpoint_dir(str(output_dir), step))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{step:04d}-", dir=final.parent))
-        try:
+        with atomic_dir(final) as tmp, disk_full_guard(final):
             policy.save(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return final

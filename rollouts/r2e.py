@@ -2,7 +2,8 @@
 
 Per turn: completion -> code block -> REPL cell -> observation, until FINAL()/finish(), `--max-steps`, or the
 context budget. The conversation is trimmed to `--max-context-tokens` (oldest middle turns first). Changed files
-go to the test service; no change scores 0 without a call. The work dir is removed whatever happens.
+go to the test service, which drops those that could decide the verdict (tests, runner, test config: the
+`ignored_files` metric counts them); no change scores 0 without a call. The work dir is removed whatever happens.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agent.budget import approx_tokens, trim_messages
 from agent.code import extract_code
 from agent.prompts import R2E_NO_CODE_NUDGE, R2E_SYSTEM_PROMPTS, r2e_observation, r2e_task
 from envs.r2e.client import TestServiceClient, changed_files, tar_b64
+from envs.r2e.protected import HIDDEN_FROM_MODEL
 from envs.r2e.repl import Repl
 from envs.r2e.wire import TestRequest
 from envs.sandbox import SandboxLimits
@@ -65,7 +67,8 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     turn_log: list[dict[str, Any]] = []
     turns, finished, trimmed, context_exhausted = 0, False, 0, False
     try:
-        shutil.copytree(original, workdir)
+        # The hidden tests stay out of the model's copy; the test service runs the task's own (envs/r2e/protected.py).
+        shutil.copytree(original, workdir, ignore=lambda _, names: [n for n in names if n in HIDDEN_FROM_MODEL])
         workdir.touch()  # the copy keeps the cache's mtime: the health monitor takes a dir an hour old for a dead one's
         await repl.start()
         for turns in range(1, ctx.settings.max_steps + 1):  # noqa: B007 - turns is reported below
@@ -103,6 +106,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         await repl.close()
         changed = changed_files(workdir, original)
         reward, breakdown = 0.0, {"tests_expected": float(len(scenario.data["expected"])), "tests_matching": 0.0}
+        ignored: dict[str, str] = {}
         if changed:
             result = await settings.tests.test(TestRequest(
                 docker_image=scenario.data["docker_image"], instance_id=scenario.id,
@@ -110,6 +114,10 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                 timeout=settings.test_timeout_s))
             reward, breakdown = REWARDS[settings.reward](scenario.data["expected"], result.test_output)
             breakdown["test_timed_out"] = float(result.timed_out)
+            ignored = result.ignored_files
+            if ignored:  # tests, runner or test config the model changed: the task's own were used
+                trajectory.log("ignored changed files (the task's own were used): "
+                               + "; ".join(f"{p} ({why})" for p, why in ignored.items())[:1000])
             trajectory.log(f"tests (exit {result.exit_code}):\n{result.test_output[-3000:]}")
     finally:
         await repl.close()
@@ -118,9 +126,10 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     trajectory.metrics.update(breakdown | {
         "agent_steps": float(turns), "finished": float(finished), "changed_files": float(len(changed)),
         "repl_restarts": float(repl.restarts), "llm_queries": float(queries["n"]), "trimmed_messages": float(trimmed),
-        "context_exhausted": float(context_exhausted),
+        "context_exhausted": float(context_exhausted), "ignored_files": float(len(ignored)),
     })
     trajectory.metadata["changed_files"] = ",".join(changed)[:500]
+    trajectory.metadata["ignored_files"] = ",".join(ignored)[:500]
     trajectory.logs.extend(f"cell {i}: {t['code_blocks'][0]['code'][:200]!r}"
                            for i, t in enumerate(turn_log, 1) if t["code_blocks"])
     attach_turns(trajectory, turn_log)

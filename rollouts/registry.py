@@ -83,6 +83,7 @@ def _scratch_args(cfg: Any) -> list[str]:
 
 def _toy() -> EnvSpec:
     from envs import toy
+    from envs.toy_probes import reward_probes
     from rollouts.toy import rollout
 
     return EnvSpec(
@@ -90,11 +91,14 @@ def _toy() -> EnvSpec:
         load_scenarios=lambda cfg: toy.load_scenarios(cfg.dataset_size or 32, cfg.seed, cfg.toy_target),
         rollout=rollout,
         load_val=lambda cfg: toy.load_scenarios(8, cfg.seed, cfg.toy_target, split="val"),
+        # A pass is the whole reply the target (evaluation's pass rate counts the same); the oracle is exactly that.
+        reward_probes=reward_probes, pass_threshold=1.0,
     )
 
 
 def _gmsh() -> EnvSpec:
     from envs.gmsh.client import GmshClient
+    from envs.gmsh.probes import reward_probes as gmsh_probes
     from envs.gmsh.tasks import ensure_default_tasks, load_tasks
     from rollouts.gmsh import rollout, validation_metrics
 
@@ -125,13 +129,15 @@ def _gmsh() -> EnvSpec:
 
     return EnvSpec(name="gmsh", load_scenarios=load, rollout=rollout, default_max_steps=1, services=services,
                    step_metrics=validation_metrics, load_val=lambda cfg: load_tasks(task_file(cfg, "val")),
-                   runs_model_code=True, write_demos=write_demos)
+                   runs_model_code=True, write_demos=write_demos, reward_probes=gmsh_probes,
+                   pass_threshold=0.5)  # rewards in [-1, 1]: doing nothing is -1, a right mesh near 1
 
 
 def _r2e() -> EnvSpec:
     from envs.r2e.cache import build_from_samples, read_index
     from envs.r2e.client import TestServiceClient
     from envs.r2e.data import load_rows
+    from envs.r2e.probes import reward_probes as r2e_probes
     from envs.r2e.scenarios import scenarios_from_rows
     from rollouts.r2e import R2ESettings, rollout
 
@@ -155,6 +161,8 @@ def _r2e() -> EnvSpec:
     async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
         root = Path(cfg.rollout_root)
         root.mkdir(parents=True, exist_ok=True)
+        if cfg.cache_dir is None:  # the embedded default, which the service needs before any scenario is loaded
+            build_from_samples(cache_dir(cfg))  # (the reward check starts the services first)
         runtime = env_options(cfg, "r2e")["test_runtime"]  # envs/r2e/flags.py: --test-runtime process|docker
         async with _service_client(cfg.docker_url, "TEST_SERVICE_TOKEN", TestServiceClient, "envs.r2e.test_service",
                                    "--runtime", runtime, "--cache-dir", str(cache_dir(cfg)),
@@ -179,7 +187,7 @@ def _r2e() -> EnvSpec:
 
     return EnvSpec(name="r2e", load_scenarios=load, rollout=rollout, default_max_steps=10, services=services,
                    load_val=load_val, runs_model_code=True, step_metrics=_sample_split_rewards,
-                   write_demos=write_demos)
+                   write_demos=write_demos, reward_probes=r2e_probes, pass_threshold=1.0)
 
 
 def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
@@ -196,29 +204,40 @@ def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
 
 
 def _openspiel() -> EnvSpec:
+    from envs.openspiel.probes import reward_probes
     from rollouts import openspiel
 
     # default_max_steps: our moves per whole game (--game-mode game); a move-mode rollout is one turn anyway.
+    # pass_threshold: full marks, a legal move (legal mode) or a won game (outcome, game mode); anything the
+    # parser refuses scores 0, so do-nothing and every cheat must stay at 0.
     return EnvSpec(name="openspiel", load_scenarios=openspiel.load_scenarios, rollout=openspiel.rollout,
                    default_max_steps=64, services=openspiel.services, step_metrics=openspiel.game_metrics,
-                   load_val=lambda cfg: openspiel.load_scenarios(cfg, "val"), write_demos=openspiel.write_demos)
+                   load_val=lambda cfg: openspiel.load_scenarios(cfg, "val"), write_demos=openspiel.write_demos,
+                   reward_probes=reward_probes, pass_threshold=1.0)
 
 
 def _planner() -> EnvSpec:
+    from envs.planner.probes import reward_probes
     from rollouts import planner
 
+    # pass_threshold: a correct final answer (correctness weight 1.0); token thrift and independence together add
+    # at most 0.5 at the default weights, so no plan reaches it without the right number.
     return EnvSpec(name="planner", load_scenarios=planner.load_scenarios, rollout=planner.rollout,
                    services=planner.services, step_metrics=planner.planner_metrics,
-                   load_val=lambda cfg: planner.load_scenarios(cfg, "val"), write_demos=planner.write_demos)
+                   load_val=lambda cfg: planner.load_scenarios(cfg, "val"), write_demos=planner.write_demos,
+                   reward_probes=reward_probes, pass_threshold=1.0)
 
 
 def _workflow() -> EnvSpec:
+    from envs.workflow.probes import reward_probes
     from rollouts import workflow
 
+    # pass_threshold: the top tier (a perfect answer); the lower tiers (0.7 near, 0.4 partial, 0.2 answered) are
+    # a gradient for GRPO, not a pass.
     return EnvSpec(name="workflow", load_scenarios=workflow.load_scenarios, rollout=workflow.rollout,
                    services=workflow.services, step_metrics=workflow.workflow_metrics,
                    load_val=lambda cfg: workflow.load_scenarios(cfg, "val"), runs_model_code=True,
-                   write_demos=workflow.write_demos)
+                   write_demos=workflow.write_demos, reward_probes=reward_probes, pass_threshold=1.0)
 
 
 ENVS: dict[str, Callable[[], EnvSpec]] = {"toy": _toy, "gmsh": _gmsh, "r2e": _r2e, "openspiel": _openspiel,

@@ -72,6 +72,8 @@ FIXED = [
     Panel("Health events", "count", ["train/health/child_processes", "train/health/stale_dirs_removed",
                                      "train/health/warnings"]),
 ]
+# The reward preflight's figures ride on one step's row: the headline shows them (`reward_check_text`), no chart.
+REWARD_CHECK = "train/reward_check/"
 # ART's own averages of what the panels above already show, and bookkeeping nobody plots.
 DUPLICATES = {"train/reward", "train/reward_std", "train/reward_std_dev", "train/agent_steps", "train/finished",
               "train/rollout_seconds", "train/completion_tokens", "train/epoch"}
@@ -120,7 +122,7 @@ def panels(rows: list[dict[str, Any]]) -> list[Panel]:
     fixed = {k for p in FIXED for k in p.keys}
     extra: dict[tuple[str, str], list[str]] = {}
     for key in keys:
-        if not key.startswith("train/") or key in fixed or key in DUPLICATES:
+        if not key.startswith("train/") or key in fixed or key in DUPLICATES or key.startswith(REWARD_CHECK):
             continue
         unit = unit_of(key, _series(rows, key)[1])
         part = key.split("/")[1]
@@ -272,6 +274,7 @@ def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
                               "of groups over all RL steps (all rollouts scored alike: nothing to learn from)",
                               share))
     seconds = wall_seconds(rows)
+    figures.append(Figure("reward-check", "Reward check", reward_check_text(state.get("reward_check"))))
     figures.append(Figure("wall-time", "Wall time", _duration(seconds) + " (trainer, over all resumed runs)",
                           round(seconds, 3)))
     folder = model_dir / "checkpoints"
@@ -280,6 +283,30 @@ def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
                                                          f"<code>{html.escape(str(folder))}</code>")
                           if kept else "none kept", " ".join(map(str, kept))))
     return figures
+
+
+def reward_check_text(record: Any) -> str:
+    """One line for state.json's `reward_check` (rollouts/preflight.py): skipped, failed with its reason, or each
+    env's worst oracle, do-nothing and best cheat."""
+    if not isinstance(record, dict) or not record:
+        return '<span class="muted">not run</span>'
+    if record.get("skipped") and "passed" not in record:
+        return '<span class="muted">skipped (--skip-reward-check)</span>'
+    if not record.get("passed"):
+        return f'<span class="short">failed</span>: {html.escape(str(record.get("failure")))}'
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{float(value):.3f}"
+
+    parts = []
+    for env, s in (record.get("envs") or {}).items():
+        oracle = "no oracle" if s.get("oracle_min") is None else f"oracle {num(s.get('oracle_min'))}"
+        cheat = (f", best cheat {num(s.get('best_cheat'))} ({html.escape(str(s.get('best_cheat_name')))})"
+                 if s.get("best_cheat_name") else "")
+        parts.append(f"{html.escape(env)}: {oracle}, do-nothing {num(s.get('nothing_max'))}{cheat} on "
+                     f"{len(s.get('scenarios') or [])} scenario(s)" + (f" ({html.escape(s['note'])})"
+                                                                       if s.get("note") else ""))
+    return '<span class="figure">separated</span>' + ("; " + "; ".join(parts) if parts else "")
 
 
 def _prompt_text(prompt: Any) -> str:

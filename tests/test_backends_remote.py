@@ -95,7 +95,9 @@ def test_megatron_is_arts_own_class_when_its_checks_pass(tmp_path):
     backend = create_backend(BackendChoice("megatron", "test"), str(tmp_path))  # the class builds; training needs GPUs
     from art.megatron import MegatronBackend
 
-    assert type(backend) is MegatronBackend and isinstance(backend, art.local.LocalBackend)
+    # ART's class, with only train()'s packed_sequence_length defaulted to the model's length (backends/remote.py)
+    assert type(backend).__bases__ == (MegatronBackend,) and isinstance(backend, art.local.LocalBackend)
+    assert [name for name in type(backend).__dict__ if not name.startswith("_")] == ["train"]
 
 
 def test_tinker_is_arts_own_class_when_its_extra_is_installed(tmp_path, monkeypatch):

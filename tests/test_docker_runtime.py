@@ -285,3 +285,15 @@ def test_cache_from_the_images_then_train_with_equal_rewards_on_both_runtimes(ro
     assert len(rewards["docker"]) == 12 and rewards["docker"] == rewards["process"]
     values = {reward for _, reward in rewards["docker"]}
     assert 1.0 in values and any(0.0 < r < 1.0 for r in values), rewards  # fixes score 1, half fixes a share
+
+
+def test_a_test_container_mounts_nothing_and_gets_no_privilege():
+    """The changed files travel on stdin: no host path (project, samples, other rollouts) is mounted in."""
+    from envs.r2e.docker_runtime import DockerRuntime
+    from envs.r2e.wire import TestRequest
+
+    request = TestRequest(docker_image="img", instance_id="thermo__b2c3d4e5f607", files_tar_b64="")
+    args = DockerRuntime()._run_args(request, "name")
+    assert not {"-v", "--volume", "--mount", "--privileged", "--volumes-from", "--device"} & set(args)
+    assert not any(a.startswith(("--volume=", "--mount=", "-v=", "--cap-add")) for a in args)
+    assert "--network" in args and args[args.index("--network") + 1] == "none"

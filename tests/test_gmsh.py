@@ -72,7 +72,8 @@ def test_correct_script_for_each_geometry_scores_high(service, tasks, kind):
     assert breakdown["groups_missing"] == 0 and breakdown["mesh_density"] == 1.0
     assert reward >= 0.6
     stats = result["stats"]
-    assert stats["nodes"] > 0 and stats["quality"]["measure"] == "minSICN" and stats["written_mesh_bytes"] > 0
+    assert stats["nodes"] > 0 and stats["quality"]["measure"] == "minSICN"
+    assert stats["geometry"]["nodes_off_shape"] == 0 and stats["geometry"]["face_probes_wrong_side"] == 0
 
 
 def test_script_without_physical_groups_scores_exactly_minus_one(service, tasks):

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="gather later steps' rollouts while a step trains, each at most K policy steps older than the policy it "
            "trains (0: synchronous); see README 'Pipelined async training'")
     a("--lora-rank", type=int, default=d.lora_rank)
+    a("--load-in-4bit", action="store_true", help="GPU: train QLoRA on a 4-bit base (default: full precision)")
+    a("--gpu-memory-utilization", type=float, default=None, help="GPU: vLLM's share of GPU memory (default: ART's 0.9)")
+    a("--enforce-eager", action="store_true", help="GPU: run vLLM without CUDA graphs (slower, less memory)")
     a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
     a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")
     a("--eval-before-after", action=argparse.BooleanOptionalAction, default=d.eval_before_after,
@@ -108,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"peak SFT step size (linear decay): default {DEFAULT_SFT_LR['pretrained']}, "
            f"{DEFAULT_SFT_LR[TINY_RANDOM_MODEL]} for {TINY_RANDOM_MODEL}")
     a("--sft-batch-size", type=int, default=d.sft_batch_size, help="conversations per SFT gradient step")
+    a("--check-rewards", action="store_true",
+      help="the reward preflight alone: score the env's oracle, a do-nothing reply and each cheat on a few "
+           "scenarios through its real services, print a table, exit 0 when the reward separates them, else 1 "
+           "(no model is loaded, nothing is trained)")
+    a("--skip-reward-check", action="store_true",
+      help="train without the reward preflight that otherwise runs before the first RL step (see --check-rewards)")
     a("--allow-unsandboxed", action="store_true",
       help="run model-written code without bubblewrap when none can run here (weak isolation: you accept the risk)")
     from rollouts.registry import add_env_flags

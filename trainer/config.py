@@ -79,6 +79,9 @@ class ExperimentConfig:
     temperature_schedule: str | None = None  # INITIAL:FINAL:WARMUP_STEPS for RL rollouts (trainer/schedule.py)
     max_steps_off_policy: int = 0  # 0: synchronous steps; K: gather ahead while training (trainer/pipeline.py)
     lora_rank: int = 8
+    load_in_4bit: bool = False  # GPU (ART's unsloth): QLoRA on a 4-bit base; backends/local_config.py
+    gpu_memory_utilization: float | None = None  # GPU: vLLM's share of the GPU (None: ART's 0.9)
+    enforce_eager: bool = False  # GPU: vLLM without CUDA graphs
     eval_every: int = 0
     eval_only: bool = False
     checkpoint: int | None = None
@@ -100,6 +103,8 @@ class ExperimentConfig:
     sft_learning_rate: float | None = None
     sft_batch_size: int = 2
     allow_unsandboxed: bool = False
+    check_rewards: bool = False  # --check-rewards: the reward preflight alone (rollouts/preflight.py), then exit
+    skip_reward_check: bool = False  # --skip-reward-check: no preflight before the first RL step
     # Flags that belong to one env (declared by its flags module, `rollouts.registry.ENV_FLAGS`): dest -> value,
     # only for the env this run uses, so adding an env's flags never changes another env's config hash.
     env_options: dict[str, Any] = field(default_factory=dict)
@@ -109,10 +114,10 @@ class ExperimentConfig:
     RUN_CONTROL = frozenset({
         "max_training_steps", "num_epochs", "allow_config_change", "max_concurrent", "max_rollouts_per_second",
         "max_failed_share", "vllm_url", "docker_url", "gmsh_url", "log_dir", "log_sample_rate", "backend",
-        "serverless_url",
+        "serverless_url", "check_rewards", "skip_reward_check",
         "rollout_root", "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
         "eval_every", "eval_only", "checkpoint", "eval_rollouts", "keep_checkpoints", "save_every",
-        "sft_only", "allow_unsandboxed", "eval_before_after",
+        "sft_only", "allow_unsandboxed", "eval_before_after", "gpu_memory_utilization", "enforce_eager",
     })
 
     def __post_init__(self) -> None:
@@ -144,6 +149,8 @@ class ExperimentConfig:
             del fields["mix"]
         if not fields["max_steps_off_policy"]:  # and synchronous runs
             del fields["max_steps_off_policy"]
+        if not fields["load_in_4bit"]:  # and runs on a full-precision base
+            del fields["load_in_4bit"]
         return fields
 
     def config_hash(self) -> str:
@@ -175,6 +182,8 @@ class ExperimentConfig:
             (0 <= self.kl_penalty_coef <= 1e3, "--kl-penalty-coef must be between 0 (off) and 1000"),
             (self.max_steps_off_policy >= 0, "--max-steps-off-policy must be 0 (synchronous) or more"),
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
+            (self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+             "--gpu-memory-utilization must be in (0, 1]"),
             (self.health_check_interval > 0, "--health-check-interval must be positive"),
             (self.bash_timeout > 0, "--bash-timeout must be positive"),
             (self.eval_every >= 0, "--eval-every must be 0 (off) or more"),
@@ -191,6 +200,10 @@ class ExperimentConfig:
              "--sft-only needs SFT data: --sft-data FILE, or the env's demonstrations (--sft-demos)"),
             (self.vllm_url is None or self.vllm_url.startswith(("http://", "https://")),
              "--vllm-url must start with http:// or https://"),
+            (not (self.check_rewards and self.skip_reward_check),
+             "--check-rewards runs the reward check that --skip-reward-check skips; give one of them"),
+            (not (self.check_rewards and self.eval_only),
+             "--check-rewards trains and evaluates nothing; leave --eval-only out"),
         ]
         from rollouts.registry import ENVS
 
@@ -236,6 +249,9 @@ class ExperimentConfig:
         from trainer.paths import base_model_problem
 
         local_model = self.base_model in NAMED_MODELS or Path(self.base_model).exists()
+        if self.backend == "local" and (problem := run_problem("local", RunNeeds(
+                init_adapter=self.init_adapter, checkpoint=self.checkpoint))):
+            return problem
         if self.backend not in REMOTE_KINDS:
             return base_model_problem(self.base_model, NAMED_MODELS)
         if self.serverless_url is not None and not self.serverless_url.startswith(("http://", "https://")):

@@ -50,6 +50,7 @@ class Run:
     limits: Any = None
     val: list[Any] = dataclasses.field(default_factory=list)
     max_steps: int = 1
+    reward_check: dict[str, float] = dataclasses.field(default_factory=dict)  # for the first RL step's history row
 
     async def evaluate(self, at_step: int, label: str) -> dict[str, float]:
         from rollouts.evaluate import evaluate
@@ -71,6 +72,8 @@ async def run(config: ExperimentConfig) -> dict[str, Any]:
 
     The experiment's lock comes first: a second live run of the same experiment stops here, having touched nothing.
     """
+    if config.check_rewards:  # --check-rewards: the reward preflight alone; no model, no lock, no training
+        return await _check_rewards(config)
     model_dir = Path(config.art_path) / config.project / "models" / str(config.model_name)
     lock = ExperimentLock.acquire(model_dir, config.experiment_name)
     try:
@@ -88,6 +91,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     from rollouts.gather import GatherLimits
     from rollouts.health import HealthLimits, HealthMonitor, RunDir, remove_dead_runs
     from rollouts.registry import get_env
+    from trainer.resume import recover_checkpoints
     from trainer.sft import load_sft_conversations
 
     choice = choose_backend(config.backend)  # keys, extras, GPUs: before anything is loaded or written
@@ -104,6 +108,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     state = model.read_state() or {}
     check_resume(config, state)
     check_outputs(config, model_dir, state)  # clashes with files another run left: one line, before any work
+    state = recover_checkpoints(model_dir, state, model.overwrite_state, local=choice.kind in ("cpu", "local"))
     committed = int(state.get("step", 0))
     conversations = load_sft_conversations(config.sft_data) if config.sft_data else []
     sft_done = int((state.get("sft") or {}).get("epochs_done", 0)) >= config.sft_epochs
@@ -117,6 +122,9 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     if conversations:
         _check_sft_lengths(conversations, base_model, config.max_context_tokens)
     model.base_model = base_model
+    from backends.local_config import configure_model
+
+    configure_model(model, config, base_model, lora_targets, choice.kind)  # ART's _internal_config (GPU kinds)
     _configure_wandb(model, config)
     _, removed = claim_outputs(config, model_dir, state, lambda run_id: model.merge_state({RUN_ID: run_id}))
     for item in removed:
@@ -168,6 +176,11 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
             figures = await the_run.evaluate(at, "only")
             print(json.dumps({"eval_step": at, "scenarios": len(the_run.val), **figures}, indent=2), flush=True)
             return model.read_state() or {}
+        if not config.sft_only:  # the reward preflight: before any training, SFT included (rollouts/preflight.py)
+            from rollouts.preflight import before_training
+
+            the_run.reward_check = await before_training(config, the_run.ctx.services, model,
+                                                         model.read_state() or {})
         if the_run.val and step == 0 and config.eval_before_after:
             await the_run.evaluate(0, "before training")
         if conversations:
@@ -239,6 +252,19 @@ async def _env_demonstrations(env: Any, config: ExperimentConfig, model_dir: Pat
     print(f"sft: {len(conversations)} demonstration(s) of the {config.env} train split (--sft-demos off to skip)",
           flush=True)
     return conversations
+
+
+async def _check_rewards(config: ExperimentConfig) -> dict[str, Any]:
+    """Each env's services started as training starts them, its probes scored, a table printed; raises
+    RewardCheckFailed (exit 1) when the reward does not separate them."""
+    from rollouts.preflight import check_standalone, report_results, state_record
+    from rollouts.registry import get_env
+
+    if get_env(config.env, config.mix).runs_model_code:
+        _require_sandbox(config)
+    results = await check_standalone(config)
+    report_results(results)
+    return {"reward_check": state_record(results)}
 
 
 def _require_sandbox(config: ExperimentConfig) -> None:

@@ -9,6 +9,11 @@ experiment's log folder names its owner in `.owner.json`. Files that no state of
 folder with checkpoints but no state, step logs of a run with another art path or on another machine sharing the
 log dir) are never deleted: the run stops with one line saying what clashes, and keeps them.
 
+A damaged checkpoint (a file cut short by a full disk, a copy or a crash of the storage) is found before anything
+loads it (`recover_checkpoints`): the run falls back to the newest good checkpoint and the state committed with it
+(kept in the checkpoint, backends/trainer_model.py), so the later steps are redone exactly once; with none to fall
+back to it stops with one line and changes nothing. Every file written here is written atomically.
+
 `ExperimentLock`: an exclusive `flock` on `<model dir>/.run.lock` while a run lives. The kernel drops it when the
 process dies, kill -9 included, so a stale lock never blocks a resume; a second live run of the same experiment
 stops at once with one line naming the holder's pid, before it reads or writes anything else.
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends.atomic import TMP_MARK, atomic_write_json, atomic_write_text, disk_full_guard
 from trainer.config import ConfigError, ExperimentConfig
 from trainer.paths import LOCK_FILE, busy_message
 
@@ -74,12 +80,9 @@ def rollback_uncommitted(model_dir: Path, committed_step: int) -> list[str]:
     removed: list[str] = []
     checkpoints = model_dir / "checkpoints"
     if checkpoints.is_dir():
-        committed, renamed = checkpoints / f"{committed_step:04d}", checkpoints / f"{committed_step + 1:04d}"
-        if not committed.exists() and renamed.is_dir():  # a step with nothing to train renamed it (backends/cpu.py)
-            os.rename(renamed, committed)
-            removed.append(f"{renamed} (renamed back to {committed.name})")
+        removed += _undo_skip_rename(checkpoints, committed_step)
         for entry in checkpoints.iterdir():
-            if entry.name.startswith(".tmp-") or (entry.name.isdigit() and int(entry.name) > committed_step):
+            if TMP_MARK in entry.name or (entry.name.isdigit() and int(entry.name) > committed_step):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(str(entry))
     history = model_dir / "history.jsonl"
@@ -96,15 +99,138 @@ def rollback_uncommitted(model_dir: Path, committed_step: int) -> list[str]:
             else:
                 dropped += 1
         if dropped:
-            tmp = history.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, history)
+            atomic_write_text(history, "".join(line + "\n" for line in kept))
             removed.append(f"{history} ({dropped} rows)")
+    for leftover in model_dir.glob(f"{TMP_MARK}*"):  # a state.json or model.json cut by a kill, never renamed
+        leftover.unlink(missing_ok=True)
+        removed.append(str(leftover))
     for parquet in (model_dir / "trajectories").glob("*/*.parquet"):
         if parquet.stem.isdigit() and int(parquet.stem) > committed_step:
             parquet.unlink()
             removed.append(str(parquet))
     return removed
+
+
+def _undo_skip_rename(checkpoints: Path, committed_step: int) -> list[str]:
+    """A step with nothing to train renames the latest checkpoint to the next step (backends/cpu.py): a kill
+    before that step's commit leaves the committed checkpoint under the next number. Put it back."""
+    committed, renamed = checkpoints / f"{committed_step:04d}", checkpoints / f"{committed_step + 1:04d}"
+    if not committed.exists() and renamed.is_dir():
+        os.rename(renamed, committed)
+        return [f"{renamed} (renamed back to {committed.name})"]
+    return []
+
+
+# ---- damaged checkpoints ----------------------------------------------------------------------------------------
+
+PROGRESS_FREE_KEYS = (RUN_ID, "config_hash", "config")  # what a state at step 0 keeps: who the run is, not where
+
+
+def _numbered(checkpoints: Path) -> list[int]:
+    if not checkpoints.is_dir():
+        return []
+    return sorted((int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+
+
+def _saved_state(checkpoint: Path, step: int) -> dict[str, Any] | None:
+    """The state committed with this checkpoint (None: not kept, unreadable, or another step's)."""
+    from backends.trainer_model import STATE_SNAPSHOT
+
+    try:
+        saved = json.loads((checkpoint / STATE_SNAPSHOT).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("step") == step else None
+
+
+def recover_checkpoints(model_dir: Path, state: dict[str, Any], write_state: Callable[[dict[str, Any]], Any],
+                        local: bool = True) -> dict[str, Any]:
+    """Check the committed checkpoint (and, if it is damaged, older ones) before anything loads it.
+
+    Returns the state to resume from: `state` itself when the committed checkpoint is good; else the state kept
+    in the newest good checkpoint, written as the new `state.json` (the later checkpoints, history rows,
+    trajectories and step logs are then rolled back by `claim_outputs` as uncommitted, and those steps are redone
+    once). A damaged initial checkpoint (state at step 0) is removed: the backend makes it again from the seed,
+    so nothing is lost. With no good checkpoint to fall back to, `CheckpointError`, one line, nothing changed:
+    falling back to the base model would silently discard every trained step and delete their history, which
+    only a person should decide (by moving the model folder away). `local`: the checkpoints live in this model
+    folder (CPU and LocalBackend); a remote engine's are not checked here.
+    """
+    from backends.policy import CheckpointError, checkpoint_problem
+
+    committed = int(state.get("step", 0))
+    checkpoints = model_dir / "checkpoints"
+    if not local or (committed == 0 and not _numbered(checkpoints)):
+        return state
+    _undo_skip_rename(checkpoints, committed)
+    bad: list[str] = []
+    for step in [committed, *(s for s in _numbered(checkpoints) if s < committed)]:
+        folder = checkpoints / f"{step:04d}"
+        problem = checkpoint_problem(folder)
+        saved = state if step == committed else _saved_state(folder, step)
+        if saved is None and step == 0:
+            saved = {k: state[k] for k in PROGRESS_FREE_KEYS if k in state} | {"step": 0}
+        if problem is None and saved is not None:
+            break
+        bad.append(f"{folder} is unusable: {problem or 'the state committed with it was not kept'}")
+    else:
+        if committed == 0:
+            shutil.rmtree(checkpoints / f"{committed:04d}", ignore_errors=True)
+            print(f"resume: checkpoint {bad[0]}; removed, the initial adapter is made again", flush=True)
+            return state
+        raise CheckpointError(
+            f"resume: checkpoint {bad[0]}; no earlier good checkpoint is kept ({len(bad)} checked), so nothing "
+            "was changed: restore the checkpoint from a copy, or move "
+            f"{model_dir} away (or use a new --experiment-name) to start over")
+    if not bad:
+        return state
+    restored = {**saved, **({RUN_ID: state[RUN_ID]} if RUN_ID in state else {})}
+    write_state(restored)
+    more = f" (and {len(bad) - 1} older)" if len(bad) > 1 else ""
+    redone = f"step {committed} is" if step + 1 == committed else f"steps {step + 1}..{committed} are"
+    print(f"resume: checkpoint {bad[0]}{more}; falling back to step {step}, the newest good "
+          f"checkpoint: {redone} redone", flush=True)
+    return restored
+
+
+def committed_step(config: ExperimentConfig) -> int:
+    """The step in the experiment's state.json (0 when none or unreadable): where a rerun resumes."""
+    path = Path(config.art_path) / config.project / "models" / str(config.model_name) / "state.json"
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8")).get("step", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
+FULL_BELOW_BYTES = 1 << 20  # a file system with less free space than this counts as the full one
+
+
+def _free_bytes(folder: str) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
+
+
+def disk_full_line(exc: BaseException, config: ExperimentConfig) -> str | None:
+    """The one line that ends a run stopped by a full disk or quota (None: `exc` is another failure). Whatever
+    the write was, nothing past the committed step counts, so the rerun redoes the step that was cut."""
+    from backends.atomic import DiskFull, is_disk_full
+
+    if not is_disk_full(exc):
+        return None
+    if isinstance(exc, DiskFull):
+        what = str(exc)
+    else:  # a write not routed through backends/atomic.py: the system's own error, with its file where it has one
+        reason = getattr(exc, "strerror", None) or "No space left on device"
+        if filename := getattr(exc, "filename", None):
+            what = f"disk full ({reason}) writing {filename}"
+        else:  # no file named (os.write): the run's folders that sit on a full file system
+            folders = list(dict.fromkeys([config.art_path, config.log_dir, config.rollout_root]))
+            full = [f for f in folders if _free_bytes(f) < FULL_BELOW_BYTES] or folders[:1]
+            what = f"disk full ({reason}) writing under {', '.join(full)}"
+    return (f"error: {what}: free space and rerun the same command; the run resumes after step "
+            f"{committed_step(config)}")
 
 
 def check_resume(config: ExperimentConfig, state: dict[str, Any]) -> None:
@@ -151,8 +277,9 @@ class ExperimentLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with disk_full_guard(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd, created)
 
     def release(self) -> None:
@@ -236,10 +363,10 @@ def claim_outputs(config: ExperimentConfig, model_dir: Path, state: dict[str, An
     log_root = Path(config.log_dir) / config.experiment_name
     log_root.mkdir(parents=True, exist_ok=True)
     if not ours:
-        tmp = log_root / f"{OWNER_FILE}.tmp"
-        tmp.write_text(json.dumps({RUN_ID: run_id, "model_dir": str(model_dir.resolve()),
-                                   "host": socket.gethostname()}))
-        os.replace(tmp, log_root / OWNER_FILE)
+        atomic_write_json(log_root / OWNER_FILE, {RUN_ID: run_id, "model_dir": str(model_dir.resolve()),
+                                                  "host": socket.gethostname()}, indent=None)
+    for leftover in log_root.glob(f"{TMP_MARK}*"):  # an owner file cut by a kill, never renamed
+        leftover.unlink(missing_ok=True)
     for entry in log_root.glob("step_*"):  # step logs are ours now: those past the commit are being redone
         number = entry.name.removeprefix("step_")
         if number.isdigit() and int(number) > committed:

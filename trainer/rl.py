@@ -79,6 +79,9 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
                         "step_seconds": time.monotonic() - ready_at, "trained_groups": float(len(trainable)),
                         "epoch": float(planned.next_cursor.epoch), "temperature": temperature_at(step)}
             metrics |= fresh.metrics() | result.metrics | monitor.figures()
+            # the reward preflight's figures ride on this start's first RL step (no row of their own: steps stay 1..N)
+            metrics |= the_run.reward_check
+            the_run.reward_check = {}
             await model.log([g for g in groups if g.trajectories], split="train", step=step, metrics=metrics)
             if config.eval_every and step % config.eval_every == 0 and the_run.val:
                 await the_run.evaluate(step, f"at step {step}")

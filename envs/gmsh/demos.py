@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -206,10 +205,9 @@ def write_demos(out: Path, split: str = "train", count: int | None = None, seed:
             demos, left_out = asyncio.run(_run(scenarios, count or len(scenarios), client, split))
     for task_id, score in left_out.items():
         print(f"note: {task_id} left out: its best script scores {score:.3f}, not {FULL_SCORE}", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")  # no half-written file if this fails
-    tmp_out.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in demos))
-    tmp_out.replace(out)
+    from backends.atomic import atomic_write_jsonl
+
+    atomic_write_jsonl(out, demos, ensure_ascii=False)  # no half-written file if this fails
     return demos
 
 

@@ -1,65 +1,37 @@
-"""Runs one model-written gmsh script, then measures whatever mesh the gmsh model holds (inside the sandbox).
+"""Runs one model-written gmsh script, then saves whatever mesh the gmsh model holds (inside the sandbox).
 
-`python script_runner.py SCRIPT STATS_JSON`. `gmsh.finalize` is deferred so the mesh can be analysed after the
-script ends, whether it saved the mesh, crashed half way, or called sys.exit. The stats file is written last:
-if the sandbox kills this process, there are no stats, and the service reports that. It runs inside the sandbox
-(`envs.sandbox`: bubblewrap, a uid of its own) because the script it runs is model-written; the service trusts
-nothing it writes beyond the stats JSON it parses.
+`python script_runner.py SCRIPT MESH_OUT`. `gmsh.finalize` is deferred so the mesh can be saved after the script
+ends, whether it saved the mesh itself, crashed half way, or called sys.exit. This process runs model code, so
+nothing it leaves behind is trusted: the mesh file it writes is only a claim, which the service hands to a fresh
+process (`mesh_verifier.py`, no model code) that measures it against the task's geometry. A script that forges
+a stats file, prints a verdict, exits early or writes a mesh file by hand gains nothing from it. It runs inside
+the sandbox (`envs.sandbox`: bubblewrap, a uid of its own) because the script it runs is model-written.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import sys
 import traceback
 
 
-def analyse(gmsh) -> dict:
-    stats: dict = {"initialized": bool(gmsh.isInitialized())}
-    if not stats["initialized"]:
-        return stats
-    elements_by_dim: dict[str, int] = {}
-    elements_by_type: dict[str, int] = {}
-    for dim in range(4):
-        types, tags, _ = gmsh.model.mesh.getElements(dim)
-        elements_by_dim[str(dim)] = int(sum(len(t) for t in tags))
-        for etype, etags in zip(types, tags, strict=False):
-            name = gmsh.model.mesh.getElementProperties(etype)[0]
-            elements_by_type[name] = elements_by_type.get(name, 0) + len(etags)
-    node_tags, _, _ = gmsh.model.mesh.getNodes()
-    top = max((d for d in range(4) if elements_by_dim[str(d)] > 0), default=0)
-    quality = {"measure": "minSICN", "dim": top, "min": None, "mean": None}
-    if top >= 2:
-        _, tags, _ = gmsh.model.mesh.getElements(top)
-        all_tags = [t for block in tags for t in block]
-        if all_tags:
-            q = gmsh.model.mesh.getElementQualities(all_tags, "minSICN")
-            quality |= {"min": float(min(q)), "mean": float(sum(q) / len(q))}
-    groups = []
-    for dim, tag in gmsh.model.getPhysicalGroups():
-        groups.append({"name": gmsh.model.getPhysicalName(dim, tag), "dim": int(dim), "tag": int(tag),
-                       "entity_count": len(gmsh.model.getEntitiesForPhysicalGroup(dim, tag))})
-    try:
-        bbox = list(gmsh.model.getBoundingBox(-1, -1))
-    except Exception:
-        bbox = None
-    mesh_files = [f for f in os.listdir(".") if f.endswith((".msh", ".vtk", ".med", ".inp", ".unv"))]
-    stats |= {
-        "nodes": len(node_tags), "elements_by_dim": elements_by_dim, "elements_by_type": elements_by_type,
-        "quality": quality, "physical_groups": groups, "bbox": bbox,
-        "mesh_files": mesh_files, "written_mesh_bytes": sum(os.path.getsize(f) for f in mesh_files),
-    }
-    return stats
+def save_mesh(gmsh, write, set_number, path: str) -> None:
+    """Every element (not only those in physical groups, gmsh's default), in msh 4.1, which keeps the groups."""
+    if not gmsh.isInitialized():
+        return
+    set_number("Mesh.SaveAll", 1)
+    set_number("Mesh.MshFileVersion", 4.1)
+    set_number("Mesh.Binary", 1)
+    write(path)
 
 
 def main() -> int:
-    script, stats_path = sys.argv[1], sys.argv[2]
+    script, mesh_out = sys.argv[1], sys.argv[2]
     import gmsh
 
-    real_finalize = gmsh.finalize
-    gmsh.finalize = lambda: None  # keep the model alive for analyse()
+    real_finalize, write, set_number = gmsh.finalize, gmsh.write, gmsh.option.setNumber
+    gmsh.finalize = lambda: None  # keep the model alive for save_mesh()
     error = None
     try:
         runpy.run_path(script, run_name="__main__")
@@ -68,15 +40,14 @@ def main() -> int:
             error = f"SystemExit({exc.code})"
     except BaseException:
         error = traceback.format_exc(limit=5)
+    if error:
         print(error, file=sys.stderr)
+    if os.path.lexists(mesh_out):  # the script's own file by that name is not the model's mesh
+        os.remove(mesh_out)
     try:
-        stats = analyse(gmsh)
-    except Exception as exc:  # the script left gmsh in a state that cannot be read
-        stats = {"initialized": True, "analysis_error": f"{exc.__class__.__name__}: {exc}"}
-    stats["script_error"] = error
-    with open(stats_path + ".tmp", "w") as f:
-        json.dump(stats, f)
-    os.replace(stats_path + ".tmp", stats_path)
+        save_mesh(gmsh, write, set_number, mesh_out)
+    except Exception as exc:  # the script left gmsh in a state that cannot be saved
+        print(f"the mesh could not be saved: {exc.__class__.__name__}: {exc}", file=sys.stderr)
     if gmsh.isInitialized():
         real_finalize()
     return 1 if error else 0

@@ -1,7 +1,9 @@
 """The gmsh tool service: `python -m envs.gmsh.service --host 127.0.0.1 --port P --token T --workers N`.
 
 Each script runs in a fresh sandboxed subprocess (gmsh is not thread safe), in a temp dir of its own with the
-task's geometry copied in, and the mesh left in the gmsh model is measured after the script ends. At most
+task's geometry copied in; the mesh left in the gmsh model is saved after the script ends and measured against
+the task's geometry by a second, fresh sandboxed process that runs no model code (envs/gmsh/mesh_verifier.py:
+the script's own process can forge anything it reports). At most
 `--workers` scripts run at once and at most `--queue` wait; past that the service answers 503 + Retry-After.
 The scripts are model-written: where no sandbox can run (`envs.sandbox`), the service refuses to start (one line
 on stderr, exit code 2) unless `--allow-unsandboxed` (or ART_ALLOW_UNSANDBOXED=1) opts out.
@@ -32,6 +34,9 @@ from envs.owned_dir import ScratchDir, exit_cleanly_on_sigterm
 from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
 
 RUNNER = Path(__file__).with_name("script_runner.py")
+VERIFIER = Path(__file__).with_name("mesh_verifier.py")
+MESH_FILE = "result.msh"  # where the runner saves the model's mesh after the script
+MAX_MESH_BYTES = 256 * 1024 * 1024
 
 
 class GmshRunner:
@@ -69,28 +74,54 @@ class GmshRunner:
             self.in_service -= 1
 
     async def _run(self, request: RunRequest, geometry: bytes) -> RunResult:
-        workdir = self.scratch.mkdtemp("gmsh-run-") if self.scratch else Path(tempfile.mkdtemp(prefix="gmsh-run-"))
+        limits = SandboxLimits(**{**self.limits.__dict__, "wall_s": min(request.timeout, self.limits.wall_s),
+                                  "cpu_s": int(min(request.timeout, self.limits.wall_s)) + 1})
+        workdir = self._mkdtemp("gmsh-run-")
         try:
             (workdir / request.geometry_name).write_bytes(geometry)
             (workdir / "script.py").write_text(request.script)
-            limits = SandboxLimits(**{**self.limits.__dict__, "wall_s": min(request.timeout, self.limits.wall_s),
-                                      "cpu_s": int(min(request.timeout, self.limits.wall_s)) + 1})
-            argv = [sys.executable, str(RUNNER), "script.py", "stats.json"]
-            result = await run_sandboxed(argv, workdir, limits)
-            stats_path = workdir / "stats.json"
-            stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-            error = None
-            if result.timed_out:
-                error = f"script did not finish within {limits.wall_s:.0f} s"
-            elif not stats:
-                error = f"script process died (exit code {result.exit_code}) before the mesh could be read"
-            elif stats.get("script_error"):
-                error = stats["script_error"].strip().splitlines()[-1]
-            return RunResult(ok=error is None and result.exit_code == 0, exit_code=result.exit_code,
-                             stdout=result.stdout, stderr=result.stderr, elapsed=result.elapsed,
-                             timed_out=result.timed_out, stats=stats, error=error)
+            result = await run_sandboxed([sys.executable, str(RUNNER), "script.py", MESH_FILE], workdir, limits)
+            stats: dict = {}
+            if not result.timed_out:
+                stats = await self._verify(workdir / MESH_FILE, request.geometry_name, geometry, limits)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        error = None
+        if result.timed_out:
+            error = f"script did not finish within {limits.wall_s:.0f} s"
+        elif result.exit_code != 0:
+            lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+            error = f"script failed (exit code {result.exit_code})" + (f": {lines[-1].strip()}" if lines else "")
+        elif stats.get("rejected"):
+            error = stats["rejected"]
+        elif not stats:
+            error = "the mesh could not be measured"
+        return RunResult(ok=error is None, exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
+                         elapsed=result.elapsed, timed_out=result.timed_out, stats=stats, error=error)
+
+    def _mkdtemp(self, prefix: str) -> Path:
+        return self.scratch.mkdtemp(prefix) if self.scratch else Path(tempfile.mkdtemp(prefix=prefix))
+
+    async def _verify(self, mesh: Path, geometry_name: str, geometry: bytes, limits: SandboxLimits) -> dict:
+        """The stats, from a fresh sandboxed process that runs no model code (envs/gmsh/mesh_verifier.py), given
+        the service's own copy of the geometry and the mesh file the script's process left, if a plain file."""
+        checkdir = self._mkdtemp("gmsh-check-")
+        try:
+            (checkdir / geometry_name).write_bytes(geometry)
+            if not (mesh.is_file() and not mesh.is_symlink()):
+                return {"initialized": False}  # gmsh was never initialised (or the file was replaced): no mesh
+            if mesh.stat().st_size > MAX_MESH_BYTES:
+                return {"initialized": True, "rejected": f"the mesh file is over {MAX_MESH_BYTES >> 20} MiB"}
+            shutil.copyfile(mesh, checkdir / MESH_FILE)
+            verdict = await run_sandboxed([sys.executable, str(VERIFIER), MESH_FILE, geometry_name, "stats.json"],
+                                          checkdir, limits)
+            stats_path = checkdir / "stats.json"
+            if verdict.timed_out or not stats_path.is_file():
+                return {"initialized": True, "rejected": "the mesh could not be measured "
+                        f"({'timed out' if verdict.timed_out else f'exit code {verdict.exit_code}'})"}
+            return json.loads(stats_path.read_text())
+        finally:
+            shutil.rmtree(checkdir, ignore_errors=True)
 
 
 def build_app(token: str, task_store: Path | None = None, workers: int = 2, queue: int = 64,

@@ -2,7 +2,9 @@
 
 The planner answers one JSON object: `{"subproblems": ["...", ...], "combine": "..."}` (combine optional), or
 `{"atomic": true}` to have the executor solve the whole problem directly. A fenced ```json block or text around
-the object is tolerated; anything else is malformed, with a short reason that becomes a metric name.
+the object is tolerated; anything else is malformed, with a short reason that becomes a metric name. So is a key
+the format does not have: a plan that carries its own `answers`, `final_answer` or token counts is trying to speak
+for the executor, and nothing of it is read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ PLANNER_SYSTEM_PROMPT = (
 )
 EXECUTOR_SYSTEM_PROMPT = "Solve the problem. Be brief. End with a line '#### N' where N is the number."
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+PLAN_KEYS = frozenset({"subproblems", "combine", "atomic"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ def parse_plan(text: str, max_subproblems: int) -> Plan:
     data = _json_object(text)
     if not isinstance(data, dict):
         raise MalformedPlan("not_object", "the JSON is not an object")
+    if unknown := sorted(str(k) for k in data if k not in PLAN_KEYS):
+        raise MalformedPlan("unknown_field", f"unknown field(s) {', '.join(unknown)[:80]}; a plan has only "
+                            "subproblems, combine and atomic")
     if data.get("atomic") is True and not data.get("subproblems"):
         return Plan(atomic=True)
     items = data.get("subproblems")

@@ -3,7 +3,7 @@
 R2E-style Docker images of the bundled samples offline (envs/r2e/images.py).
 
 cache: --cache-dir D (--from-samples | --split S [--dataset FILE] --max-entries N [--skip-existing] [--dry-run])
-score: --cache-dir D --dataset FILE --instance-id ID --files DIR  -> {reward, partial, tests: {...}}
+score: --cache-dir D --dataset FILE --instance-id ID --files DIR  -> {reward, partial, tests, ignored_files}
 demos: --out F.jsonl [--split train|heldout|all] [--cache-dir D] [--system-prompt P]
 images: [--image-cache D] [--rows-out F.jsonl] [--mirror URL]  -> rows whose docker_image are the built images
 """
@@ -35,7 +35,8 @@ async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
     files = Path(args.files)
     changed = sorted(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file())
     if not changed:
-        return {"reward": 0.0, "partial": 0.0, "tests": {k: None for k in row.expected_output_json}}
+        return {"reward": 0.0, "partial": 0.0, "tests": {k: None for k in row.expected_output_json},
+                "ignored_files": {}}
     client = TestServiceClient([url], token)
     try:
         result = await client.test(TestRequest(docker_image=row.docker_image, instance_id=row.instance_id,
@@ -45,7 +46,7 @@ async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
     reward, _ = binary_test_reward(row.expected_output_json, result.test_output)
     partial, _ = partial_test_reward(row.expected_output_json, result.test_output)
     found = match_expected(row.expected_output_json, parse_pytest_output(result.test_output))
-    return {"reward": reward, "partial": partial, "tests": found}
+    return {"reward": reward, "partial": partial, "tests": found, "ignored_files": result.ignored_files}
 
 
 def _images(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -181,10 +180,9 @@ async def build_demos(cache_dir: Path, split: str = "train", system_prompt: str 
 
 def write_jsonl(path: Path, conversations: list[dict[str, Any]]) -> None:
     """One conversation per line; written to a temp file first so a failed run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations))
-    tmp.replace(path)
+    from backends.atomic import atomic_write_jsonl
+
+    atomic_write_jsonl(path, conversations, ensure_ascii=False)
 
 
 def write_demos(out: Path, split: str = "train", cache_dir: Path | None = None,

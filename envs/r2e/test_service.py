@@ -1,7 +1,9 @@
 """The test service: `python -m envs.r2e.test_service --runtime {docker,process} --cache-dir D --host H --port P
 --token T --max-concurrent N`. (The issue calls it the Docker test service; `process` is its no-Docker runtime.)
 
-`POST /test` applies the changed files to a fresh copy of the repository and runs its test command: in a fresh
+`POST /test` applies the changed files to a fresh copy of the repository and runs its test command; the files
+that could decide the verdict (tests, runner, test config, start-up hooks, shadowing modules: envs/r2e/protected.py)
+are dropped first, so the task's own version runs, and the result names them (`ignored_files`). In a fresh
 container of the task's image (`docker`, see envs/r2e/docker_runtime.py: no network, CPU/memory/pids limits, always
 removed; the service exits 2 at start when no engine answers and removes its own stale containers) or in a sandboxed
 subprocess on a temp copy of the cached repo (`process`). A client that disconnects stops its test run.
@@ -26,8 +28,8 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Coroutine
-from pathlib import Path
+from collections.abc import Collection, Coroutine
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import uvicorn
@@ -37,8 +39,46 @@ from envs.idempotency import RecentResults
 from envs.owned_dir import ScratchDir, exit_cleanly_on_sigterm
 from envs.r2e.cache import read_index
 from envs.r2e.docker_runtime import ContainerLimits, DockerRuntime, engine_problem, remove_stale_containers
+from envs.r2e.protected import protected_reason
 from envs.r2e.wire import TestRequest, TestResult
 from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
+
+
+def task_files_only(request: TestRequest, original: Collection[str] | None) -> tuple[TestRequest, dict[str, str]]:
+    """The request with the changed files that could decide the verdict dropped (envs/r2e/protected.py), and
+    {dropped path: why}. Only regular files travel on: a link or device is dropped too. Applied here, in the
+    service, for every runtime: the client (and the model behind it) is not trusted to have done it."""
+    try:
+        data = base64.b64decode(request.files_tar_b64, validate=True)
+        if not data:
+            return request, {}  # no files at all
+        kept, ignored = io.BytesIO(), {}
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar, tarfile.open(fileobj=kept, mode="w") as out:
+            for member in tar.getmembers():
+                name = str(PurePosixPath(member.name))
+                if member.isdir():
+                    continue
+                reason = "not a regular file" if not member.isfile() else protected_reason(name, request.test_cmd,
+                                                                                           original)
+                if reason:
+                    ignored[name] = reason
+                    continue
+                clean = tarfile.TarInfo(name)
+                clean.size, clean.mode, clean.mtime = member.size, member.mode & 0o755, member.mtime
+                out.addfile(clean, tar.extractfile(member))
+    except (binascii.Error, tarfile.TarError) as exc:
+        raise HTTPException(422, f"files_tar_b64 is not a base64 tar: {exc}") from exc
+    files = base64.b64encode(kept.getvalue()).decode()
+    return request.model_copy(update={"files_tar_b64": files}), ignored
+
+
+def _top_level_names(cache_dir: Path | None, instance_id: str) -> set[str] | None:
+    """The task repository's top-level names, from the repo cache (None when this service has no copy of it)."""
+    if cache_dir is None:
+        return None
+    entry = read_index(cache_dir).get(instance_id)
+    repo = cache_dir / entry["cache_path"] if entry else None
+    return {p.name for p in repo.iterdir()} if repo is not None and repo.is_dir() else None
 
 
 def _untar(files_tar_b64: str, into: Path) -> None:
@@ -92,7 +132,7 @@ async def _unless_disconnected(work: Coroutine[Any, Any, TestResult], request: R
                 await asyncio.shield(task)
 
 
-def build_app(token: str, runtime, max_concurrent: int = 2) -> FastAPI:
+def build_app(token: str, runtime, max_concurrent: int = 2, cache_dir: Path | None = None) -> FastAPI:
     app = FastAPI(title="test service")
     slots = asyncio.Semaphore(max_concurrent)
     recent = RecentResults()
@@ -109,8 +149,10 @@ def build_app(token: str, runtime, max_concurrent: int = 2) -> FastAPI:
     async def test(body: TestRequest, request: Request,
                    idempotency_key: str | None = Header(default=None)) -> TestResult:
         async def in_a_slot() -> TestResult:
+            checked, ignored = task_files_only(body, _top_level_names(cache_dir, body.instance_id))
             async with slots:
-                return await _unless_disconnected(runtime.run(body), request)
+                result = await _unless_disconnected(runtime.run(checked), request)
+            return result.model_copy(update={"ignored_files": ignored})
 
         return await recent.run(idempotency_key, in_a_slot)  # a retried request id runs once here
 
@@ -167,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         runtime = DockerRuntime(ContainerLimits(cpus=args.cpus, memory_mb=args.memory_mb, pids=args.pids_limit))
     exit_cleanly_on_sigterm()  # the scratch folder goes at `stop()` too
     try:
-        uvicorn.run(build_app(args.token, runtime, args.max_concurrent), host=args.host, port=args.port,
+        cache_dir = args.cache_dir if args.cache_dir is not None and args.cache_dir.is_dir() else None
+        uvicorn.run(build_app(args.token, runtime, args.max_concurrent, cache_dir), host=args.host, port=args.port,
                     log_level="warning", access_log=False)
     finally:
         if scratch is not None:

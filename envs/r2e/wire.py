@@ -20,3 +20,6 @@ class TestResult(BaseModel):
     exit_code: int | None
     elapsed: float
     timed_out: bool
+    # Changed files the service dropped before the run (path -> why; envs/r2e/protected.py): the task's own
+    # version of each was used, or none.
+    ignored_files: dict[str, str] = Field(default_factory=dict)

@@ -30,6 +30,11 @@ SECTIONS = {
     "test_bad_input": ("Bad input: flags, dataset rows, state file", "refused cleanly"),
     "test_bad_model_output": ("Bad input: model output", "ended as a penalty or observation"),
     "test_auth": ("Auth", "refused / bound to loopback"),
+    "test_service_scratch": ("Service scratch dirs", "held"),
+    "test_sandbox_view": ("Sandbox view: model code sees only the allowlist", "contained"),
+    "test_cheats_r2e_gmsh": ("Cheats: r2e and gmsh", "scored no more than doing nothing"),
+    "test_cheats_other_envs": ("Cheats: toy, openspiel, planner, workflow", "scored no more than doing nothing"),
+    "test_checkpoint_faults": ("Corrupt checkpoints, full disk, SIGTERM", "ended in one line, resumed"),
 }
 
 
