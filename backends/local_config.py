@@ -130,12 +130,14 @@ def configure_model(model: Any, config: Any, base_model: str, lora_targets: str 
     for a run that `--backend auto` sent to the GPU (the config check saw only `auto`)."""
     if kind not in GPU_KINDS:
         return
+    from backends import BackendUnavailable
     from backends.remote import RunNeeds, run_problem
-    from trainer.config import ConfigError
 
     # `--backend auto` becomes `local` only here: CPU-only flags are refused now, before the model is registered
-    if problem := run_problem(kind, RunNeeds(init_adapter=config.init_adapter, checkpoint=config.checkpoint)):
-        raise ConfigError(problem)
+    needs = RunNeeds(init_adapter=config.init_adapter, checkpoint=config.checkpoint,
+                     vllm_url=getattr(config, "vllm_url", None))
+    if problem := run_problem(kind, needs):
+        raise BackendUnavailable(problem)  # exit 2 in train.py, as a config error
     resolved = internal_config(gpu_settings(config, base_model, lora_targets, kind))
     object.__setattr__(model, "_internal_config", resolved)  # ART's own way past pydantic's private attribute
     print(f"gpu config: {json.dumps(resolved, sort_keys=True)}", flush=True)

@@ -121,6 +121,7 @@ class RunNeeds:
     kl_penalty_coef: float = 0.0
     init_adapter: str | None = None
     checkpoint: int | None = None
+    vllm_url: str | None = None
 
 
 def run_problem(kind: str, needs: RunNeeds) -> str | None:
@@ -141,6 +142,9 @@ def run_problem(kind: str, needs: RunNeeds) -> str | None:
         return f"--init-adapter: warm-starting from a local adapter is for the CPU backend, not --backend {kind}"
     if needs.checkpoint is not None:
         return f"--checkpoint: evaluating an older checkpoint is for the CPU backend only, not --backend {kind}"
+    if needs.vllm_url is not None:  # ART's engines serve each new adapter themselves; an outside server would not
+        return (f"--vllm-url: --backend {kind} serves rollouts from its own engine (it loads each new adapter); "
+                "an external server is for --backend cpu only")
     return None
 
 

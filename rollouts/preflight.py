@@ -232,6 +232,9 @@ def rollout_settings(config: Any, spec: Any) -> RolloutSettings:
 
 async def _score(spec: Any, probe: RewardProbe, scenario: Scenario, services: dict[str, Any],
                  settings: RolloutSettings, model: Any, slots: asyncio.Semaphore) -> ProbeScore:
+    # Every scripted turn gets its chance: the check is about what the reward makes of an answer, not about the
+    # run's turn budget (a 2-turn smoke run must not fail r2e's 4-turn oracle).
+    settings = dataclasses.replace(settings, max_steps=max(settings.max_steps, len(probe.replies)))
     async with slots:
         ctx = ScriptedContext(model=model, settings=settings, services=_with_reference_executor(services, scenario),
                               replies=probe.replies)

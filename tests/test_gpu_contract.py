@@ -360,6 +360,7 @@ def test_the_mapped_flags_change_the_gpu_config_so_a_resume_that_changes_them_is
 @pytest.mark.parametrize("flags, says", [
     (("--init-adapter", "x"), "--init-adapter: warm-starting from a local adapter is for the CPU backend"),
     (("--eval-only", "--checkpoint", "1"), "--checkpoint: evaluating an older checkpoint is for the CPU backend"),
+    (("--vllm-url", "http://127.0.0.1:9"), "--vllm-url: --backend local serves rollouts from its own engine"),
 ])
 def test_cpu_only_flags_on_local_are_one_line_refusals(tmp_path, flags, says):
     from trainer.config import ConfigError
@@ -370,7 +371,7 @@ def test_cpu_only_flags_on_local_are_one_line_refusals(tmp_path, flags, says):
 
 
 async def test_auto_on_a_gpu_machine_refuses_a_cpu_only_flag_before_registering(tmp_path, monkeypatch, gpu_side):
-    from trainer.config import ConfigError
+    from backends import BackendUnavailable
     from trainer.loop import run
 
     adapter = tmp_path / "adapter"
@@ -379,7 +380,7 @@ async def test_auto_on_a_gpu_machine_refuses_a_cpu_only_flag_before_registering(
     (adapter / "adapter_model.safetensors").write_bytes(b"")
     config = local_run_config(tmp_path, "--init-adapter", str(adapter), backend="auto")  # a GPU user's default
     fake_gpu_machine(monkeypatch)
-    with pytest.raises(ConfigError, match="^--init-adapter: warm-starting from a local adapter is for the CPU"):
+    with pytest.raises(BackendUnavailable, match="^--init-adapter: warm-starting from a local adapter is for the CPU"):
         await run(config)
     assert gpu_side.instances == []  # no GPU service was built
 

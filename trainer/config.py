@@ -250,7 +250,7 @@ class ExperimentConfig:
 
         local_model = self.base_model in NAMED_MODELS or Path(self.base_model).exists()
         if self.backend == "local" and (problem := run_problem("local", RunNeeds(
-                init_adapter=self.init_adapter, checkpoint=self.checkpoint))):
+                init_adapter=self.init_adapter, checkpoint=self.checkpoint, vllm_url=self.vllm_url))):
             return problem
         if self.backend not in REMOTE_KINDS:
             return base_model_problem(self.base_model, NAMED_MODELS)
@@ -258,7 +258,7 @@ class ExperimentConfig:
             return "--serverless-url must start with http:// or https://"
         needs = RunNeeds(sft=self._wants_sft(), keep_checkpoints=self.keep_checkpoints,
                          kl_penalty_coef=self.kl_penalty_coef, init_adapter=self.init_adapter,
-                         checkpoint=self.checkpoint)
+                         checkpoint=self.checkpoint, vllm_url=self.vllm_url)
         problem = (requirements_problem(self.backend) or run_problem(self.backend, needs)
                    or remote_model_problem(self.backend, self.base_model, NAMED_MODELS))
         if problem is None and local_model:  # megatron on a local or embedded model: the usual checks apply
