@@ -20,6 +20,7 @@ from typing import Any
 import plotly.graph_objects as go
 from jinja2 import Environment
 
+from backends.atomic import atomic_write_text
 from backends.checkpoints import best_val_step
 
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\t\n\r"}
@@ -343,9 +344,7 @@ def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
     page = PAGE.render(title=f"Run report: {log_dir.name}", history=history, log_dir=log_dir,
                        headline=headline(rows, history.parent, log_dir, rollouts), panels=charts(rows),
                        rollouts=rollouts, rollouts_total=total)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    atomic_write_text(out, page)
     return out
 
 

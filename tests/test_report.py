@@ -77,6 +77,8 @@ def check_units(sections: list[tuple[str, str]], names_of, rows: list[dict]) -> 
                 assert all(v >= 0 for v in values), name
             elif unit == "reward":
                 assert "reward" in name, name
+            elif unit == "seconds":  # per-node service figures (envs/service_client.py) and other timings
+                assert name.endswith(("_s", "_seconds")), name
             else:
                 assert unit in ("ratio", "value"), f"{name}: a {unit} figure the test does not know"
         if unit == "value":

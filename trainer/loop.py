@@ -278,13 +278,18 @@ def _require_sandbox(config: ExperimentConfig) -> None:
 
 
 def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
-    """The HTML report is a convenience: a failure to draw it is logged, never a failed run."""
+    """The HTML report is a convenience: a failure to draw it is logged, never a failed run; a full disk is the
+    run's one line (train.py), as anywhere else."""
+    from backends.atomic import is_disk_full
+
     try:
         from rollouts.report import write_report
 
         path = write_report(Path(config.log_dir) / config.experiment_name, model_dir / "history.jsonl")
         print(f"report: {path}", flush=True)
-    except Exception:
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise
         log.exception("could not write the HTML report")
 
 
