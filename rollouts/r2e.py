@@ -22,7 +22,7 @@ from agent.budget import approx_tokens, trim_messages
 from agent.code import extract_code
 from agent.prompts import R2E_NO_CODE_NUDGE, R2E_SYSTEM_PROMPTS, r2e_observation, r2e_task
 from envs.r2e.client import TestServiceClient, changed_files, tar_b64
-from envs.r2e.protected import HIDDEN_FROM_MODEL
+from envs.r2e.protected import HIDDEN_FROM_MODEL, split_changes
 from envs.r2e.repl import Repl
 from envs.r2e.wire import TestRequest
 from envs.sandbox import SandboxLimits
@@ -106,8 +106,13 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         await repl.close()
         changed = changed_files(workdir, original)
         reward, breakdown = 0.0, {"tests_expected": float(len(scenario.data["expected"])), "tests_matching": 0.0}
-        ignored: dict[str, str] = {}
-        if changed:
+        # The service's own rule, applied here too: when it would drop every changed file, nothing of the model's
+        # reaches the tests, and that scores as no change (0, no call), not as the untouched repo's partial share.
+        kept, ignored = split_changes(changed, scenario.data["test_cmd"], {p.name for p in original.iterdir()})
+        if not kept and ignored:
+            trajectory.log("every changed file is the task's to own (ignored, scored as no change): "
+                           + "; ".join(f"{p} ({why})" for p, why in ignored.items())[:1000])
+        if kept:
             result = await settings.tests.test(TestRequest(
                 docker_image=scenario.data["docker_image"], instance_id=scenario.id,
                 files_tar_b64=tar_b64(workdir, changed), test_cmd=scenario.data["test_cmd"],

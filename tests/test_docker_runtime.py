@@ -271,7 +271,10 @@ def test_cache_from_the_images_then_train_with_equal_rewards_on_both_runtimes(ro
             result = run_train(art, "same", "--env", "r2e", "--cache-dir", str(cache), "--dataset", str(rows_file),
                                "--test-runtime", runtime, "--vllm-url", server.base_url, "--reward", "partial",
                                "--max-training-steps", "1", "--groups-per-step", "6", "--rollouts-per-group", "2",
-                               "--max-steps", "2", "--log-sample-rate", "1", "--seed", "3")
+                               "--max-steps", "2", "--log-sample-rate", "1", "--seed", "3",
+                               # --reward partial fails the check by design: a change that fixes nothing scores the
+                               # untouched repo's share, above doing nothing's 0 (the README's r2e rewards)
+                               "--skip-reward-check")
             assert result.returncode == 0, result.stderr[-3000:]
             created = docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}", "--filter",
                              "event=create", "--filter", f"label={ROLE_LABEL}={SERVICE_ROLE}", "--format", "{{.ID}}")

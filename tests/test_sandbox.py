@@ -72,7 +72,11 @@ def test_a_broken_system_bwrap_loses_to_the_bundled_one(tmp_path, monkeypatch):
 
 
 def test_a_bwrap_that_shows_the_project_fails_the_probe(tmp_path, monkeypatch):
-    fake_system_bwrap(tmp_path, monkeypatch, f'exec {BUNDLED} --ro-bind {sandbox.PROJECT} {sandbox.PROJECT} "$@"')
+    # The extra bind goes last before `--`: after the sandbox's own `--tmpfs /tmp`, which would hide a project
+    # that lives under /tmp (a CI clone may).
+    extra = f"--ro-bind {sandbox.PROJECT} {sandbox.PROJECT}"
+    fake_system_bwrap(tmp_path, monkeypatch, 'for a do shift; if [ "$a" = -- ] && [ -z "$seen" ]; then seen=1; '
+                      f'set -- "$@" {extra}; fi; set -- "$@" "$a"; done; exec {BUNDLED} "$@"')
     assert check_sandbox().source == "bundled"
     monkeypatch.setattr(sandbox, "_BACKENDS", {})
     monkeypatch.setenv(ENV_BWRAP, "system")

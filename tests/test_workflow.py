@@ -205,8 +205,12 @@ async def test_an_executor_fault_fails_the_rollout_instead_of_scoring_the_policy
 async def test_a_workflow_cannot_use_the_network_or_write_outside_its_dir(tmp_path, body):
     run = await run_workflow(f"def solve(p, d):\n    {body}\n    return 'escaped'\n", "q", "math", tmp_path / "w",
                              FakeExecutor(), WorkflowLimits(time_limit_s=20))
-    assert run.answer is None and ("OSError" in run.error or "PermissionError" in run.error)
-    assert not (Path(__file__).resolve().parents[1] / "pwned.txt").exists()
+    project = Path(__file__).resolve().parents[1]
+    # A project under /tmp (a CI clone may be) is, inside the sandbox, a path in its own private /tmp: a write
+    # there succeeds and stays there. What must hold everywhere is that nothing reaches the host.
+    if not ("pwned.txt" in body and Path("/tmp") in project.parents):
+        assert run.answer is None and ("OSError" in run.error or "PermissionError" in run.error)
+    assert not (project / "pwned.txt").exists()
 
 
 # ---- data and flags -------------------------------------------------------------------------------------------
