@@ -80,7 +80,7 @@ def create_backend(choice: BackendChoice, art_path: str, cpu_settings: Any = Non
     if choice.kind == "local":
         from art.local import LocalBackend
 
-        from backends.local_config import ensure_model_config_importable
+        from backends.megatron_standin import ensure_model_config_importable
 
         ensure_model_config_importable()
         return LocalBackend(path=art_path)

@@ -18,21 +18,14 @@ needs from the model folder (its positions). The resolved config travels in the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # The kinds that run ART's unsloth/vLLM or Megatron service on this machine and so read `_internal_config`.
 GPU_KINDS = ("local", "megatron")
-ALL_LINEAR = "all-linear"
-MODEL_SUPPORT = "art.megatron.model_support"
-# ART's default LoRA targets for a dense model (its model-support registry's default), every attention and MLP
-# projection of Llama/Qwen2/Mistral-style models: what "all-linear" means for them.
-DENSE_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"  # for Llama/Qwen2/Mistral-style models: DENSE_TARGET_MODULES, ART's dense default
 
 
 @dataclass(frozen=True)
@@ -141,32 +134,3 @@ def configure_model(model: Any, config: Any, base_model: str, lora_targets: str 
     resolved = internal_config(gpu_settings(config, base_model, lora_targets, kind))
     object.__setattr__(model, "_internal_config", resolved)  # ART's own way past pydantic's private attribute
     print(f"gpu config: {json.dumps(resolved, sort_keys=True)}", flush=True)
-
-
-def _megatron_installed() -> bool:
-    try:
-        return importlib.util.find_spec("megatron.core") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def _dense_target_modules(base_model: str, *, allow_unvalidated_arch: bool = False) -> list[str]:
-    return list(DENSE_TARGET_MODULES)
-
-
-def ensure_model_config_importable() -> bool:
-    """Let ART's LocalBackend build its service without ART's megatron extra; True when the stand-in was installed.
-
-    ART 0.5.18's `LocalBackend._get_service` (and TinkerBackend's) calls `art.dev.get_model_config`, which imports
-    `art.megatron.model_support` for one thing, the default LoRA target list, and that package imports
-    `megatron.core`, which `openpipe-art[backend]` (our gpu extra) does not install: the first `register` would
-    end in `No module named 'megatron'`. Where megatron is absent, that module is stood in for by one giving ART's
-    dense default; with megatron installed, ART's own registry is used. Our flags set the targets where they name
-    them (`peft_args.target_modules`), so the stand-in decides them only for "all-linear".
-    """
-    if MODEL_SUPPORT in sys.modules or _megatron_installed():
-        return False
-    module = types.ModuleType(MODEL_SUPPORT, ensure_model_config_importable.__doc__)
-    module.default_target_modules_for_model = _dense_target_modules  # type: ignore[attr-defined]
-    sys.modules[MODEL_SUPPORT] = module
-    return True

@@ -158,13 +158,13 @@ def create(kind: str, art_path: str, settings: RemoteSettings | None = None) -> 
     if kind == "tinker":
         from art.tinker import TinkerBackend
 
-        from backends.local_config import ensure_model_config_importable
+        from backends.megatron_standin import ensure_model_config_importable
 
         ensure_model_config_importable()  # TinkerBackend builds its service through ART's get_model_config too
 
         return TinkerBackend(path=art_path)  # never tinker_api_key=...: ART prints it
     if kind == "megatron":
-        from backends.local_config import ensure_model_config_importable
+        from backends.megatron_standin import ensure_model_config_importable
 
         ensure_model_config_importable()  # a no-op where the megatron extra is installed, as Megatron needs
         return _packed_megatron_class()(path=art_path)

@@ -213,7 +213,8 @@ def _openspiel() -> EnvSpec:
     return EnvSpec(name="openspiel", load_scenarios=openspiel.load_scenarios, rollout=openspiel.rollout,
                    default_max_steps=64, services=openspiel.services, step_metrics=openspiel.game_metrics,
                    load_val=lambda cfg: openspiel.load_scenarios(cfg, "val"), write_demos=openspiel.write_demos,
-                   reward_probes=reward_probes, pass_threshold=1.0)
+                   reward_probes=lambda cfg, scenario: reward_probes(openspiel.options_of(cfg), scenario),
+                   pass_threshold=1.0)
 
 
 def _planner() -> EnvSpec:

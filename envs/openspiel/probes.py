@@ -10,19 +10,16 @@ the cheats there. In game mode a probe's reply repeats every turn, so a cheat is
 
 from __future__ import annotations
 
-from typing import Any
-
 from envs.openspiel.cases import load_game
 from envs.openspiel.export import demo_action
+from envs.openspiel.flags import GameOptions
 from envs.openspiel.moves import answer
 from envs.probes import RewardProbe
 from envs.scenario import Scenario
 
 
-def reward_probes(cfg: Any, scenario: Scenario) -> list[RewardProbe]:
-    from rollouts.openspiel import options_of
-
-    options = options_of(cfg)
+def reward_probes(options: GameOptions, scenario: Scenario) -> list[RewardProbe]:
+    """The run's game options (the registry reads them from the config) decide which probes apply."""
     data = scenario.data
     legal = [int(a) for a in data["legal_actions"]]
     beyond = int(load_game(data["case"]).num_distinct_actions())  # never a legal id, at any position
