@@ -21,7 +21,7 @@ from agent.prompts import GMSH_SYSTEM_PROMPT, R2E_SYSTEM_PROMPTS, r2e_task
 from envs.gmsh.client import GmshClient
 from envs.gmsh.demos import SCRIPT_TIMEOUT_S as DEMO_SCRIPT_TIMEOUT_S
 from envs.gmsh.tasks import split_tasks
-from envs.r2e.cache import build_from_samples, read_index, sample_rows
+from envs.r2e.cache import read_index, sample_rows
 from envs.r2e.client import TestServiceClient
 from envs.r2e.demos import CELL_TIMEOUT_S, DEMO_LIMITS, build_demos
 from envs.r2e.scenarios import filter_split, sample_split_ids, scenarios_from_rows
@@ -81,13 +81,6 @@ async def replay(demos: list[dict[str, Any]], rollout: Callable, scenarios: list
             return await asyncio.gather(*(rollout(ctx, s) for s in scenarios))
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def r2e_cache(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("r2e_cache")
-    build_from_samples(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

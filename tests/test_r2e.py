@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from agent.budget import trim_messages
-from envs.r2e.cache import SAMPLES, build_from_samples, read_index, sample_rows
+from envs.r2e.cache import SAMPLES, read_index, sample_rows
 from envs.r2e.client import TestServiceClient, changed_files, tar_b64
 from envs.r2e.data import validate_rows
 from envs.r2e.repl import Repl
@@ -18,7 +18,6 @@ from envs.r2e.scenarios import scenarios_from_rows
 from envs.r2e.wire import TestRequest
 from envs.sandbox import SandboxLimits
 from envs.scenario import DatasetError
-from envs.service_process import ServiceProcess
 from rewards.tests import binary_test_reward, parse_pytest_output, partial_test_reward
 from rollouts.context import RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
@@ -29,17 +28,13 @@ ROWS = {r.repo_name: r for r in sample_rows()}
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("r2e_cache")
-    build_from_samples(directory)
-    return directory
+def cache(r2e_cache) -> Path:  # tests/conftest.py's, under this module's shorter name
+    return r2e_cache
 
 
 @pytest.fixture(scope="module")
-def service(cache):
-    with ServiceProcess("envs.r2e.test_service", "--runtime", "process", "--cache-dir", str(cache),
-                        "--max-concurrent", "2") as svc:
-        yield svc
+def service(r2e_service):
+    return r2e_service
 
 
 def run_tests_with(service, row, files_dir: Path) -> str:

@@ -23,7 +23,7 @@ from envs.gmsh.client import GmshClient
 from envs.gmsh.probes import reward_probes as gmsh_probes
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks
 from envs.probes import RewardProbe
-from envs.r2e.cache import SAMPLES, build_from_samples, read_index, sample_rows
+from envs.r2e.cache import SAMPLES, read_index, sample_rows
 from envs.r2e.client import TestServiceClient
 from envs.r2e.probes import reward_probes as r2e_probes
 from envs.r2e.protected import protected_reason
@@ -70,20 +70,6 @@ def check_separation(scores: dict[str, float], kinds: dict[str, str], threshold:
 
 
 # --- r2e ----------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def r2e_cache(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("r2e_cache")
-    build_from_samples(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def r2e_service(r2e_cache):
-    with ServiceProcess("envs.r2e.test_service", "--runtime", "process", "--cache-dir", str(r2e_cache),
-                        "--max-concurrent", "2") as service:
-        yield service
-
 
 def r2e_scenario(cache: Path) -> Scenario:
     rows = [r for r in sample_rows() if r.repo_name == R2E_SAMPLE]
