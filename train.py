@@ -1,7 +1,7 @@
 """Train an agent with SFT and GRPO on a LoRA adapter: `uv run python train.py --experiment-name NAME [flags]`.
 
 A thin entry point: flags and settings live in `trainer/config.py`, resume in `trainer/resume.py`, the SFT
-stage in `trainer/sft.py`, the GRPO loop in `trainer/rl.py`, wiring in `trainer/loop.py`, export in
+stage in `trainer/sft_stage.py`, the GRPO loop in `trainer/rl.py`, wiring in `trainer/run.py`, export in
 `trainer/export.py`. This file maps their errors to exit codes: 2 for bad input (one line, before any work; a
 damaged checkpoint with none to fall back to counts as one), 1 for a step that failed or a full disk (one line
 naming the path; nothing of the step committed), 143 for SIGTERM (the run's cleanup ran; one line).
@@ -33,7 +33,7 @@ __all__ = ["ConfigError", "Cursor", "ExperimentConfig", "check_resume", "config_
 
 
 async def run(config: ExperimentConfig):
-    from trainer.loop import run as run_experiment
+    from trainer.run import run as run_experiment
 
     if threading.current_thread() is threading.main_thread():  # SIGTERM cancels the run: its cleanup runs, then exit
         task = asyncio.current_task()
@@ -55,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from backends import BackendUnavailable
     from backends.policy import CheckpointError
-    from backends.pretrained import EmbeddedModelError
+    from backends.smollm2 import EmbeddedModelError
     from backends.trainer_model import StateFileError
-    from envs.sandbox import SandboxUnavailable
     from envs.scenario import DatasetError
     from rollouts.gather import StepFailed
     from rollouts.preflight import RewardCheckFailed
-    from trainer.sft import SFTDataError
+    from sandbox.run import SandboxUnavailable
+    from trainer.sft_stage import SFTDataError
 
     try:
         asyncio.run(run(config))

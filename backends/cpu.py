@@ -63,7 +63,7 @@ class CPUBackend:
     def with_embedded_model(cls, path: str = ".art", name: str = "tiny-random", **settings: Any) -> CPUBackend:
         """A backend that serves the named embedded model (`tiny-random`, `smollm2-135m`) for every registered model,
         as `train.py --base-model NAME` does: ART code that names a hub model runs here unchanged, offline."""
-        from backends.embedded import embedded_model
+        from backends.named_models import embedded_model
 
         folder, targets = embedded_model(name, path)
         lora = settings.pop("lora", None) or LoraSettings(target_modules=targets)
@@ -226,7 +226,7 @@ class CPUBackend:
         step advances by one per call). `config.learning_rate` is one value or one per batch."""
         from art.utils.sft import resolve_sft_batch_size
 
-        from backends.sft import sft_step, tokenize_conversation
+        from backends.cpu_sft import sft_step, tokenize_conversation
 
         policy = self._served(model).policy
         batch_size = resolve_sft_batch_size(batch_size=config.batch_size, default_batch_size=2)

@@ -92,8 +92,8 @@ async def run_loop(base_url: str, train_s: float, steps: int, max_off_policy: in
     from rollouts.gather import GatherLimits
     from rollouts.registry import get_env
     from trainer.config import ExperimentConfig
-    from trainer.loop import Run
     from trainer.rl import rl_loop
+    from trainer.run import Run
 
     name = f"k{max_off_policy}"
     config = ExperimentConfig(experiment_name=name, model_name=name, env="toy", groups_per_step=GROUPS,

@@ -28,7 +28,7 @@ from envs.r2e.client import TestServiceClient, tar_b64  # noqa: E402
 from envs.r2e.docker_runtime import docker, engine_problem  # noqa: E402
 from envs.r2e.images import build_sample_images  # noqa: E402
 from envs.r2e.wire import TestRequest  # noqa: E402
-from envs.service_process import ServiceProcess  # noqa: E402
+from services.process import ServiceProcess  # noqa: E402
 
 
 def p50_ms(times: list[float]) -> float:

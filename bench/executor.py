@@ -36,7 +36,7 @@ import httpx  # noqa: E402
 
 from agent.openai_executor import ExecutorOwner  # noqa: E402
 from backends.cpu import CPUBackend, CPUBackendSettings  # noqa: E402
-from backends.embedded import SMOLLM2, TINY_RANDOM, embedded_model  # noqa: E402
+from backends.named_models import SMOLLM2, TINY_RANDOM, embedded_model  # noqa: E402
 from backends.policy import LoraSettings  # noqa: E402
 from bench.figures import figure  # noqa: E402
 from envs.planner.plan import solve_messages  # noqa: E402

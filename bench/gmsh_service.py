@@ -24,7 +24,7 @@ from bench.figures import figure  # noqa: E402
 from envs.gmsh.client import GmshClient  # noqa: E402
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks  # noqa: E402
 from envs.gmsh.wire import RunRequest  # noqa: E402
-from envs.service_process import ServiceProcess  # noqa: E402
+from services.process import ServiceProcess  # noqa: E402
 from tests.gmsh_scripts import reference_script  # noqa: E402
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import figure  # noqa: E402
-from rollouts.report import learning_summary  # noqa: E402
+from monitor.report import learning_summary  # noqa: E402
 
 # The README's commands (gmsh: the first one, with nothing but the experiment name).
 PRESETS: dict[str, list[str]] = {
@@ -33,7 +33,7 @@ PRESETS: dict[str, list[str]] = {
     "r2e": ["--env", "r2e"],
     "planner": ["--env", "planner"],
 }
-# Held-out figures an env logs besides its reward (rollouts/planner.py planner_metrics), read at the same stages.
+# Held-out figures an env logs besides its reward (envs/planner/rollout.py planner_metrics), read at the same stages.
 # (history key, name, goal of its rise from before training to the end or None)
 STAGED: dict[str, tuple[tuple[str, str, str | None], ...]] = {
     "planner": (("val/planner/format_ok_rate", "format-valid plan rate", ">= 0.5"),

@@ -27,8 +27,8 @@ from bench.figures import figure  # noqa: E402
 from bench.learning import run_train  # noqa: E402
 from envs.openspiel.flags import GameOptions  # noqa: E402
 from envs.openspiel.playouts import PlayoutPool  # noqa: E402
+from envs.openspiel.reward import Playout, play_out, warm_up  # noqa: E402
 from envs.openspiel.tasks import load_tasks  # noqa: E402
-from rewards.openspiel import Playout, play_out, warm_up  # noqa: E402
 
 CASE, HISTORY = "connect_four", [3, 3]
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def train(art: str, name: str, *flags: str) -> tuple[list[dict], float, str]:
 
 
 def learning_figures() -> None:
-    from rollouts.report import learning_summary
+    from monitor.report import learning_summary
 
     with tempfile.TemporaryDirectory() as art, tempfile.TemporaryDirectory() as fresh:
         rows, wall, stdout = train(art, "bench-openspiel")

@@ -23,8 +23,8 @@ from envs.r2e.cache import SAMPLES, build_from_samples, sample_rows  # noqa: E40
 from envs.r2e.client import TestServiceClient, tar_b64  # noqa: E402
 from envs.r2e.repl import Repl  # noqa: E402
 from envs.r2e.wire import TestRequest  # noqa: E402
-from envs.sandbox import SandboxLimits  # noqa: E402
-from envs.service_process import ServiceProcess  # noqa: E402
+from sandbox.run import SandboxLimits  # noqa: E402
+from services.process import ServiceProcess  # noqa: E402
 from train import default_rollout_root  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Sandbox start-up cost: `uv run python bench/sandbox_start.py [-n 20]`.
 
-A trivial `python -c pass` runs through `run_sandboxed` n times with the allowlisted root (`envs.sandbox_view`,
+A trivial `python -c pass` runs through `run_sandboxed` n times with the allowlisted root (`sandbox.view`,
 what model code gets) and n times with the root it replaced (`--ro-bind / /` with /tmp, /root, /home and the
 shadow files hidden), interleaved so both see the same machine load. The old prefix exists only here, to measure
 against: it is rebuilt below and swapped in for the measured runs. The same again for a whole workflow sandbox
@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
-from envs import sandbox_launch  # noqa: E402
-from envs.sandbox import SandboxLimits, check_sandbox, run_sandboxed  # noqa: E402
-from envs.sandbox_launch import PROJECT, STAGE, _closed_ancestor  # noqa: E402
 from envs.workflow.runner import WorkflowLimits, run_workflow  # noqa: E402
+from sandbox import launch as sandbox_launch  # noqa: E402
+from sandbox.launch import PROJECT, STAGE, _closed_ancestor  # noqa: E402
+from sandbox.run import SandboxLimits, check_sandbox, run_sandboxed  # noqa: E402
 
 NEW_PREFIX = sandbox_launch._bwrap_prefix
 
@@ -71,7 +71,7 @@ async def python_pass(workdir: Path) -> float:
 
 
 async def workflow(workdir: Path) -> float:
-    """A whole workflow sandbox (workflow_main.py, its protocol, a trivial solve): what the issue's figure timed."""
+    """A whole workflow sandbox (sandbox_main.py, its protocol, a trivial solve): what the issue's figure timed."""
     started = time.perf_counter()
     code = "def solve(problem, domain):\n    return '42'\n"  # calls no operator: no executor is needed
     run = await run_workflow(code, "q", "math", workdir, None, WorkflowLimits(time_limit_s=30))  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Rollout throughput over many service nodes: `uv run python bench/scale_sim.py [--nodes 1 2 4 8] [--seconds 8]`.
 
 N simulated service nodes, each a local process with our service's shape (FastAPI, bearer token, /health, a fixed
-number of worker slots, request ids honoured by envs/idempotency.py), whose work is an injected latency (jittered
+number of worker slots, request ids honoured by services/idempotency.py), whose work is an injected latency (jittered
 x0.5-1.5) and an injected failure rate (HTTP 500). A fake model answers every turn after a fixed latency; a rollout
 is `--turns` turns of model reply + service call through the real `ServiceClient` (least-outstanding routing, health
 checks, failover). Enough rollouts run at once to keep every node busy, so the ideal is N x workers / latency service
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.figures import figure  # noqa: E402
-from envs.service_client import ServiceClient, ServiceUnavailable  # noqa: E402
-from envs.service_process import free_port  # noqa: E402
+from services.client import ServiceClient, ServiceUnavailable  # noqa: E402
+from services.process import free_port  # noqa: E402
 
 TOKEN = "scale-sim-token"
 WARM_S = 1.5  # not measured: the lanes start together, and the first calls queue at once
@@ -43,7 +43,7 @@ def node_main(argv: list[str]) -> None:
     import uvicorn
     from fastapi import Depends, FastAPI, Header, HTTPException
 
-    from envs.idempotency import RecentResults
+    from services.idempotency import RecentResults
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from backends.openai_server import ServerThread, build_app  # noqa: E402
 from backends.policy import LoraPolicy, LoraSettings, SampleRequest  # noqa: E402
-from backends.pretrained import ensure_pretrained  # noqa: E402
+from backends.smollm2 import ensure_pretrained  # noqa: E402
 from bench.figures import figure  # noqa: E402
 
 SYSTEM = "You are a careful Python engineer. Explain the bug in one or two sentences, then give the fixed function."

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from backends.cpu import CPUBackend, CPUBackendSettings  # noqa: E402
 from backends.policy import LoraPolicy, LoraSettings, TrainSettings  # noqa: E402
-from backends.tiny_model import LORA_TARGETS, TinyModelSpec, ensure_tiny_model  # noqa: E402
+from backends.tiny_random_model import LORA_TARGETS, TinyModelSpec, ensure_tiny_model  # noqa: E402
 from bench.figures import figure  # noqa: E402
 
 SIZES = {

@@ -16,7 +16,7 @@
 #     -e DOCKER_TLS_VERIFY=1 -v $HOME/.docker:/root/.docker:ro \
 #     art-service-node python -m envs.r2e.test_service --runtime docker --host 0.0.0.0 --port 8766
 #
-# Model-written code runs inside bubblewrap (envs/sandbox.py); bubblewrap needs user namespaces, which Docker's
+# Model-written code runs inside bubblewrap (sandbox/run.py); bubblewrap needs user namespaces, which Docker's
 # default seccomp and AppArmor profiles refuse, hence the two --security-opt flags. Without them the service
 # refuses to start (one line, exit 2) rather than run the code unsandboxed.
 
@@ -40,6 +40,6 @@ COPY envs/ envs/
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # PORT: the port the service listens on, for this health check (8765 gmsh, 8766 the test service: pass -e PORT=8766).
-# `docker run ... art-service-node python -m envs.sandbox check` shows whether the sandbox holds in the container.
+# `docker run ... art-service-node python -m sandbox check` shows whether the sandbox holds in the container.
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request, os; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8765') + '/health', timeout=4)"
 CMD ["python", "-m", "envs.gmsh.service", "--host", "0.0.0.0", "--port", "8765"]

@@ -35,7 +35,7 @@ from envs.scenario import Scenario
 from rollouts.context import RolloutContext, RolloutSettings
 
 DEFAULT_SCENARIOS = 3
-STATE_KEY = "reward_check"  # state.json's record of the check (trainer/loop.py skips a passed one on resume)
+STATE_KEY = "reward_check"  # state.json's record of the check (trainer/run.py skips a passed one on resume)
 
 
 class RewardCheckFailed(RuntimeError):
@@ -270,11 +270,11 @@ async def run_preflight(spec: Any, config: Any, services: dict[str, Any], *, cou
 
 
 def env_parts(config: Any) -> list[tuple[Any, Any]]:
-    """(spec, config view) per env the run trains: one, or each env of a mixed run (rollouts/mix.py)."""
+    """(spec, config view) per env the run trains: one, or each env of a mixed run (envs/mix/mix.py)."""
     from rollouts.registry import MIX, get_env
 
     if config.env == MIX and config.mix:
-        from rollouts.mix import env_config, parse_mix
+        from envs.mix.mix import env_config, parse_mix
 
         return [(get_env(env), env_config(config, env)) for env in parse_mix(config.mix)]
     return [(get_env(config.env), config)]
@@ -289,7 +289,7 @@ async def check_run(config: Any, services: dict[str, Any], model: Any = None,
 
 async def check_standalone(config: Any, count: int = DEFAULT_SCENARIOS) -> list[PreflightResult]:
     """`--check-rewards`: each env's services started as training starts them, the check, the services stopped."""
-    from rollouts.health import RunDir
+    from monitor.health import RunDir
 
     results = []
     run_dir = RunDir.claim(config.rollout_root)
@@ -340,7 +340,7 @@ def report_results(results: list[PreflightResult]) -> None:
 
 async def before_training(config: Any, services: dict[str, Any], model: Any,
                           state: dict[str, Any]) -> dict[str, float]:
-    """The automatic check before a run's first RL step (trainer/loop.py): recorded in state.json, not repeated
+    """The automatic check before a run's first RL step (trainer/run.py): recorded in state.json, not repeated
     on a resume once passed, skipped by `--skip-reward-check`. Returns the figures for the first RL step's history
     row ({} when the check did not run here); raises RewardCheckFailed when the reward does not separate."""
     recorded = state.get(STATE_KEY) or {}

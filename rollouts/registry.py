@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from envs.probes import RewardProbe
 from envs.scenario import DatasetError, Scenario
-from envs.service_process import ServiceProcess
+from services.process import ServiceProcess
 
 if TYPE_CHECKING:  # the registry is read while flags are checked, before the heavy imports
     import art
@@ -82,9 +82,9 @@ def _scratch_args(cfg: Any) -> list[str]:
 
 
 def _toy() -> EnvSpec:
-    from envs import toy
-    from envs.toy_probes import reward_probes
-    from rollouts.toy import rollout
+    from envs.toy import scenarios as toy
+    from envs.toy.probes import reward_probes
+    from envs.toy.rollout import rollout
 
     return EnvSpec(
         name="toy",
@@ -99,8 +99,8 @@ def _toy() -> EnvSpec:
 def _gmsh() -> EnvSpec:
     from envs.gmsh.client import GmshClient
     from envs.gmsh.probes import reward_probes as gmsh_probes
+    from envs.gmsh.rollout import rollout, validation_metrics
     from envs.gmsh.tasks import ensure_default_tasks, load_tasks
-    from rollouts.gmsh import rollout, validation_metrics
 
     def task_file(cfg: Any, split: str) -> Path:
         if cfg.dataset:
@@ -138,8 +138,8 @@ def _r2e() -> EnvSpec:
     from envs.r2e.client import TestServiceClient
     from envs.r2e.data import load_rows
     from envs.r2e.probes import reward_probes as r2e_probes
+    from envs.r2e.rollout import R2ESettings, rollout
     from envs.r2e.scenarios import scenarios_from_rows
-    from rollouts.r2e import R2ESettings, rollout
 
     def cache_dir(cfg: Any) -> Path:
         return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.art_path) / "r2e_cache"
@@ -204,8 +204,8 @@ def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
 
 
 def _openspiel() -> EnvSpec:
+    from envs.openspiel import rollout as openspiel
     from envs.openspiel.probes import reward_probes
-    from rollouts import openspiel
 
     # default_max_steps: our moves per whole game (--game-mode game); a move-mode rollout is one turn anyway.
     # pass_threshold: full marks, a legal move (legal mode) or a won game (outcome, game mode); anything the
@@ -218,8 +218,8 @@ def _openspiel() -> EnvSpec:
 
 
 def _planner() -> EnvSpec:
+    from envs.planner import rollout as planner
     from envs.planner.probes import reward_probes
-    from rollouts import planner
 
     # pass_threshold: a correct final answer (correctness weight 1.0); token thrift and independence together add
     # at most 0.5 at the default weights, so no plan reaches it without the right number.
@@ -230,8 +230,8 @@ def _planner() -> EnvSpec:
 
 
 def _workflow() -> EnvSpec:
+    from envs.workflow import rollout as workflow
     from envs.workflow.probes import reward_probes
-    from rollouts import workflow
 
     # pass_threshold: the top tier (a perfect answer); the lower tiers (0.7 near, 0.4 partial, 0.2 answered) are
     # a gradient for GRPO, not a pass.
@@ -315,7 +315,7 @@ def _env_dests(env: str) -> dict[str, Any]:
 def split_env_options(values: dict[str, Any], env: str, given: set[str],
                       mixed: Collection[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parsed flags -> (the common config fields, the chosen env's own options), checked by the env's module.
-    `mixed`: the envs of a mixed run (--mix, rollouts/mix.py), whose flags may all be given."""
+    `mixed`: the envs of a mixed run (--mix, envs/mix/mix.py), whose flags may all be given."""
     common = dict(values)
     options: dict[str, Any] = {}
     own = {dest for name in {env, *mixed} if name in ENV_FLAGS for dest in _env_dests(name)}
@@ -350,9 +350,9 @@ MIX = "mix"
 
 
 def get_env(name: str, mix: str | None = None) -> EnvSpec:
-    """The env `name`; for a mixed run (name "mix", `mix` = the run's --mix) the composite of rollouts/mix.py."""
+    """The env `name`; for a mixed run (name "mix", `mix` = the run's --mix) the composite of envs/mix/mix.py."""
     if name == MIX and mix is not None:
-        from rollouts.mix import mix_env
+        from envs.mix.mix import mix_env
 
         return mix_env(mix)
     if name not in ENVS:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import art
 from backends.local_config import ensure_model_config_importable, gpu_settings, internal_config
-from backends.pretrained import ensure_pretrained
+from backends.smollm2 import ensure_pretrained
 from trainer.config import PRETRAINED_MODEL, ExperimentConfig
 
 folder = ensure_pretrained(PRETRAINED_MODEL, sys.argv[1])

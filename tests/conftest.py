@@ -26,7 +26,7 @@ def r2e_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def r2e_service(r2e_cache):
     """The r2e test service (process runtime) over that cache, for one test module."""
-    from envs.service_process import ServiceProcess
+    from services.process import ServiceProcess
 
     with ServiceProcess("envs.r2e.test_service", "--runtime", "process", "--cache-dir", str(r2e_cache),
                         "--max-concurrent", "2") as service:

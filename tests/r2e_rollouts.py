@@ -10,8 +10,8 @@ import art
 
 from envs.r2e.cache import SAMPLES
 from envs.r2e.client import TestServiceClient
+from envs.r2e.rollout import R2ESettings
 from rollouts.context import RolloutContext, RolloutSettings
-from rollouts.r2e import R2ESettings
 from tests.fake_openai_server import start_fake_server
 
 

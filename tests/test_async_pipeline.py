@@ -138,7 +138,7 @@ async def test_the_cpu_endpoint_answers_a_request_named_for_the_step_just_before
 
     from backends.cpu import CPUBackend, CPUBackendSettings
     from backends.policy import LoraSettings
-    from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+    from backends.tiny_random_model import LORA_TARGETS, ensure_tiny_model
 
     settings = CPUBackendSettings(lora=LoraSettings(target_modules=LORA_TARGETS))
     backend = CPUBackend(path=str(tmp_path), settings=settings)

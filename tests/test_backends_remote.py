@@ -181,7 +181,7 @@ class ProtocolOnlyBackend:
 
 async def test_the_step_loop_drives_any_object_with_only_the_backend_protocol(tmp_path, monkeypatch):
     from tests.fake_openai_server import start_scripted_server
-    from trainer.loop import run
+    from trainer.run import run
 
     replies = itertools.cycle(["aaaa", "bbbb", "abab"])  # a spread of toy rewards, so groups carry a signal
     server = start_scripted_server(lambda messages: next(replies))

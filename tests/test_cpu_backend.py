@@ -7,7 +7,7 @@ import pytest
 
 from backends.cpu import CPUBackend, CPUBackendSettings
 from backends.policy import LoraSettings
-from backends.tiny_model import LORA_TARGETS, build_tokenizer, ensure_tiny_model
+from backends.tiny_random_model import LORA_TARGETS, build_tokenizer, ensure_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -20,18 +20,18 @@ from art.utils.sft import _parse_jsonl_line
 from agent.prompts import GMSH_SYSTEM_PROMPT, R2E_SYSTEM_PROMPTS, r2e_task
 from envs.gmsh.client import GmshClient
 from envs.gmsh.demos import SCRIPT_TIMEOUT_S as DEMO_SCRIPT_TIMEOUT_S
+from envs.gmsh.rollout import SCRIPT_TIMEOUT_S
+from envs.gmsh.rollout import rollout as gmsh_rollout
 from envs.gmsh.tasks import split_tasks
 from envs.r2e.cache import read_index, sample_rows
 from envs.r2e.client import TestServiceClient
 from envs.r2e.demos import CELL_TIMEOUT_S, DEMO_LIMITS, build_demos
+from envs.r2e.rollout import R2ESettings
+from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import filter_split, sample_split_ids, scenarios_from_rows
 from envs.scenario import Scenario
-from envs.service_process import ROOT, ServiceProcess
 from rollouts.context import RolloutContext, RolloutSettings
-from rollouts.gmsh import SCRIPT_TIMEOUT_S
-from rollouts.gmsh import rollout as gmsh_rollout
-from rollouts.r2e import R2ESettings
-from rollouts.r2e import rollout as r2e_rollout
+from services.process import ROOT, ServiceProcess
 from tests.fake_openai_server import start_scripted_server
 from tests.helpers import subprocess_env
 

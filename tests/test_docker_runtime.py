@@ -29,9 +29,9 @@ from envs.r2e.docker_runtime import (
     owner_label,
 )
 from envs.r2e.images import build_sample_images
+from envs.r2e.reward import binary_test_reward, partial_test_reward
 from envs.r2e.wire import TestRequest, TestResult
-from envs.service_process import ServiceProcess
-from rewards.tests import binary_test_reward, partial_test_reward
+from services.process import ServiceProcess
 from tests.fake_openai_server import start_scripted_server
 from tests.helpers import ROOT, run_train, subprocess_env
 

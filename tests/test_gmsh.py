@@ -14,15 +14,15 @@ import pytest
 
 from agent.code import extract_code
 from envs.gmsh.client import GmshClient
+from envs.gmsh.reward import gmsh_reward
+from envs.gmsh.rollout import rollout as gmsh_rollout
+from envs.gmsh.rollout import validation_metrics
 from envs.gmsh.tasks import KINDS, ensure_default_tasks, load_tasks
 from envs.gmsh.wire import RunRequest
 from envs.scenario import DatasetError
-from envs.service_process import ROOT, ServiceProcess
-from rewards.gmsh import gmsh_reward
 from rollouts.context import RolloutContext, RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
-from rollouts.gmsh import rollout as gmsh_rollout
-from rollouts.gmsh import validation_metrics
+from services.process import ROOT, ServiceProcess
 from tests.fake_openai_server import start_fake_server
 from tests.gmsh_scripts import reference_script
 

@@ -198,7 +198,7 @@ def local_run_config(tmp_path: Path, *flags: str, backend: str = "local") -> Any
 
 async def test_a_local_run_without_a_wandb_key_trains_through_arts_local_backend(tmp_path, monkeypatch, gpu_side,
                                                                                   no_wandb_key):
-    from trainer.loop import run
+    from trainer.run import run
 
     fake_gpu_machine(monkeypatch)
     config = local_run_config(tmp_path, "--lora-rank", "4", "--seed", "7", "--max-context-tokens", "4096",
@@ -211,7 +211,7 @@ async def test_a_local_run_without_a_wandb_key_trains_through_arts_local_backend
     assert init["max_seq_length"] == 2048 and "max_model_len" not in engine  # the tiny model has 2048 positions
     assert init["load_in_4bit"] is False and init["random_state"] == 7 == peft["random_state"]
     assert (peft["r"], peft["lora_alpha"]) == (4, 8)
-    from backends.tiny_model import LORA_TARGETS
+    from backends.tiny_random_model import LORA_TARGETS
 
     assert peft["target_modules"] == list(LORA_TARGETS) == engine["lora_target_modules"]
     assert engine["gpu_memory_utilization"] == 0.5 and engine["enforce_eager"] is True
@@ -244,7 +244,7 @@ async def test_train_sft_and_delete_checkpoint_files_reach_the_gpu_side(tmp_path
 
     from backends import BackendChoice, create_backend
     from backends.local_config import configure_model
-    from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+    from backends.tiny_random_model import LORA_TARGETS, ensure_tiny_model
     from backends.trainer_model import TrainerModel
     from trainer.config import ExperimentConfig
 
@@ -271,7 +271,7 @@ async def test_train_sft_and_delete_checkpoint_files_reach_the_gpu_side(tmp_path
 async def test_the_default_executor_names_a_model_the_runtime_serves(tmp_path, gpu_side):
     from agent.openai_executor import ExecutorOwner
     from backends import BackendChoice, create_backend
-    from backends.tiny_model import ensure_tiny_model
+    from backends.tiny_random_model import ensure_tiny_model
     from backends.trainer_model import TrainerModel
 
     tiny = ensure_tiny_model(tmp_path / "base")
@@ -295,7 +295,7 @@ async def test_megatron_trains_with_the_models_packed_length(tmp_path, gpu_side,
 
     from backends import BackendChoice, create_backend, train_keywords
     from backends.local_config import configure_model
-    from backends.tiny_model import ensure_tiny_model
+    from backends.tiny_random_model import ensure_tiny_model
     from backends.trainer_model import TrainerModel
     from trainer.config import ExperimentConfig
 
@@ -372,7 +372,7 @@ def test_cpu_only_flags_on_local_are_one_line_refusals(tmp_path, flags, says):
 
 async def test_auto_on_a_gpu_machine_refuses_a_cpu_only_flag_before_registering(tmp_path, monkeypatch, gpu_side):
     from backends import BackendUnavailable
-    from trainer.loop import run
+    from trainer.run import run
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -8,17 +8,17 @@ from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_message import ChatCompletionMessage
 
 from agent.prompts import R2E_NO_CODE_NUDGE
+from envs.gmsh.rollout import NO_CODE_NUDGE
+from envs.gmsh.rollout import rollout as gmsh_rollout
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks
 from envs.r2e.cache import build_from_samples, read_index, sample_rows
 from envs.r2e.client import TestServiceClient
+from envs.r2e.rollout import R2ESettings
+from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import scenarios_from_rows
 from rollouts.context import RolloutContext, RolloutSettings
-from rollouts.gmsh import NO_CODE_NUDGE
-from rollouts.gmsh import rollout as gmsh_rollout
 from rollouts.logs import main as logs_main
 from rollouts.logs import rlm_lines, validate_file
-from rollouts.r2e import R2ESettings
-from rollouts.r2e import rollout as r2e_rollout
 from tests.fake_openai_server import start_fake_server, start_scripted_server
 from tests.helpers import run_train
 

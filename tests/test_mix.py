@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from envs.mix_cursor import EnvPosition, MixCursor, deal
+from envs.mix.cursor import EnvPosition, MixCursor, deal
+from envs.mix.mix import env_config, mix_env
 from envs.scenario import Scenario
-from rollouts.mix import env_config, mix_env
+from monitor.report import panels
 from rollouts.registry import get_env
-from rollouts.report import panels
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
 from trainer.cli import config_from_args
 from trainer.config import ConfigError

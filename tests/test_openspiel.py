@@ -17,8 +17,8 @@ from envs.openspiel.cases import DEFAULT_CASES, CaseError, check_case, resolve_c
 from envs.openspiel.flags import GameOptions, split_cases
 from envs.openspiel.moves import parse_move
 from envs.openspiel.playouts import PlayoutPool
+from envs.openspiel.reward import Playout, legal_reward, outcome_reward, play_out
 from envs.openspiel.tasks import load_tasks, replay, task
-from rewards.openspiel import Playout, legal_reward, outcome_reward, play_out
 from rollouts.context import RolloutSettings
 from tests.helpers import ROOT, history_steps, read_state, run_train, subprocess_env
 from trainer.cli import config_from_args
@@ -198,7 +198,7 @@ class ScriptedContext:
     services: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from rollouts.openspiel import GameRuntime
+        from envs.openspiel.rollout import GameRuntime
 
         self.services = {"openspiel": GameRuntime(self.options, PlayoutPool(0))}
 
@@ -208,8 +208,8 @@ class ScriptedContext:
 
 
 async def test_a_malformed_answer_scores_zero_and_is_logged_not_raised():
+    from envs.openspiel.rollout import rollout
     from rollouts.logs import rlm_lines
-    from rollouts.openspiel import rollout
 
     scenario = load_tasks(TTT, 0)[1]
     for mode in ("legal", "outcome"):
@@ -224,8 +224,8 @@ async def test_a_malformed_answer_scores_zero_and_is_logged_not_raised():
 
 
 async def test_whole_game_mode_plays_to_the_end_and_bounds_illegal_retries(tmp_path):
+    from envs.openspiel.rollout import game_metrics, rollout
     from rollouts.logs import rlm_lines, validate_file
-    from rollouts.openspiel import game_metrics, rollout
 
     options = GameOptions(game_mode="game", max_illegal_retries=2, opponent="random")
     scenario = task("tic_tac_toe", 0, 0)  # the empty board, x to move
@@ -250,7 +250,7 @@ async def test_whole_game_mode_plays_to_the_end_and_bounds_illegal_retries(tmp_p
 
 
 async def test_whole_game_against_mcts_cut_by_the_turn_budget_is_scored_by_playouts():
-    from rollouts.openspiel import rollout
+    from envs.openspiel.rollout import rollout
 
     options = GameOptions(game_mode="game", opponent="mcts", mcts_simulations=16, playouts=2)
     ctx = ScriptedContext(first_legal, options, settings=RolloutSettings(max_steps=1, max_tokens_per_turn=16))
@@ -285,7 +285,7 @@ def test_tasks_export_writes_the_verl_layout(tmp_path):
 
 @pytest.mark.parametrize("policy", ["legal", "mcts"])
 async def test_demonstrations_replay_through_the_real_env_at_full_score(tmp_path, policy):
-    from rollouts.openspiel import rollout
+    from envs.openspiel.rollout import rollout
 
     out = tmp_path / "demos.jsonl"
     done = subprocess.run([sys.executable, "-m", "envs.openspiel", "demos", "--out", str(out), "--game-types",

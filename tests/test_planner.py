@@ -22,8 +22,7 @@ from backends.openai_server import ServerThread
 from envs.planner.flags import PlannerOptions
 from envs.planner.plan import PLANNER_SYSTEM_PROMPT, MalformedPlan, parse_plan
 from envs.planner.problems import clean_answer, generate, load, rows_to_scenarios
-from envs.scenario import DatasetError
-from rewards.planner import (
+from envs.planner.reward import (
     MALFORMED_REWARD,
     PlannerWeights,
     choose_embedder,
@@ -32,6 +31,7 @@ from rewards.planner import (
     planner_reward,
     tfidf_vectors,
 )
+from envs.scenario import DatasetError
 from rollouts.context import RolloutSettings
 from tests.fake_openai_server import completion_body, start_scripted_server
 from tests.helpers import ROOT, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
@@ -113,7 +113,7 @@ def test_a_generated_shopping_problem_has_its_exact_answer():
 
 def test_demonstrations_are_valid_plans_that_state_their_numbers(tmp_path):
     from envs.planner.problems import write_demos
-    from trainer.sft import load_sft_conversations
+    from trainer.sft_stage import load_sft_conversations
 
     out = tmp_path / "demos.jsonl"
     demos = write_demos(out, 30, 1)
@@ -228,7 +228,7 @@ class ScriptedContext:
     services: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from rollouts.planner import PlannerRuntime
+        from envs.planner.rollout import PlannerRuntime
 
         self.model = SimpleNamespace(inference_base_url=self.base_url, inference_api_key="k", base_model="fine")
         self.services = {"planner": PlannerRuntime(PlannerOptions(), tfidf_vectors)}
@@ -238,8 +238,8 @@ class ScriptedContext:
 
 
 async def test_a_plan_is_solved_by_the_executor_and_scored(executor_server):
+    from envs.planner.rollout import rollout
     from rollouts.logs import rlm_lines, validate_file
-    from rollouts.planner import rollout
 
     scenario = rows_to_scenarios([{"question": "q", "answer": "7"}], "t")[0]
     plan = '{"subproblems": ["apples in 3 boxes of 12", "miles driven at 40 mph for 2 hours"], "combine": "add"}'
@@ -270,7 +270,7 @@ def validate_file_lines(lines: list[dict[str, Any]], validate_file: Any) -> str 
 
 
 async def test_a_malformed_plan_is_a_penalty_with_its_reason_not_a_crash(executor_server):
-    from rollouts.planner import rollout
+    from envs.planner.rollout import rollout
 
     scenario = rows_to_scenarios([{"question": "q", "answer": "7"}], "t")[0]
     trajectory = await rollout(ScriptedContext("I think we should add them", executor_server.base_url), scenario)
@@ -279,8 +279,8 @@ async def test_a_malformed_plan_is_a_penalty_with_its_reason_not_a_crash(executo
 
 
 async def test_an_executor_fault_fails_its_rollout_and_the_step_goes_on(executor_server):
+    from envs.planner.rollout import rollout
     from rollouts.gather import GatherLimits, gather_step
-    from rollouts.planner import rollout
 
     good = '{"subproblems": ["one thing", "another"]}'
     bad = '{"subproblems": ["one thing", "FAIL this"]}'
@@ -308,7 +308,7 @@ async def test_the_cpu_backend_serves_the_base_model_with_the_adapter_off(tmp_pa
 
     from backends.cpu import CPUBackend, CPUBackendSettings
     from backends.policy import LoraSettings
-    from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+    from backends.tiny_random_model import LORA_TARGETS, ensure_tiny_model
 
     tiny = ensure_tiny_model(tmp_path / "base")
     settings = CPUBackendSettings(lora=LoraSettings(target_modules=LORA_TARGETS))

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from backends.decoding import categorical
 from backends.policy import LoraPolicy, LoraSettings, SampleRequest
-from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+from backends.tiny_random_model import LORA_TARGETS, ensure_tiny_model
 
 PROMPTS = [[5, 17, 99], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51], [7], [200, 3, 3, 3, 3, 9]]
 

@@ -11,8 +11,8 @@ import art
 import pytest
 import torch
 
-from backends.pretrained import MARKER, PRETRAINED, ensure_pretrained, gguf_path, is_built
-from backends.sft import IGNORE, tokenize_conversation
+from backends.cpu_sft import IGNORE, tokenize_conversation
+from backends.smollm2 import MARKER, PRETRAINED, ensure_pretrained, gguf_path, is_built
 
 
 @pytest.fixture(scope="module")

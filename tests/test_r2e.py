@@ -14,14 +14,14 @@ from envs.r2e.cache import SAMPLES, read_index, sample_rows
 from envs.r2e.client import TestServiceClient, changed_files, tar_b64
 from envs.r2e.data import validate_rows
 from envs.r2e.repl import Repl
+from envs.r2e.reward import binary_test_reward, parse_pytest_output, partial_test_reward
+from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import scenarios_from_rows
 from envs.r2e.wire import TestRequest
-from envs.sandbox import SandboxLimits
 from envs.scenario import DatasetError
-from rewards.tests import binary_test_reward, parse_pytest_output, partial_test_reward
 from rollouts.context import RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
-from rollouts.r2e import rollout as r2e_rollout
+from sandbox.run import SandboxLimits
 from tests.r2e_rollouts import fix_reply, r2e_context
 
 ROWS = {r.repo_name: r for r in sample_rows()}
@@ -210,7 +210,7 @@ def test_score_command_on_each_sample(cache, name, tmp_path):
     import subprocess
     import sys
 
-    from envs.service_process import ROOT
+    from services.process import ROOT
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r.model_dump()) + "\n" for r in ROWS.values()))

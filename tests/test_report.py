@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.report import UNIT_LABELS, panels, unit_of, wall_seconds, write_report
+from monitor.report import UNIT_LABELS, panels, unit_of, wall_seconds, write_report
 from tests.helpers import model_dir, run_train
 
 # What a reader knows each generic figure to be (env figures the test does not name are checked by their values).
@@ -77,7 +77,7 @@ def check_units(sections: list[tuple[str, str]], names_of, rows: list[dict]) -> 
                 assert all(v >= 0 for v in values), name
             elif unit == "reward":
                 assert "reward" in name, name
-            elif unit == "seconds":  # per-node service figures (envs/service_client.py) and other timings
+            elif unit == "seconds":  # per-node service figures (services/client.py) and other timings
                 assert name.endswith(("_s", "_seconds")), name
             else:
                 assert unit in ("ratio", "value"), f"{name}: a {unit} figure the test does not know"

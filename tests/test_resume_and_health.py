@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.health import HealthLimits, HealthMonitor, RunDir, remove_dead_runs
+from monitor.health import HealthLimits, HealthMonitor, RunDir, remove_dead_runs
 from tests.helpers import ROOT
 from train import ConfigError, Cursor, ExperimentConfig, rollback_uncommitted
 from trainer.resume import RUN_ID, claim_outputs
@@ -91,7 +91,7 @@ def test_health_monitor_thread_runs_and_stops_cleanly(tmp_path):
 
 def _hold_run_dir(root) -> tuple[subprocess.Popen, str]:
     """Another run on this machine: a process that claims a run folder under `root` and lives on."""
-    code = ("import sys, time; from rollouts.health import RunDir; d = RunDir.claim(sys.argv[1]); "
+    code = ("import sys, time; from monitor.health import RunDir; d = RunDir.claim(sys.argv[1]); "
             "(d.path / 'task-1').mkdir(); print(d.path, flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     return proc, proc.stdout.readline().strip()

@@ -14,12 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from envs import sandbox
 from envs.r2e.repl import Repl
-from envs.sandbox import ENV_ALLOW, ENV_BWRAP, SandboxLimits, SandboxUnavailable, check_sandbox, run_sandboxed
-from envs.sandbox_launch import UID_BASE, _closed_ancestor
-from envs.sandbox_view import argv_files
-from envs.service_process import ROOT, ServiceProcess, free_port
+from sandbox import run as sandbox
+from sandbox.launch import UID_BASE, _closed_ancestor
+from sandbox.run import ENV_ALLOW, ENV_BWRAP, SandboxLimits, SandboxUnavailable, check_sandbox, run_sandboxed
+from sandbox.view import argv_files
+from services.process import ROOT, ServiceProcess, free_port
 
 BUNDLED = sandbox._bundled()
 ROOT_ONLY_REASON = "the uid drop is what is tested: needs root"
@@ -167,7 +167,7 @@ def test_the_fallback_names_what_keeps_the_interpreter_from_running(monkeypatch)
 PARENT = r"""
 import asyncio, json, sys, tempfile
 from pathlib import Path
-from envs.sandbox import SandboxLimits, run_sandboxed
+from sandbox.run import SandboxLimits, run_sandboxed
 SCRIPT = '''
 echo uid=$(id -u)
 echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$
@@ -226,7 +226,7 @@ async def test_bwrap_runs_each_sandbox_as_a_uid_of_its_own(tmp_path, monkeypatch
 
 def run_check(*args: str, bwrap: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != ENV_ALLOW} | {ENV_BWRAP: bwrap}
-    return subprocess.run([sys.executable, "-m", "envs.sandbox", "check", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "sandbox", "check", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

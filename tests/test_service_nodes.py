@@ -1,6 +1,6 @@
 """Many rollout service nodes (`--gmsh-url`/`--docker-url`, repeated or `@FILE`): least-outstanding routing, health
 checks, a node marked down and back, a failed request moved to another node under the same request id, which a node
-answers once (envs/idempotency.py), and the per-node figures each step logs. Nodes here are small in-test services
+answers once (services/idempotency.py), and the per-node figures each step logs. Nodes here are small in-test services
 where a fault must be injected (a 500, a dead port, a slow node); the failover end to end runs on real gmsh services
 killed mid-run."""
 
@@ -18,8 +18,7 @@ from fastapi import FastAPI, Header, HTTPException
 from backends.openai_server import ServerThread, free_port
 from envs.gmsh.client import GmshClient
 from envs.gmsh.wire import RunRequest
-from envs.idempotency import RecentResults
-from envs.service_client import (
+from services.client import (
     REQUEST_ID_HEADER,
     NodeListError,
     ServiceClient,
@@ -28,7 +27,8 @@ from envs.service_client import (
     percentile,
     service_metrics,
 )
-from envs.service_process import ServiceProcess
+from services.idempotency import RecentResults
+from services.process import ServiceProcess
 from trainer.cli import config_from_args
 from trainer.config import ConfigError
 

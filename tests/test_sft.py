@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backends.sft import IGNORE, tokenize_conversation
-from backends.tiny_model import ensure_tiny_model
+from backends.cpu_sft import IGNORE, tokenize_conversation
+from backends.tiny_random_model import ensure_tiny_model
 from tests.helpers import history_rows, model_dir, read_state, run_train, subprocess_env, train_cmd
-from trainer.sft import SFTDataError, load_sft_conversations
+from trainer.sft_stage import SFTDataError, load_sft_conversations
 
 CHAT = [{"role": "system", "content": "Reply with the letter a."}, {"role": "user", "content": "Go."},
         {"role": "assistant", "content": "aaaa"}, {"role": "user", "content": "Again."},
@@ -151,7 +151,7 @@ def test_head_on_labelled_positions_only_gives_the_full_loss(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backends.sft import assistant_token_loss
+    from backends.cpu_sft import assistant_token_loss
 
     folder = ensure_tiny_model(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(folder)

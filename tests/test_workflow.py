@@ -13,13 +13,13 @@ import pytest
 from openai.types.chat.chat_completion import ChatCompletionMessage, Choice
 
 from agent.executor import ExecutorError, ExecutorReply
-from envs.sandbox import bwrap_available
 from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks, math_scenarios, mix, read_dataset
 from envs.workflow.flags import parse_ratios
+from envs.workflow.reward import CodeOutcome, final_number, score_code, score_math, score_qa
 from envs.workflow.runner import WorkflowLimits, run_workflow
-from rewards.workflow import CodeOutcome, final_number, score_code, score_math, score_qa
+from sandbox.run import bwrap_available
 from tests.helpers import history_steps, read_state, run_train
 
 # ---- the tiers: math ------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ async def test_a_forged_protocol_line_ends_the_workflow_with_a_reason(tmp_path, 
 async def test_an_executor_fault_fails_the_rollout_instead_of_scoring_the_policy(tmp_path):
     from envs.workflow.flags import WorkflowOptions
     from envs.workflow.prompts import DEMO_WORKFLOWS
-    from rollouts.workflow import WorkflowRuntime, rollout
+    from envs.workflow.rollout import WorkflowRuntime, rollout
 
     runtime = WorkflowRuntime(WorkflowOptions(), tmp_path, executor=FakeExecutor(fail=True))
     scenario = Scenario("qa-1", "Which planet is red?", {"domain": "qa", "answers": ["Mars"]})
@@ -307,8 +307,8 @@ WORKFLOW_REPLY = "Plan: ask.\n```python\ndef solve(problem, domain):\n    return
 async def test_a_rollout_runs_the_policy_workflow_against_an_http_executor(tmp_path):
     pytest.importorskip("agent.openai_executor")
     from envs.workflow.flags import WorkflowOptions
+    from envs.workflow.rollout import WorkflowRuntime, rollout, services
     from rollouts.logs import rlm_lines, validate_file
-    from rollouts.workflow import WorkflowRuntime, rollout, services
     from tests.fake_openai_server import start_scripted_server
 
     server = start_scripted_server(lambda messages: "6 times 7 is 42.\nAnswer: 42")
@@ -364,7 +364,7 @@ class _DemoCfg:
 ])
 async def test_each_demonstration_is_a_workflow_that_scores_with_a_right_executor(tmp_path, domain, executor_reply):
     from envs.workflow.flags import WorkflowOptions
-    from rollouts.workflow import WorkflowRuntime, load_scenarios, rollout, write_demos
+    from envs.workflow.rollout import WorkflowRuntime, load_scenarios, rollout, write_demos
 
     cfg = _DemoCfg(tmp_path / "rollouts")
     write_demos(cfg, tmp_path / "demos.jsonl")

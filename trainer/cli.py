@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--env", default=d.env, help="environment (see rollouts/registry.py)")
     a("--mix", default=None, metavar="ENV=RATIO,...",
       help="a mixed-domain run instead of --env: each step's groups drawn from these envs by ratio (summing to 1), "
-           "e.g. gmsh=0.3,r2e=0.4,openspiel=0.3; metrics per env (rollouts/mix.py)")
+           "e.g. gmsh=0.3,r2e=0.4,openspiel=0.3; metrics per env (envs/mix/mix.py)")
     a("--vllm-url", default=None, help="external OpenAI-compatible server for rollouts (it must serve the adapter)")
     a("--docker-url", action="append", default=[],
       help="test service URL, or @FILE of URLs one a line (repeat for several nodes; token from TEST_SERVICE_TOKEN)")
@@ -145,11 +145,11 @@ def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
     for key, value in ENV_DEFAULTS.get(args.env, {}).items():
-        if key not in given and args.mix is None:  # a mixed run's defaults: rollouts/mix.py
+        if key not in given and args.mix is None:  # a mixed run's defaults: envs/mix/mix.py
             setattr(args, key, value)
     try:
         if args.mix is not None:
-            from rollouts.mix import mix_config_values
+            from envs.mix.mix import mix_config_values
 
             common, env_options = mix_config_values(vars(args), given)
         else:

@@ -44,7 +44,7 @@ class ExperimentConfig:
     backend: str = "auto"
     serverless_url: str | None = None  # --backend serverless: ART's default endpoint unless given
     env: str = "gmsh"
-    mix: str | None = None  # --mix ENV=RATIO,...: a mixed-domain run (rollouts/mix.py); env is then "mix"
+    mix: str | None = None  # --mix ENV=RATIO,...: a mixed-domain run (envs/mix/mix.py); env is then "mix"
     vllm_url: str | None = None
     docker_url: list[str] = field(default_factory=list)
     gmsh_url: list[str] = field(default_factory=list)
@@ -210,11 +210,11 @@ class ExperimentConfig:
         checks.append((self.env in ENVS or self.mix is not None,
                        f"--env: unknown env {self.env!r}; choose from {', '.join(sorted(ENVS))}"))
         if self.mix is not None:
-            from rollouts.mix import mix_problem
+            from envs.mix.mix import mix_problem
 
             problem = mix_problem(self.env, self.mix)
             checks.append((problem is None, str(problem)))
-        from envs.service_client import NodeListError, expand_urls
+        from services.client import NodeListError, expand_urls
 
         for flag, urls in (("--docker-url", self.docker_url), ("--gmsh-url", self.gmsh_url)):
             try:  # URLs, or @FILE: a file of URLs, one a line
@@ -234,7 +234,7 @@ class ExperimentConfig:
             if not ok:
                 raise ConfigError(message)
         # Every flag that names a path: kind, existence, readability, writability, encoding, format (one line).
-        from trainer.paths import checkpoint_problem, experiment_busy, path_problems
+        from trainer.checks import checkpoint_problem, experiment_busy, path_problems
 
         problems = [self._backend_problem(), self._pipeline_problem(), *path_problems(self), checkpoint_problem(self),
                     experiment_busy(self)]
@@ -246,7 +246,7 @@ class ExperimentConfig:
         cannot honour, then the base model it can train (hosted engines: a hub name)."""
         from backends.remote import REMOTE_KINDS, RunNeeds, requirements_problem, run_problem
         from backends.remote import base_model_problem as remote_model_problem
-        from trainer.paths import base_model_problem
+        from trainer.checks import base_model_problem
 
         local_model = self.base_model in NAMED_MODELS or Path(self.base_model).exists()
         if self.backend == "local" and (problem := run_problem("local", RunNeeds(

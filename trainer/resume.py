@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.atomic import TMP_MARK, atomic_write_json, atomic_write_text, disk_full_guard
+from trainer.checks import LOCK_FILE, busy_message
 from trainer.config import ConfigError, ExperimentConfig
-from trainer.paths import LOCK_FILE, busy_message
 
 OWNER_FILE = ".owner.json"
 RUN_ID = "run_id"

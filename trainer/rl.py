@@ -22,10 +22,10 @@ from trainer.schedule import TemperatureSchedule
 async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
     from backends.checkpoints import best_val_step, steps_to_keep
     from backends.remote import train_keywords
-    from envs.service_client import service_metrics
     from rollouts.gather import freeze_startup_heap, gather_step
     from rollouts.logs import write_step
     from rollouts.metrics import has_signal, step_metrics
+    from services.client import service_metrics
 
     config, env, model, backend = the_run.config, the_run.env, the_run.model, the_run.backend
     state = model.read_state() or {}

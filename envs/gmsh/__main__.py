@@ -16,13 +16,13 @@ import os
 import sys
 from pathlib import Path
 
-from envs.service_process import ServiceProcess
+from services.process import ServiceProcess
 
 
 async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
     from envs.gmsh.client import GmshClient
+    from envs.gmsh.reward import gmsh_reward
     from envs.gmsh.wire import RunRequest
-    from rewards.gmsh import gmsh_reward
 
     requirements = json.loads(Path(args.requirements).read_text())
     bbox = requirements.get("bbox")

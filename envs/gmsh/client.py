@@ -1,11 +1,11 @@
-"""Client of one or several gmsh services (see `envs.service_client` for balancing and retries)."""
+"""Client of one or several gmsh services (see `services.client` for balancing and retries)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from envs.gmsh.wire import RunRequest, RunResult
-from envs.service_client import ServiceClient, ServiceUnavailable
+from services.client import ServiceClient, ServiceUnavailable
 
 __all__ = ["GmshClient", "ServiceUnavailable"]
 

@@ -1,6 +1,6 @@
 """Demonstrations for SFT: one meshing script per generated task, in exactly the conversation a gmsh rollout has.
 
-`rollouts/gmsh.py` sends the system prompt and the task's prompt, and stops after the first script that meshes
+`envs/gmsh/rollout.py` sends the system prompt and the task's prompt, and stops after the first script that meshes
 with every physical group, so a demonstration is [system, task, one assistant turn holding a ```python block].
 
 Why these scripts rather than tests/gmsh_scripts.py's: a demonstration teaches what a right answer looks like, so
@@ -28,7 +28,7 @@ from envs.scenario import DatasetError, Scenario
 __all__ = ["SPLIT_FILES", "build_demos", "conversation", "demo_script", "split_tasks", "write_demos"]
 
 FULL_SCORE = 1.0
-SCRIPT_TIMEOUT_S = 30.0  # rollouts/gmsh.py's (tests/test_demos.py checks they agree)
+SCRIPT_TIMEOUT_S = 30.0  # envs/gmsh/rollout.py's (tests/test_demos.py checks they agree)
 
 # What each kind's refinement is measured from: (the variable the script selects it into, its dimension).
 TARGETS = {"box_with_hole": ("hole", 2), "plate_with_holes": ("holes", 2), "profile_2d": ("hole", 1),
@@ -133,8 +133,8 @@ def conversation(scenario: Scenario, script: str, split: str = "") -> dict[str, 
 
 async def _score(client: Any, scenario: Scenario, script: str) -> float:
     """The score the rollout would give `script`: the same request, service and reward function."""
+    from envs.gmsh.reward import gmsh_reward
     from envs.gmsh.wire import RunRequest
-    from rewards.gmsh import gmsh_reward
 
     geometry = Path(scenario.data["task_store"]) / scenario.data["geometry_file"]
     result = await client.run(RunRequest(script=script, geometry_b64=base64.b64encode(geometry.read_bytes()).decode(),
@@ -170,7 +170,7 @@ async def build_demos(scenarios: list[Scenario], client: Any | None, split: str 
 @contextlib.contextmanager
 def _client(url: str | None, token: str | None) -> Iterator[Any]:
     from envs.gmsh.client import GmshClient
-    from envs.service_process import ServiceProcess
+    from services.process import ServiceProcess
 
     with contextlib.ExitStack() as stack:
         if url is None:

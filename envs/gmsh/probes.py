@@ -121,7 +121,7 @@ def _header(scenario: Scenario) -> str:
     """What the model knows from its prompt: the geometry file's name, the groups, the size and the dimension."""
     req = scenario.data["requirements"]
     groups = [(g["name"], int(g["dim"])) for g in req["physical_groups"]]
-    from rewards.gmsh import expected_elements
+    from envs.gmsh.reward import expected_elements
 
     elements = int(expected_elements(req, scenario.data["bbox"]))
     return (f"GEOMETRY = {'geometry' + Path(scenario.data['geometry_file']).suffix!r}\nGROUPS = {groups!r}\n"

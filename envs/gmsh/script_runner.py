@@ -5,7 +5,7 @@ ends, whether it saved the mesh itself, crashed half way, or called sys.exit. Th
 nothing it leaves behind is trusted: the mesh file it writes is only a claim, which the service hands to a fresh
 process (`mesh_verifier.py`, no model code) that measures it against the task's geometry. A script that forges
 a stats file, prints a verdict, exits early or writes a mesh file by hand gains nothing from it. It runs inside
-the sandbox (`envs.sandbox`: bubblewrap, a uid of its own) because the script it runs is model-written.
+the sandbox (`sandbox.run`: bubblewrap, a uid of its own) because the script it runs is model-written.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ task's geometry copied in; the mesh left in the gmsh model is saved after the sc
 the task's geometry by a second, fresh sandboxed process that runs no model code (envs/gmsh/mesh_verifier.py:
 the script's own process can forge anything it reports). At most
 `--workers` scripts run at once and at most `--queue` wait; past that the service answers 503 + Retry-After.
-The scripts are model-written: where no sandbox can run (`envs.sandbox`), the service refuses to start (one line
+The scripts are model-written: where no sandbox can run (`sandbox.run`), the service refuses to start (one line
 on stderr, exit code 2) unless `--allow-unsandboxed` (or ART_ALLOW_UNSANDBOXED=1) opts out.
 The per-script temp dirs live in a locked scratch folder of this service under `--scratch-root`
-(`envs.owned_dir.ScratchDir`): removed at exit; after a kill -9, by the next start (or the trainer's sweep).
+(`services.owned_dir.ScratchDir`): removed at exit; after a kill -9, by the next start (or the trainer's sweep).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 from envs.gmsh.wire import RunRequest, RunResult
-from envs.idempotency import RecentResults
-from envs.owned_dir import ScratchDir, exit_cleanly_on_sigterm
-from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
+from sandbox.run import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
+from services.idempotency import RecentResults
+from services.owned_dir import ScratchDir, exit_cleanly_on_sigterm
 
 RUNNER = Path(__file__).with_name("script_runner.py")
 VERIFIER = Path(__file__).with_name("mesh_verifier.py")

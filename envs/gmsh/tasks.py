@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from envs.gmsh.reward import expected_elements
 from envs.scenario import DatasetError, Scenario
-from rewards.gmsh import expected_elements
 
 COLUMNS = ["task_id", "kind", "prompt", "geometry_file", "requirements", "bbox", "characteristic_length"]
 

@@ -2,6 +2,6 @@
 
 `flags.py` (the env's CLI flags and `GameOptions`, light), `cases.py` (the default cases, selection, checks),
 `tasks.py` (seeded fixed tasks), `moves.py` (prompt and answer format), `playouts.py` (the process pool),
-`export.py` (verl parquet, SFT demonstrations); rewards in `rewards/openspiel.py`, the rollout in
-`rollouts/openspiel.py`.
+`export.py` (verl parquet, SFT demonstrations); rewards in `envs/openspiel/reward.py`, the rollout in
+`envs/openspiel/rollout.py`.
 """

@@ -66,7 +66,7 @@ def write_tasks(out: Path, options: GameOptions, seed: int, split: str = "all") 
 
 def demo_action(scenario: Scenario, policy: str, simulations: int) -> int:
     """The demonstrated move: a legal one drawn with the task's seed, or the MCTS bot's."""
-    from rewards.openspiel import choose
+    from envs.openspiel.reward import choose
 
     data = scenario.data
     state = replay(data["case"], data["history"])

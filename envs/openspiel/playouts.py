@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from envs.openspiel.flags import GameOptions
-from rewards.openspiel import Playout, next_move, play_out, warm_up
+from envs.openspiel.reward import Playout, next_move, play_out, warm_up
 
 
 class PlayoutUnavailable(RuntimeError):

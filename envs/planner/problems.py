@@ -120,7 +120,7 @@ def _scenario(sid: str, question: str, answer: str) -> Scenario:
 
 def clean_answer(answer: Any) -> str | None:
     """GSM8K's `... #### 1,234` -> '1234'; a bare number as is; None when no number can be read."""
-    from rewards.planner import final_number
+    from envs.planner.reward import final_number
 
     text = str(answer)
     value = final_number(text.split("####")[-1])

@@ -24,8 +24,8 @@ async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
     from envs.r2e.cache import repo_path
     from envs.r2e.client import TestServiceClient, tar_b64
     from envs.r2e.data import load_rows
+    from envs.r2e.reward import binary_test_reward, match_expected, parse_pytest_output, partial_test_reward
     from envs.r2e.wire import TestRequest
-    from rewards.tests import binary_test_reward, match_expected, parse_pytest_output, partial_test_reward
 
     rows = {r.instance_id: r for r in load_rows(args.dataset)}
     if args.instance_id not in rows:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                           args.skip_existing, args.dry_run)
             print(f"{len(index)} instance(s) in {args.cache_dir / 'index.json'}")
             return 0
-        from envs.service_process import ServiceProcess
+        from services.process import ServiceProcess
 
         with contextlib.ExitStack() as stack:
             if args.url:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envs.r2e.wire import TestRequest, TestResult
-from envs.service_client import ServiceClient, ServiceUnavailable
+from services.client import ServiceClient, ServiceUnavailable
 
 __all__ = ["TestServiceClient", "ServiceUnavailable", "changed_files", "tar_b64"]
 

@@ -3,7 +3,7 @@
 Why run the cells rather than write the observations by hand: the demo must be what the env really shows, or
 SFT teaches the model a format it never sees. So every planned cell goes through the real sandboxed `Repl`, in
 a copy of the cached repo, and each observation is `r2e_observation(...)` of the cell's real output, appended the
-way `rollouts/r2e.py` appends it (no observation after the cell that calls FINAL, since the rollout stops there).
+way `envs/r2e/rollout.py` appends it (no observation after the cell that calls FINAL, since the rollout stops there).
 
 A demo looks: list the files, read the file(s) the reference fix touches, write the fix and run the tests,
 FINAL. Small files are written whole; a large one is patched with `str.replace` on the changed lines and only
@@ -25,10 +25,10 @@ from agent.prompts import R2E_SYSTEM_PROMPTS, r2e_observation, r2e_task
 from envs.r2e.cache import SAMPLES, build_from_samples, repo_path, sample_rows
 from envs.r2e.data import R2ERow
 from envs.r2e.repl import Repl
+from envs.r2e.reward import binary_test_reward
 from envs.r2e.scenarios import HELDOUT_SAMPLE_REPOS, SAMPLE_SPLITS, check_split, filter_split, sample_split_ids
-from envs.sandbox import SandboxLimits
 from envs.scenario import DatasetError
-from rewards.tests import binary_test_reward
+from sandbox.run import SandboxLimits
 
 __all__ = ["HELDOUT_SAMPLE_REPOS", "SAMPLE_SPLITS", "build_demos", "demonstrate", "filter_split", "plan_turns",
            "sample_split_ids", "write_demos", "write_jsonl"]

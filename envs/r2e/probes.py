@@ -5,7 +5,7 @@ Every cheat discovers what it needs at run time, from the work dir and the file 
 policy would; none is told the answer. Each must score no more than doing nothing
 (tests/reliability/test_cheats_r2e_gmsh.py, and the reward preflight). What stops each one: reading the fix,
 the sandbox's view (only the work dir, never the project tree nor the samples' fix/); every other one,
-envs/r2e/protected.py in the test service, and for printed verdicts rewards/tests.py's conflict rule.
+envs/r2e/protected.py in the test service, and for printed verdicts envs/r2e/reward.py's conflict rule.
 """
 
 from __future__ import annotations

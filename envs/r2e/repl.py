@@ -3,7 +3,7 @@
 Each cell has a wall-clock timeout; a cell that runs over, or kills the REPL, ends with the REPL restarted once
 per event (state lost, and the observation says so). `llm_query()` calls made inside a cell are answered by the
 `on_llm_query` callback the rollout provides, so the sandbox itself never needs network access. The REPL runs in
-`envs.sandbox` like every other piece of model code: with no sandbox and no opt-out, `start()` raises
+`sandbox.run` like every other piece of model code: with no sandbox and no opt-out, `start()` raises
 `SandboxUnavailable` and nothing runs.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envs.sandbox import SandboxedProcess, SandboxLimits, spawn_sandboxed
+from sandbox.run import SandboxedProcess, SandboxLimits, spawn_sandboxed
 
 SERVER = Path(__file__).with_name("repl_server.py")
 

@@ -3,7 +3,7 @@
 Protocol: one JSON object per line. In: {"code": str}. Out: {"stdout", "stderr", "locals", "final", "error"},
 or, while a cell runs, {"llm_query": prompt}, answered by the trainer with {"response": str}. File descriptors
 1 and 2 are pointed at capture files during a cell, so prints and subprocess output never garble the protocol.
-Everything here, helpers included, is as untrusted as the cells it runs: it relies on no privilege. `envs.sandbox`
+Everything here, helpers included, is as untrusted as the cells it runs: it relies on no privilege. `sandbox.run`
 starts it in bubblewrap (read-only root, no network, own PID namespace) as a uid of its own, never root, and
 with a parent-death signal: it dies with the trainer, and the commands `bash()` starts die with it.
 """

@@ -8,9 +8,9 @@ container of the task's image (`docker`, see envs/r2e/docker_runtime.py: no netw
 removed; the service exits 2 at start when no engine answers and removes its own stale containers) or in a sandboxed
 subprocess on a temp copy of the cached repo (`process`). A client that disconnects stops its test run.
 The test command runs the model's edits, so it is model code: with `process`, where no sandbox can run
-(`envs.sandbox`), the service refuses to start (one line on stderr, exit code 2) unless `--allow-unsandboxed` (or
+(`sandbox.run`), the service refuses to start (one line on stderr, exit code 2) unless `--allow-unsandboxed` (or
 ART_ALLOW_UNSANDBOXED=1) opts out. With `process`, the per-request temp dirs live in a locked scratch folder of
-this service under `--scratch-root` (`envs.owned_dir.ScratchDir`; default /dev/shm where writable): removed at exit;
+this service under `--scratch-root` (`services.owned_dir.ScratchDir`; default /dev/shm where writable): removed at exit;
 after a kill -9, by the next start (or, inside a run's folder, the trainer's sweep).
 """
 
@@ -35,13 +35,13 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
-from envs.idempotency import RecentResults
-from envs.owned_dir import ScratchDir, exit_cleanly_on_sigterm
 from envs.r2e.cache import read_index
 from envs.r2e.docker_runtime import ContainerLimits, DockerRuntime, engine_problem, remove_stale_containers
 from envs.r2e.protected import protected_reason
 from envs.r2e.wire import TestRequest, TestResult
-from envs.sandbox import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
+from sandbox.run import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
+from services.idempotency import RecentResults
+from services.owned_dir import ScratchDir, exit_cleanly_on_sigterm
 
 
 def task_files_only(request: TestRequest, original: Collection[str] | None) -> tuple[TestRequest, dict[str, str]]:

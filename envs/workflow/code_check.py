@@ -1,4 +1,4 @@
-"""Scores a code answer: runs it in the sandbox, returns the counts `rewards.workflow` turns into a tier. The
+"""Scores a code answer: runs it in the sandbox, returns the counts `envs.workflow.reward` turns into a tier. The
 answer is model-made code, so it never runs in the trainer, and nothing it can do decides its own verdict:
 
 - whether it "loads" (defines the entry point) is read from its syntax tree here, in the trainer;
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envs.sandbox import SandboxLimits, run_sandboxed
-from rewards.workflow import CodeOutcome
+from envs.workflow.reward import CodeOutcome
+from sandbox.run import SandboxLimits, run_sandboxed
 
 MARKER = "@@WORKFLOW-VALUES@@"
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)

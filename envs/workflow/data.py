@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.scenario import DatasetError, Scenario
-from rewards.workflow import parse_number
+from envs.workflow.reward import parse_number
 
 DOMAINS = ("math", "qa", "code")
 GSM8K = "gsm8k"

@@ -1,5 +1,5 @@
 """What the policy reads in the workflow env: the operators it may call (their behaviour lives in
-`workflow_main.py`, which runs them in the sandbox) and the task. Kept here, beside the operators, so a change to
+`sandbox_main.py`, which runs them in the sandbox) and the task. Kept here, beside the operators, so a change to
 one is a change to the other in the same folder."""
 
 from __future__ import annotations

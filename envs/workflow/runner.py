@@ -1,6 +1,6 @@
 """Runs a model-written workflow in the sandbox and answers its operators' executor calls (trainer side).
 
-The workflow process (`workflow_main.py`) has no network: each operator call arrives as one JSON line on its
+The workflow process (`sandbox_main.py`) has no network: each operator call arrives as one JSON line on its
 stdout, the executor is called here (concurrently within a batch, every call counted with its tokens) and the
 replies go back as one line on its stdin. Everything the workflow can do wrong ends as a `WorkflowRun` with an
 `error` saying why, never as an exception: bad code, an exception, a run past `time_limit_s` (the process group
@@ -20,9 +20,9 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from agent.executor import Executor, ExecutorError
-from envs.sandbox import SandboxLimits, spawn_sandboxed
+from sandbox.run import SandboxLimits, spawn_sandboxed
 
-MAIN = Path(__file__).with_name("workflow_main.py")
+MAIN = Path(__file__).with_name("sandbox_main.py")
 MAX_LINE = 2**20
 
 

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from envs.r2e.cache import build_from_samples
-from envs.service_process import ROOT, ServiceProcess, free_port
+from services.process import ROOT, ServiceProcess, free_port
 
 
 @pytest.mark.parametrize(("module", "path", "args"), [

@@ -179,7 +179,7 @@ PATH_CASES = [
 
 
 def _bwrap() -> str | None:
-    from envs.sandbox import _bundled
+    from sandbox.run import _bundled
 
     return _bundled()
 

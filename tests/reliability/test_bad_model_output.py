@@ -6,11 +6,11 @@ import pytest
 
 from envs.r2e.cache import build_from_samples, read_index, sample_rows
 from envs.r2e.client import TestServiceClient
+from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import scenarios_from_rows
-from envs.service_process import ServiceProcess
 from rollouts.context import RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
-from rollouts.r2e import rollout as r2e_rollout
+from services.process import ServiceProcess
 from tests.r2e_rollouts import r2e_context
 
 REPLIES = {

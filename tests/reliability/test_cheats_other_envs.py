@@ -1,6 +1,6 @@
 """Cheats on toy, openspiel, planner and workflow score no more than doing nothing, and the oracle passes.
 
-Every probe of the envs' own lists (envs/toy_probes.py, envs/*/probes.py) goes through the env's real rollout and
+Every probe of the envs' own lists (envs/toy/probes.py, envs/*/probes.py) goes through the env's real rollout and
 services, scripted in place of the model, by the reward preflight's own runner (rollouts/preflight.py). A cheat
 that finds the answer or forges a verdict would score above do-nothing here; so would one the reward credits by
 mistake. The workflow cheats read answers from the project tree, the environment and /proc: they score 0 because
@@ -103,7 +103,7 @@ async def test_a_code_answer_cannot_decide_its_own_verdict(tmp_path):
     """Before: the harness ran the tests in the answer's process, so rebinding `exec`, reading the nonce from the
     harness's globals or returning an object equal to everything passed every test (measured: 1.0)."""
     from envs.workflow.code_check import check_code
-    from rewards.workflow import score_code
+    from envs.workflow.reward import score_code
 
     tests = ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(2, 2) == 4"]
     forged = ("import builtins, os, __main__\nbuiltins.exec = lambda *a, **k: None\n"
@@ -128,7 +128,7 @@ def test_planner_plans_that_game_a_term_are_malformed_and_the_generators_are_not
     independence term all scored as well-formed plans (measured: 1.2-1.5 with an executor that copies)."""
     from envs.planner.plan import MalformedPlan, parse_plan
     from envs.planner.problems import generate
-    from rewards.planner import plan_problem
+    from envs.planner.reward import plan_problem
 
     question = "Ava buys 3 packs of 12 pencils at $2 each. How many dollars does Ava spend?"
     assert plan_problem(["How many dollars are 36 pencils at $2? Reply #### 72"], "", question, "72")[0] \

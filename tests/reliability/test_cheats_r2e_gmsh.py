@@ -21,20 +21,20 @@ import pytest
 
 from envs.gmsh.client import GmshClient
 from envs.gmsh.probes import reward_probes as gmsh_probes
+from envs.gmsh.rollout import rollout as gmsh_rollout
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks
 from envs.probes import RewardProbe
 from envs.r2e.cache import SAMPLES, read_index, sample_rows
 from envs.r2e.client import TestServiceClient
 from envs.r2e.probes import reward_probes as r2e_probes
 from envs.r2e.protected import protected_reason
+from envs.r2e.rollout import R2ESettings
+from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import scenarios_from_rows
 from envs.scenario import Scenario
-from envs.service_process import ROOT, ServiceProcess
 from rollouts.context import RolloutContext, RolloutSettings
-from rollouts.gmsh import rollout as gmsh_rollout
-from rollouts.r2e import R2ESettings
-from rollouts.r2e import rollout as r2e_rollout
 from rollouts.registry import get_env
+from services.process import ROOT, ServiceProcess
 from tests.fake_openai_server import start_scripted_server
 from tests.helpers import subprocess_env
 

@@ -10,16 +10,16 @@ from fastapi import FastAPI
 
 from backends.openai_server import ServerThread, free_port
 from envs.gmsh.client import GmshClient, ServiceUnavailable
+from envs.gmsh.rollout import rollout as gmsh_rollout
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks
 from envs.gmsh.wire import RunRequest
 from envs.r2e.cache import build_from_samples, read_index, sample_rows
 from envs.r2e.client import TestServiceClient
+from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import scenarios_from_rows
-from envs.service_process import ServiceProcess
 from rollouts.context import RolloutContext, RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
-from rollouts.gmsh import rollout as gmsh_rollout
-from rollouts.r2e import rollout as r2e_rollout
+from services.process import ServiceProcess
 from tests.fake_openai_server import start_fake_server
 from tests.gmsh_scripts import reference_script
 from tests.r2e_rollouts import fix_reply, r2e_context

@@ -41,8 +41,8 @@ def _cmdlines(processes: list[psutil.Process]) -> list[str]:
 PARENT = """
 import asyncio, subprocess, sys
 from pathlib import Path
-from envs.sandbox import SandboxLimits, spawn_sandboxed
-from envs.sandbox_launch import die_with_parent
+from sandbox.run import SandboxLimits, spawn_sandboxed
+from sandbox.launch import die_with_parent
 
 async def main():
     subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent())  # how services are started
@@ -76,7 +76,7 @@ def _kill_parent_and_wait(cmd: list[str], env: dict[str, str], expect: int) -> l
 
 
 def test_services_and_sandboxes_die_with_the_process_that_started_them(tmp_path):
-    from envs.sandbox import bwrap_available
+    from sandbox.run import bwrap_available
 
     if not bwrap_available():
         pytest.skip("no working bwrap here: the unsandboxed case below still runs")

@@ -5,7 +5,7 @@ skipped) that reports every path neither inside an allowed root nor a directory 
 read files planted where the old view (`--ro-bind / /`) showed them: a world-readable `.env` in a temp "project"
 beside a runtime script, a file in a temp dir outside the work dir, the r2e samples' reference fixes, the project's
 `.git` and the /etc files that may hold credentials. The allowed roots are written out here, not taken from
-`envs.sandbox_view`, except the /etc entries (each kept for a reason there; a secret among them is refused at
+`sandbox.view`, except the /etc entries (each kept for a reason there; a secret among them is refused at
 import and a planted one is checked below). The planted files live under /var/tmp: a world-searchable host dir
 outside /tmp (which the sandbox has always replaced with its own) and outside /root and /home.
 """
@@ -32,10 +32,10 @@ from envs.r2e.client import tar_b64
 from envs.r2e.repl import SERVER, Repl
 from envs.r2e.test_service import ProcessRuntime
 from envs.r2e.wire import TestRequest
-from envs.sandbox import ENV_BWRAP, PROJECT, SandboxLimits, bwrap_available, run_sandboxed
-from envs.sandbox_view import ETC
-from envs.service_process import ServiceProcess
 from envs.workflow.runner import MAIN, WorkflowLimits, run_workflow
+from sandbox.run import ENV_BWRAP, PROJECT, SandboxLimits, bwrap_available, run_sandboxed
+from sandbox.view import ETC
+from services.process import ServiceProcess
 
 pytestmark = pytest.mark.skipif(not bwrap_available(), reason="no bubblewrap can run here: nothing to walk")
 

@@ -1,5 +1,5 @@
 """A service killed -9 mid-request leaves nothing that outlives the next start: its per-request temp dirs live in a
-locked scratch folder (`envs.owned_dir.ScratchDir`) that the next start removes, and the empty pids cgroups of
+locked scratch folder (`services.owned_dir.ScratchDir`) that the next start removes, and the empty pids cgroups of
 dead processes go when a process makes its first sandbox. Every test looks only at what it started itself."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from envs.owned_dir import ScratchDir
 from envs.r2e.cache import build_from_samples, read_index
-from envs.sandbox_launch import PIDS_CGROUP_ROOT
-from envs.service_process import ROOT, ServiceProcess
-from rollouts.health import HealthLimits, HealthMonitor, RunDir
+from monitor.health import HealthLimits, HealthMonitor, RunDir
 from rollouts.registry import get_env
+from sandbox.launch import PIDS_CGROUP_ROOT
+from services.owned_dir import ScratchDir
+from services.process import ROOT, ServiceProcess
 
 
 def _wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
@@ -115,7 +115,7 @@ def test_health_monitor_leaves_an_idle_live_service_folder_alone(tmp_path):
         run.release()
 
 
-CGROUP = ("import os, sys; from envs.sandbox_launch import PidsCgroup; c = PidsCgroup(8); "
+CGROUP = ("import os, sys; from sandbox.launch import PidsCgroup; c = PidsCgroup(8); "
           "print(c.path, flush=True); sys.stdin.readline() if sys.argv[1] == 'live' else None; os._exit(0)")
 
 
@@ -131,7 +131,7 @@ def test_first_sandbox_of_a_process_removes_dead_processes_cgroups_only():
         dead, dead_path = start("dead")
         dead.wait(timeout=30)
         assert dead_path.is_dir() and live_path.is_dir(), "each child made its cgroup and left it"
-        subprocess.run([sys.executable, "-c", "from envs.sandbox_launch import PidsCgroup; PidsCgroup(8).remove()"],
+        subprocess.run([sys.executable, "-c", "from sandbox.launch import PidsCgroup; PidsCgroup(8).remove()"],
                        cwd=ROOT, check=True, timeout=60)
         assert not dead_path.exists(), "the dead process's empty cgroup is removed"
         assert live_path.is_dir(), "a live process's cgroup is never touched"

@@ -21,12 +21,12 @@ import pytest
 from envs.gmsh.wire import RunRequest
 from envs.r2e.cache import SAMPLES
 from envs.r2e.repl import Repl
-from envs.sandbox import ENV_BWRAP, SandboxLimits, check_sandbox
-from envs.service_process import ServiceProcess
+from sandbox.run import ENV_BWRAP, SandboxLimits, check_sandbox
+from services.process import ServiceProcess
 
 MARK = f"reliability-sleeper-{uuid.uuid4().hex[:8]}"  # this run's: processes of other runs are not ours to count
 BUNDLED = {ENV_BWRAP: "bundled"}
-# Outside the allowlist (envs/sandbox_view.py), and root-owned with mode 0600 should it ever come into view.
+# Outside the allowlist (sandbox/view.py), and root-owned with mode 0600 should it ever come into view.
 ROOT_ONLY = Path("/var/tmp") / f"art-reliability-root-only-{uuid.uuid4().hex[:8]}"
 CASES = {
     "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",

@@ -8,7 +8,7 @@ which holds an exclusive `flock` on its `.owner.lock` for as long as the run liv
 when the process dies, kill -9 included, so whether a folder's run is alive is a question with an exact answer
 (no pid reuse, no clock): `remove_dead_runs` deletes the folders of dead runs, at start-up and at every health
 check, and never touches a folder whose run still holds its lock (another live run on the same machine). The
-lock helpers live in `envs.owned_dir`, shared with the services' scratch folders (kept inside the run's folder).
+lock helpers live in `services.owned_dir`, shared with the services' scratch folders (kept inside the run's folder).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from envs.owned_dir import OWNER_LOCK, OwnedDir, held_by_live_owner, owner_alive, remove_dead
+from services.owned_dir import OWNER_LOCK, OwnedDir, held_by_live_owner, owner_alive, remove_dead
 
 log = logging.getLogger("health")
 

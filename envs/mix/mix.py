@@ -5,7 +5,7 @@ and flags. The mix only tags and dispatches:
 - scenarios are wrapped with their env (ids `<env>/<id>`, unique across envs); the env's rollout gets its own
   scenario back, so its trajectories are what a single-env run makes (a line `mix: env <env>` is added to their
   logs, since a mixed run's step logs are named after the mix);
-- each step's groups are drawn by ratio with one resumable position per env (envs/mix_cursor.py);
+- each step's groups are drawn by ratio with one resumable position per env (envs/mix/cursor.py);
 - each env's rollouts run with its own turn limits (`--max-tokens`, `--max-steps`: the env's defaults, as in a
   single-env run, unless given, when they apply to every env), on a copy of the run's rollout context;
 - figures: each env's generic ones (rollouts/metrics.py) and its own, under `<env>/`, beside the run's totals
@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from envs.mix_cursor import ENV_KEY, MixCursor
+from envs.mix.cursor import ENV_KEY, MixCursor
 from envs.scenario import DatasetError, Scenario
 from rollouts.registry import ENV_DEFAULTS, ENVS, MIX, EnvFlagError, EnvSpec, get_env, split_env_options
 

@@ -24,12 +24,12 @@ from agent.prompts import R2E_NO_CODE_NUDGE, R2E_SYSTEM_PROMPTS, r2e_observation
 from envs.r2e.client import TestServiceClient, changed_files, tar_b64
 from envs.r2e.protected import HIDDEN_FROM_MODEL, split_changes
 from envs.r2e.repl import Repl
+from envs.r2e.reward import REWARDS
 from envs.r2e.wire import TestRequest
-from envs.sandbox import SandboxLimits
 from envs.scenario import Scenario
-from rewards.tests import REWARDS
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
+from sandbox.run import SandboxLimits
 
 
 @dataclass

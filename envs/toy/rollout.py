@@ -6,7 +6,7 @@ import art
 
 from agent.prompts import TOY_SYSTEM_PROMPT
 from envs.scenario import Scenario
-from rewards.toy import target_share
+from envs.toy.reward import target_share
 from rollouts.context import RolloutContext
 
 

@@ -15,9 +15,9 @@ import art
 from agent.code import extract_code
 from agent.prompts import GMSH_SYSTEM_PROMPT, gmsh_feedback
 from envs.gmsh.client import GmshClient, ServiceUnavailable
+from envs.gmsh.reward import LOW_END, gmsh_reward
 from envs.gmsh.wire import RunRequest
 from envs.scenario import Scenario
-from rewards.gmsh import LOW_END, gmsh_reward
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
 

@@ -1,7 +1,7 @@
 """One `planner` rollout: the policy splits a word problem into subproblems; the frozen executor solves them
 concurrently, then combines their answers; the final number is checked against the exact answer.
 
-The policy's only turn is the plan. A malformed plan is scored (rewards.planner.MALFORMED_REWARD, the reason as a
+The policy's only turn is the plan. A malformed plan is scored (envs.planner.reward.MALFORMED_REWARD, the reason as a
 metric), never raised. An executor fault (timeout, HTTP error, garbage) is not the planner's doing, so it is not
 scored: the rollout raises `ExecutorError`, its group keeps the exception, and the step goes on under
 `--max-failed-share` like any other failed rollout.
@@ -24,8 +24,7 @@ from agent.openai_executor import ExecutorOwner
 from envs.planner.flags import PlannerOptions
 from envs.planner.plan import PLANNER_SYSTEM_PROMPT, MalformedPlan, Plan, combine_messages, parse_plan, solve_messages
 from envs.planner.problems import load
-from envs.scenario import Scenario
-from rewards.planner import (
+from envs.planner.reward import (
     Embed,
     PlannerWeights,
     choose_embedder,
@@ -35,6 +34,7 @@ from rewards.planner import (
     plan_problem,
     planner_reward,
 )
+from envs.scenario import Scenario
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
 from rollouts.registry import env_options

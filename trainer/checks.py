@@ -169,7 +169,7 @@ def _run_envs(c: ExperimentConfig) -> set[str]:
     """The envs a run loads: its own, or each env of its mix (the mix is checked before any path is)."""
     if c.mix is None:
         return {c.env}
-    from rollouts.mix import parse_mix
+    from envs.mix.mix import parse_mix
 
     return set(parse_mix(c.mix))
 

@@ -29,9 +29,9 @@ from envs.openspiel.cases import load_game
 from envs.openspiel.flags import GameOptions
 from envs.openspiel.moves import SYSTEM_PROMPT, ParsedMove, describe_state, legal_actions, parse_move, retry_prompt
 from envs.openspiel.playouts import PlayoutPool
+from envs.openspiel.reward import choose, game_reward, legal_reward, mapped_return, outcome_reward
 from envs.openspiel.tasks import replay
 from envs.scenario import Scenario
-from rewards.openspiel import choose, game_reward, legal_reward, mapped_return, outcome_reward
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
 from rollouts.registry import env_options

@@ -10,7 +10,7 @@
   answers wait with backoff), with the same request id in the `Idempotency-Key` header. The services' work is a pure
   function of the request (a script run on a geometry, tests run on files), so a second run elsewhere changes
   nothing; a node that already ran, or is running, that id answers from it instead of running it again
-  (envs/idempotency.py). At the end of the attempts: one clean `ServiceUnavailable`, recorded as the rollout's
+  (services/idempotency.py). At the end of the attempts: one clean `ServiceUnavailable`, recorded as the rollout's
   failure reason.
 - Metrics per node since the last read (requests, errors, latency p50/p95, up) for the step's metrics and W&B.
 
@@ -213,7 +213,7 @@ class ServiceClient:
         """Per node since the last read: requests (`calls`), errors (`failed_calls`: transport errors and non-200
         answers), latency p50/p95 in seconds, `up` (1/0); for the service: `nodes_up`, and `moved_calls` (requests
         sent to another node after theirs failed). Keys `nodes/<service>/nodeI/...`, node I being the I-th URL; the
-        names use the report's unit words (rollouts/report.py), so its charts group them by unit."""
+        names use the report's unit words (monitor/report.py), so its charts group them by unit."""
         now = time.monotonic()
         figures: dict[str, float] = {}
         for i, node in enumerate(self._nodes):

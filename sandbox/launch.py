@@ -1,6 +1,6 @@
-"""How one sandboxed process is started and ended (the mechanism behind `envs.sandbox`; see its docstring for why).
+"""How one sandboxed process is started and ended (the mechanism behind `sandbox.run`; see its docstring for why).
 
-bwrap's root is the allowlist of `envs.sandbox_view`, nothing else of the host. Under root: a leased uid
+bwrap's root is the allowlist of `sandbox.view`, nothing else of the host. Under root: a leased uid
 (`Identity`, an flock per slot so two live runs never share one), the work dir chowned to it, and every
 allowlisted path that uid cannot reach (a Python or venv under /root, a work dir or runtime file under a closed
 dir) bind-mounted for it by root in a private mount namespace before the uid is dropped (the stage); bwrap then
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envs import sandbox_view
+from sandbox import view as sandbox_view
 
 PROJECT = Path(__file__).resolve().parents[1]
 UID_BASE, UID_SLOTS = 1_900_000_000, 4096  # far above real users and the usual /etc/subuid ranges
@@ -207,7 +207,7 @@ def _closed_ancestor(path: Path, deepest: bool = False) -> Path | None:
 
 def _bwrap_prefix(binary: str, workdir: Path, drop: bool,
                   argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """bwrap's arguments for `argv` (the allowlisted view of `envs.sandbox_view`), and the (source, staging path)
+    """bwrap's arguments for `argv` (the allowlisted view of `sandbox.view`), and the (source, staging path)
     pairs root bind-mounts first for a dropped uid: every bind whose source that uid cannot reach (a Python or a
     work dir under a dir closed to others) goes through the stage, whatever part of the allowlist it is."""
     staged: list[tuple[str, str]] = []

@@ -1,6 +1,6 @@
 """Server side of request ids: a node answers a repeated `Idempotency-Key` from the run it already made.
 
-Our clients send one id per logical request and keep it across retries (envs/service_client.py). A retry reaches the
+Our clients send one id per logical request and keep it across retries (services/client.py). A retry reaches the
 same node when the answer was lost on the way back (a timeout, a reset connection) or when no other node is up: the
 node then joins the run still going, or returns the result it kept, instead of meshing or testing the same thing
 again. Only successes are kept, and only the most recent `size`; a failure (busy, bad input, a cancelled run) is

@@ -10,7 +10,7 @@ from an empty root and mounts exactly this (`mounts`), parents before children:
 - a few /etc entries programs read at run time, each named with its reason in `ETC`; the rest of /etc stays out;
 - the interpreter, read-only: sys.prefix (the venv: the packages model code and the runtime scripts import) and
   sys.base_prefix (the stdlib; pyenv's or uv's Python may live under /root, then root stages it, see
-  `envs.sandbox_launch`), with their real paths where they are reached through symlinks;
+  `sandbox.launch`), with their real paths where they are reached through symlinks;
 - the program's own runtime files: each absolute path in argv that is an existing regular file outside those roots
   (the REPL server, the gmsh script runner, the workflow main) is bound read-only at its own path, one by one, so
   the files beside it stay out and callers pass the same argv as before. The value of a `-c` is code, never a
@@ -143,6 +143,6 @@ def mounts(argv: list[str], workdir: Path) -> list[Mount]:
 
 
 def describe(argv: list[str] | None = None, workdir: Path = Path("/WORKDIR")) -> list[str]:
-    """One line per mount, for `python -m envs.sandbox check`."""
+    """One line per mount, for `python -m sandbox check`."""
     ops = mounts(argv or [sys.executable], workdir)
     return [m.describe() for m in ops]

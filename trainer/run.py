@@ -27,11 +27,11 @@ log = logging.getLogger("train")
 def resolve_base_model(config: ExperimentConfig) -> tuple[str, str | list[str]]:
     """A named embedded model -> its local folder (built or converted once); returns (folder, LoRA targets)."""
     if config.base_model == TINY_RANDOM_MODEL:
-        from backends.tiny_model import LORA_TARGETS, ensure_tiny_model
+        from backends.tiny_random_model import LORA_TARGETS, ensure_tiny_model
 
         return ensure_tiny_model(config.art_path), LORA_TARGETS
     if config.base_model == PRETRAINED_MODEL:
-        from backends.pretrained import ensure_pretrained
+        from backends.smollm2 import ensure_pretrained
 
         return ensure_pretrained(PRETRAINED_MODEL, config.art_path), "all-linear"
     return config.base_model, "all-linear"
@@ -87,15 +87,15 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     from backends.cpu import CPUBackendSettings
     from backends.policy import LoraSettings
     from backends.trainer_model import TrainerModel
+    from monitor.health import HealthLimits, HealthMonitor, RunDir, remove_dead_runs
     from rollouts.context import RolloutContext, RolloutSettings
     from rollouts.gather import GatherLimits
-    from rollouts.health import HealthLimits, HealthMonitor, RunDir, remove_dead_runs
     from rollouts.registry import get_env
     from trainer.resume import recover_checkpoints
-    from trainer.sft import load_sft_conversations
+    from trainer.sft_stage import load_sft_conversations
 
     choice = choose_backend(config.backend)  # keys, extras, GPUs: before anything is loaded or written
-    env = get_env(config.env, config.mix)  # a mixed run (--mix): the composite of rollouts/mix.py
+    env = get_env(config.env, config.mix)  # a mixed run (--mix): the composite of envs/mix/mix.py
     if env.runs_model_code:
         _require_sandbox(config)
     scenarios = env.load_scenarios(config)
@@ -203,7 +203,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
 
 
 async def _sft_stage(the_run: Run, conversations: list[dict[str, Any]]) -> None:
-    from trainer.sft import SFTPlan, run_sft_stage
+    from trainer.sft_stage import SFTPlan, run_sft_stage
 
     config = the_run.config
     plan = SFTPlan(epochs=config.sft_epochs, batch_size=config.sft_batch_size,
@@ -240,7 +240,7 @@ def _check_sft_lengths(conversations: list[dict[str, Any]], base_model: str, con
 
 async def _env_demonstrations(env: Any, config: ExperimentConfig, model_dir: Path) -> list[dict[str, Any]]:
     """The env's own demonstrations of its train split, written once beside the model (reused on resume)."""
-    from trainer.sft import load_sft_conversations
+    from trainer.sft_stage import load_sft_conversations
 
     path = model_dir / "sft_demos.jsonl"
     if not path.exists():
@@ -269,7 +269,7 @@ async def _check_rewards(config: ExperimentConfig) -> dict[str, Any]:
 
 def _require_sandbox(config: ExperimentConfig) -> None:
     """Model-written code runs only in a sandbox that works here, or with the user's explicit opt-out."""
-    from envs.sandbox import ENV_ALLOW, check_sandbox
+    from sandbox.run import ENV_ALLOW, check_sandbox
 
     if config.allow_unsandboxed:
         os.environ[ENV_ALLOW] = "1"  # the services this run starts inherit the opt-out
@@ -283,7 +283,7 @@ def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
     from backends.atomic import is_disk_full
 
     try:
-        from rollouts.report import write_report
+        from monitor.report import write_report
 
         path = write_report(Path(config.log_dir) / config.experiment_name, model_dir / "history.jsonl")
         print(f"report: {path}", flush=True)

@@ -1,7 +1,7 @@
-"""`python -m envs.sandbox check [--allow-unsandboxed]`: which sandbox model code gets here, and what it holds.
+"""`python -m sandbox check [--allow-unsandboxed]`: which sandbox model code gets here, and what it holds.
 
 Nothing is taken on trust: a POSIX shell script runs inside the real sandbox (the same `run_sandboxed` model code
-goes through) and tries each escape; the checker watches from outside. First the allowlist (`envs.sandbox_view`:
+goes through) and tries each escape; the checker watches from outside. First the allowlist (`sandbox.view`:
 every mount that makes up what model code sees), then one line per property, then exit code 0 if all hold, 1
 otherwise (also when no sandbox can run and there is no opt-out: then it prints the refusal). Two properties check
 the allowlist from inside: the top of `/` holds nothing else, and the project dir shows no more than the venv.
@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.sandbox import (
+from sandbox.run import (
     ENV_ALLOW,
     PROJECT,
     SandboxLimits,
@@ -30,7 +30,7 @@ from envs.sandbox import (
     kill_group,
     run_sandboxed,
 )
-from envs.sandbox_view import SYSTEM, describe, interpreter_roots
+from sandbox.view import SYSTEM, describe, interpreter_roots
 
 MEMORY_MB = 256
 # $1 port of a listener outside, $2 pid of a process outside, $3 $4 halves of its marker, $5 the project's Python,
@@ -125,7 +125,7 @@ async def probe(memory_mb: int = MEMORY_MB) -> list[Line]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m envs.sandbox", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["check"])
     parser.add_argument("--allow-unsandboxed", action="store_true",
                         help=f"check the weak fallback where no bwrap runs (same as {ENV_ALLOW}=1)")

@@ -1,6 +1,6 @@
 """One `workflow` rollout: the policy writes `solve(problem, domain)` over the operators of envs/workflow; the
 workflow runs in the sandbox, its executor calls answered here by the frozen executor; its answer gets the
-5-tier score (rewards/workflow.py; code answers are tested in the sandbox first).
+5-tier score (envs/workflow/reward.py; code answers are tested in the sandbox first).
 
 The policy's only turn is the workflow. A reply without one, code that fails, raises, runs past its time limit or
 makes too many executor calls scores 0 with the reason in the log, never a crash. An executor fault (timeout, HTTP
@@ -28,8 +28,8 @@ from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks
 from envs.workflow.flags import WorkflowOptions
 from envs.workflow.prompts import DEMO_WORKFLOWS, WORKFLOW_SYSTEM_PROMPT, workflow_code, workflow_task
+from envs.workflow.reward import NONE, TIER_NAMES, Score, score_code, score_math, score_qa
 from envs.workflow.runner import WorkflowLimits, WorkflowRun, run_workflow
-from rewards.workflow import NONE, TIER_NAMES, Score, score_code, score_math, score_qa
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
 from rollouts.registry import env_options

@@ -4,7 +4,7 @@ The child dies with the process that started it, kill -9 included (a parent-deat
 exit), and with it the sandboxes it runs (bwrap's --die-with-parent), so a crashed trainer leaves no service behind.
 
 This is the embedded default: with no service URL given, `train.py` and the `score` commands run their own.
-The child inherits the environment, ART_ALLOW_UNSANDBOXED and ART_SANDBOX_BWRAP included (`envs.sandbox`): a
+The child inherits the environment, ART_ALLOW_UNSANDBOXED and ART_SANDBOX_BWRAP included (`sandbox.run`): a
 service that runs model code refuses to start without a sandbox or that opt-out, and `start()` raises with its line.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from envs.sandbox_launch import die_with_parent
+from sandbox.launch import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 A process claims `<root>/<prefix><pid>-<hex>/` and holds an exclusive `flock` on its `.owner.lock` for as long as
 it lives. The kernel drops that lock when the process dies however it dies, so whether a folder's owner is alive
-is a question with an exact answer (no pid reuse, no clock). The trainer's run folders (`rollouts.health.RunDir`)
+is a question with an exact answer (no pid reuse, no clock). The trainer's run folders (`monitor.health.RunDir`)
 and the services' scratch folders (`ScratchDir`: the per-request temp dirs of the test and gmsh services) use it.
 """
 

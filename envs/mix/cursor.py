@@ -1,4 +1,4 @@
-"""The data cursor of a mixed-domain run (`--mix`, rollouts/mix.py): which env each of a step's groups comes from,
+"""The data cursor of a mixed-domain run (`--mix`, envs/mix/mix.py): which env each of a step's groups comes from,
 and where each env stands in its own shuffled order.
 
 A step's groups are dealt one at a time to the env furthest behind its ratio (share x groups dealt so far minus the

@@ -1,0 +1,1 @@
+"""`--mix`: a mixed-domain run over registered envs."""

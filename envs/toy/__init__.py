@@ -1,0 +1,1 @@
+"""`toy`: answer with one target character."""

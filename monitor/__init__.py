@@ -1,0 +1,1 @@
+"""Watching a run: the health monitor thread and the HTML report."""
