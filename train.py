@@ -1,7 +1,8 @@
 """Train an agent with SFT and GRPO on a LoRA adapter: `uv run python train.py --experiment-name NAME [flags]`.
 
-A thin entry point: flags and settings live in `trainer/config.py`, resume in `trainer/resume.py`, the SFT
-stage in `trainer/sft_stage.py`, the GRPO loop in `trainer/rl.py`, wiring in `trainer/run.py`, export in
+A thin entry point: settings live in `trainer/config.py`, their flags in `trainer/cli.py` (`--config FILE` and
+`--print-config`: trainer/config_file.py), their checks in `trainer/checks.py`, resume in `trainer/resume.py`, the
+SFT stage in `trainer/sft_stage.py`, the GRPO loop in `trainer/rl.py`, wiring in `trainer/run.py`, export in
 `trainer/export.py`. This file maps their errors to exit codes: 2 for bad input (one line, before any work; a
 damaged checkpoint with none to fall back to counts as one), 1 for a step that failed or a full disk (one line
 naming the path; nothing of the step committed), 143 for SIGTERM (the run's cleanup ran; one line).
@@ -22,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from trainer.cli import config_from_args  # noqa: E402
+from trainer.cli import config_from_args, parse_command_line  # noqa: E402
 from trainer.config import ConfigError, ExperimentConfig, default_rollout_root  # noqa: E402
 from trainer.resume import Cursor, check_resume, committed_step, disk_full_line, rollback_uncommitted  # noqa: E402
 
@@ -49,10 +50,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return export_main(argv[1:])
     try:
-        config = config_from_args(argv)
+        command = parse_command_line(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    config = command.config
+    if command.print_config:
+        from trainer.config_file import render_resolved
+
+        text = render_resolved(config)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return 0
     from backends import BackendUnavailable
     from backends.policy import CheckpointError
     from backends.smollm2 import EmbeddedModelError

@@ -12,7 +12,7 @@ Interface contract (implementations live beside it; tests may stand in a fake to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -34,15 +34,27 @@ class Executor(Protocol):
     async def aclose(self) -> None: ...
 
 
-def add_executor_flags(group: Any) -> None:
-    """The executor's flags, declared by every env that uses one (the registry adds a shared flag once)."""
-    a = group.add_argument
-    a("--executor-url", default=None, metavar="URL",
-      help="an OpenAI-compatible server for the frozen executor (default: the run's own endpoint asked for the "
-           "base model by name: the CPU backend serves it with the adapter off, vLLM as its base model)")
-    a("--executor-model", default=None, metavar="NAME",
-      help="the executor's model name on --executor-url (default: the base model's own name)")
-    a("--executor-timeout", type=float, default=120.0, help="seconds per executor call")
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """The frozen executor, shared by the envs that use one.
+
+    A mixin of an env's options dataclass (envs/options.py makes each field a flag); envs that share it share its
+    flags, which train.py adds once."""
+
+    executor_url: str | None = field(default=None, metadata={
+        "metavar": "URL",
+        "help": "an OpenAI-compatible server for the frozen executor (default: the run's own endpoint asked for the "
+                "base model by name: the CPU backend serves it with the adapter off, vLLM as its base model)"})
+    executor_model: str | None = field(default=None, metadata={
+        "metavar": "NAME", "help": "the executor's model name on --executor-url (default: the base model's own name)"})
+    executor_timeout: float = field(default=120.0, metadata={"help": "seconds per executor call"})
+    executor_max_tokens: int = field(default=128, metadata={"help": "tokens per executor answer"})
+
+    def executor_problem(self) -> str | None:
+        """One line naming the flag for a bad executor setting, else None."""
+        if self.executor_max_tokens < 1:
+            return f"--executor-max-tokens must be at least 1, got {self.executor_max_tokens}"
+        return executor_flag_problem(self.executor_url, self.executor_model, self.executor_timeout)
 
 
 def executor_flag_problem(url: str | None, model: str | None, timeout_s: float) -> str | None:

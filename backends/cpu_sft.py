@@ -62,8 +62,9 @@ def tokenize_conversation(tokenizer: Any, trajectory: Any, max_seq_length: int) 
 def assistant_token_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions only.
 
-    The output head runs on those positions alone: on SmolLM2 the full logits of a 2 x 850-token batch are 49,152
-    floats per token (about 1.3 GB with their gradient) while fewer than half the positions are trained."""
+    The output head runs on those positions alone: the full logits are one float per vocabulary entry for every
+    position, kept again by cross-entropy and by the gradient (bench/cpu_policy.py prints one copy's size), while
+    fewer than half the positions are trained."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
     targets = labels[:, 1:]

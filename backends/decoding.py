@@ -1,15 +1,16 @@
 """Batched sampling with a KV cache for the CPU policy server: what `LoraPolicy.sample` runs under its lock.
 
-Every choice here was measured on SmolLM2-135M (30 layers, 9 query heads over 3 K/V heads, 49k vocabulary) on one
-core of this machine; each one keeps the sampled distribution and the returned logprobs what they were:
+Decoding on a CPU is many small operations per token, so each choice below removes work that grew with the batch,
+the cache or the vocabulary; each one keeps the sampled distribution and the returned logprobs what they were
+(bench/cpu_policy.py times each against what it replaced, on SmolLM2-135M's shapes):
 
 - the prompt is prefilled once per request (its `n` rows copy the cache) and only its last position goes through
-  the LM head (the full prefill logits of 32 x 200 tokens were 1.2 GB);
+  the LM head: the full prefill logits are rows x prompt length x vocabulary floats;
 - the cache is written in place (`BufferedLayer`) instead of `torch.cat` of the whole cache for every token;
 - attention reads the grouped K/V heads as they are (`grouped_decode_attention`) instead of copying them to every
-  query head, which at 32 rows cost 13.5 ms per layer per token against 0.8 ms;
+  query head for the whole cache, every layer, every token;
 - one log_softmax gives both the logprobs and the sampling distribution, and `categorical` replaces
-  `torch.multinomial` (38 ms per token at 32 rows);
+  `torch.multinomial`, which draws a random number for every vocabulary entry;
 - tokens and logprobs stay tensors until a request is done; rows that ended leave the batch once they are a
   quarter of it, and a request is handed to `on_done` as soon as all its rows have ended.
 """
@@ -48,7 +49,7 @@ def categorical(probs: torch.Tensor, generator: torch.Generator, block: int = 25
     """One index per row drawn with probability proportional to `probs` (rows need not sum to 1).
 
     The same distribution as `torch.multinomial(probs, 1)`, which on CPU draws an exponential variate for every
-    vocabulary entry (38 ms per token at 32 rows x 49k entries on one core, ~1 ms here). Inverse-CDF sampling in
+    vocabulary entry of every row (bench/cpu_policy.py times both). Inverse-CDF sampling in
     two levels, a block of `block` entries and then an entry in it, with float64 sums: a rare token keeps its
     float32 probability instead of drowning in the rounding of a 49k-long float32 cumsum.
     """
@@ -120,10 +121,11 @@ def use_grouped_decode_attention(model: torch.nn.Module) -> None:
 def store_frozen_linears_transposed(model: torch.nn.Module) -> None:
     """Keep each frozen `nn.Linear` weight in (in, out) memory order, as a transposed view of the same values.
 
-    `F.linear` multiplies by `weight.T`; MKL's sgemm for 8-32 rows ran 1.3-2.2x faster with that operand contiguous
-    (in isolation; 5-20% of a whole decode step), and prefill- or training-sized batches measured the same either
-    way. No extra memory, identical values. A weight shared with the embedding (a tied LM head) is left alone so
-    that token lookups stay row reads.
+    `F.linear` multiplies by `weight.T`, and for the few rows of a decode step the BLAS may run faster with that
+    operand contiguous; prefill- and training-sized batches are indifferent to the order. Whether it pays depends
+    on the BLAS build and the CPU (bench/cpu_policy.py prints the ratio at 1, 8 and 32 rows); it costs nothing
+    either way: no extra memory, identical values. A weight shared with the embedding (a tied LM head) is left
+    alone so that token lookups stay row reads.
     """
     embedding = model.get_input_embeddings().weight
     for module in model.modules():
@@ -139,8 +141,9 @@ def _buffered_layer() -> type:
     class BufferedLayer(DynamicLayer):
         """A `DynamicLayer` whose keys and values are views of a buffer sized for the whole request up front.
 
-        `DynamicLayer.update` concatenates the whole cache with each new token (every layer, every step: hundreds
-        of MB per token at 32 rows); here the new token is written in place.
+        `DynamicLayer.update` concatenates the whole cache with each new token (every layer, every step: a copy
+        that grows with the rows and the length, bench/cpu_policy.py prints its size); here the new token is
+        written in place.
         """
 
         def __init__(self, capacity: int):

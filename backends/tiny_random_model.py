@@ -25,8 +25,8 @@ CHAT_TEMPLATE = (
 # Reserved tokens never occur in text; they sit at the top of the vocabulary, which is where ART's
 # tokenisation looks for a sentinel token that must survive decode -> encode unchanged.
 # The LoRA targets for this model: every linear layer plus the output head. With a randomly initialised body,
-# only an adapted head lets the policy become confident (a LoRA on the body alone plateaued near 1% for the
-# toy target: after the final RMSNorm the small random head bounds how peaked the output can be).
+# only an adapted head lets the policy become confident (a LoRA on the body alone plateaued close to where the
+# toy target's share started: after the final RMSNorm the small random head bounds how peaked the output can be).
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|reserved_{i}|>" for i in range(5)]
 

@@ -17,7 +17,7 @@ from art._backend_training import build_rl_train_configs
 # Tinker's loss_fn_config for ppo/cispo: the bounds of the clipped importance ratio (its documented keys and ranges).
 LOSS_FN_CONFIG_RANGES = {"clip_low_threshold": (0.0, 1.0), "clip_high_threshold": (1.0, 10.0)}
 
-# Keywords that keep their default here, with the reason; the README's CPU backend section lists the same.
+# Keywords that keep their default here, with the reason; docs/BACKENDS.md lists the same.
 UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "adam_params": (None, "a Tinker AdamParams; LocalBackend refuses it too (the optimizer is AdamW, lr per call)"),
     "plot_tensors": (False, "a matplotlib debug plot of packed GPU batches; the CPU backend does not pack rows"),

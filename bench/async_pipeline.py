@@ -88,9 +88,9 @@ class Timing:
 
 async def run_loop(base_url: str, train_s: float, steps: int, max_off_policy: int, art_path: str) -> Timing:
     from backends.trainer_model import TrainerModel
+    from envs.registry import get_env
     from rollouts.context import RolloutContext, RolloutSettings
     from rollouts.gather import GatherLimits
-    from rollouts.registry import get_env
     from trainer.config import ExperimentConfig
     from trainer.rl import rl_loop
     from trainer.run import Run

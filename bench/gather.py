@@ -9,23 +9,21 @@ the path a training run uses).
 The fake server (tests/fake_openai_server.py) stands in for vLLM, which runs on its own GPU machine. Here it shares
 the trainer's machine, so it is kept out of the trainer's way:
 - its own core: the trainer is pinned to the first core it may use and the server to the others (`--no-pin` leaves
-  both to the scheduler). Unpinned, loopback wake-ups often put both processes on one core while the other idles:
-  64 in flight read 0.947-0.948 unpinned against 0.966-0.974 pinned (same build, alternating runs);
-- light: aiohttp's server (C parser, ~0.14 ms of CPU per request; uvicorn + FastAPI cost 0.4-0.7 ms and at 64 in flight
-  left a burst unread for a whole latency period), and no torch: it used to import torch/transformers/ART with the
-  test helpers, and a full garbage collection of that heap stalled it 170-280 ms mid-run (256: 0.77-0.84 -> 0.86-0.90).
+  both to the scheduler). Unpinned, loopback wake-ups often put both processes on one core while the other idles,
+  and the ratio drops for a reason that has nothing to do with the trainer;
+- light: aiohttp's server (its C parser costs a fraction of uvicorn + FastAPI per request, which at high
+  concurrency left a burst unread for a whole latency period), and no torch: it used to import torch/transformers/
+  ART with the test helpers, and a full garbage collection of that heap stalled it mid-run.
 It still reads and parses every request over HTTP, holds it for the latency and encodes a fresh answer.
 
-Where the rest goes (256 in flight, pinned, 0.89-0.93): the trainer spends ~0.25-0.35 ms of CPU per rollout (by
-cProfile: aiohttp's request/response path ~38%, asyncio ~19%, pydantic and json ~12%, socket sends ~6%, ART's
-gather ~4%, our code ~5%), the event loop is busy ~40% of the time, and with a fixed latency the answers keep
-arriving in bursts: each loop iteration handles every answer that is ready, so an answer waits for the others of
-its batch at each hop. Per rollout: ~8 ms from request to the server, ~1.8 ms of timer overshoot in the server,
-~8 ms back. Slot workers (rollouts/gather.py) took out one hop, a waiter task woken between a rollout's end and the
-next one's start (3-4 ms), and the ~23 ms of making 2,560 rollout tasks before the first request (now 8-14 ms):
-256 went from a median of 0.904 to 0.917 over seven alternating runs each. More waves do not help (40 waves: 0.953
-at 64, 0.868 at 256 unpinned), and neither did uvloop (client or server) nor garbage-collector thresholds (within
-the run-to-run spread of +-0.02).
+Where the rest goes at the highest concurrency: the trainer's own CPU per rollout (by cProfile: aiohttp's
+request/response path first, then asyncio, pydantic and json, socket sends; ART's gather and our code are small
+parts), met by answers that, with a fixed latency, keep arriving in bursts: each loop iteration handles every answer
+that is ready, so an answer waits for the others of its batch at each hop. Slot workers (rollouts/gather.py) took
+out one hop (a waiter task woken between a rollout's end and the next one's start) and most of the cost of making
+every rollout task before the first request. More waves, uvloop (client or server) and garbage-collector
+thresholds did not move it beyond the spread between runs. The figures of each finding are in `_GATHER_WHY`
+(bench/run_all.py), which docs/PERFORMANCE.md shows beside this bench's results when a goal is missed.
 """
 
 from __future__ import annotations
@@ -46,8 +44,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import art  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
+from art.utils.network import find_free_tcp_port  # noqa: E402
 
-from backends.openai_server import free_port  # noqa: E402
 from bench.figures import figure  # noqa: E402
 from envs.scenario import Scenario  # noqa: E402
 from envs.toy.rollout import rollout  # noqa: E402
@@ -75,7 +73,7 @@ def split_cores() -> tuple[set[int], set[int]] | None:
 def fake_server(latency: float, cores: set[int] | None = None):
     """The model server runs in its own process (on `cores` when given), as vLLM does on its own machine: the
     trainer's event loop is measured alone."""
-    port = free_port()
+    port = find_free_tcp_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.fake_openai_server", str(port), str(latency)], cwd=ROOT)
     if cores:
         os.sched_setaffinity(proc.pid, cores)

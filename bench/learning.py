@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.figures import figure  # noqa: E402
 from monitor.report import learning_summary  # noqa: E402
 
-# The README's commands (gmsh: the first one, with nothing but the experiment name).
+# The commands of the READMEs (gmsh: the README's first one, with nothing but the experiment name).
 PRESETS: dict[str, list[str]] = {
     "toy": ["--env", "toy", "--base-model", "tiny-random", "--max-training-steps", "24", "--num-epochs", "1000",
             "--no-eval-before-after"],

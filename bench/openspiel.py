@@ -6,7 +6,7 @@
   `--playout-workers 0` fallback) and in the process pool (`--playout-workers 2`), on connect_four against the
   MCTS opponent; with the event loop's worst lag meanwhile, which is what a rollout waiting for its model reply
   feels. Rates are taken once the pool is started, as it is before a run's first step; its start-up is printed.
-- `--learning`: the README's OpenSpiel command (`train.py --env openspiel --game-types tic_tac_toe`, legal mode,
+- `--learning`: envs/openspiel/README.md's command (`train.py --env openspiel --game-types tic_tac_toe`, legal mode,
   SmolLM2-135M-Instruct, the env's defaults: SFT on 48 demonstrations, then GRPO) in a fresh art path, and the
   held-out legal-move rate before training, after SFT and after RL; then whole games against the random
   opponent (`--eval-only --game-mode game`) by the base model and by the trained one: the win rate of each.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
 from bench.learning import run_train  # noqa: E402
-from envs.openspiel.flags import GameOptions  # noqa: E402
+from envs.openspiel.options import GameOptions  # noqa: E402
 from envs.openspiel.playouts import PlayoutPool  # noqa: E402
 from envs.openspiel.reward import Playout, play_out, warm_up  # noqa: E402
 from envs.openspiel.tasks import load_tasks  # noqa: E402
@@ -128,7 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--playouts", type=int, default=64)
     parser.add_argument("--simulations", type=int, default=16, help="MCTS simulations per opponent move")
-    parser.add_argument("--learning", action="store_true", help="also the learning row (SmolLM2, ~15 min on 2 cores)")
+    parser.add_argument("--learning", action="store_true",
+                        help="also the learning row (SmolLM2 SFT and RL on the CPU: slow)")
     args = parser.parse_args()
     for label, options in (("tic_tac_toe", GameOptions(game_types=("tic_tac_toe",), num_tasks_per_case=500)),
                            ("all default cases", GameOptions(num_tasks_per_case=20))):
@@ -143,7 +144,7 @@ def main() -> None:
               f"worst event-loop lag {lag * 1000:.0f} ms" + (f", pool start {startup:.2f} s" if workers else ""))
         figure(f"outcome playouts per second, {label}", rate, unit="playouts/s")
         figure(f"event-loop worst lag, {label}", lag * 1000, "< 50" if workers == 2 else None, "ms")
-    # No goal: on 2 cores shared with the trainer the pool's worth is the lag, not throughput (about 0.9x here).
+    # No goal: on few cores shared with the trainer the pool's worth is the event loop's lag, not throughput.
     figure("process pool / inline playout throughput", rates["process pool of 2"] / rates["inline on the event loop"])
     if args.learning:
         learning_figures()

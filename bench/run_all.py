@@ -44,11 +44,11 @@ BENCHES = [
           "The README's first command (`train.py --experiment-name demo`, nothing else) in a fresh art path: convert "
           "the model, write demonstrations, held-out eval, 3 SFT epochs, eval, 3 GRPO steps, eval."),
     Bench("learning-r2e", ("bench/learning.py", "--env", "r2e"), "Learning: r2e samples (SmolLM2-135M)",
-          "The README's r2e command (`train.py --experiment-name r2e-demo --env r2e`) in a fresh art path: SFT on the "
-          "demonstrations of five bundled samples, GRPO on all six, the held-out sample (thermo) and the five "
-          "demonstrated ones evaluated apart before training, after SFT and after RL."),
+          "envs/r2e/README.md's command (`train.py --experiment-name r2e-demo --env r2e`) in a fresh art path: "
+          "SFT on the demonstrations of five bundled samples, GRPO on all six, the held-out sample (thermo) and the "
+          "five demonstrated ones evaluated apart before training, after SFT and after RL."),
     Bench("learning-planner", ("bench/learning.py", "--env", "planner"), "Learning: planner env (SmolLM2-135M)",
-          "The README's planner command (`train.py --env planner`, default weights, `--token-budget 1024`) in a "
+          "envs/planner/README.md's command (`train.py --env planner`, default weights, `--token-budget 1024`) in a "
           "fresh art path: SmolLM2-135M-Instruct is the planner and, adapter off, the frozen executor; 2 SFT epochs "
           "on the generator's plans, then 4 GRPO steps; the 16 held-out problems evaluated before training, after "
           "SFT and after RL: reward, format-valid plan rate, correct rate and token thrift."),
@@ -77,7 +77,7 @@ BENCHES = [
           "on connect_four against OpenSpiel's MCTS bot: inline on the event loop, in one thread "
           "(`--playout-workers 0`) and in the process pool (`--playout-workers 2`, started before timing as a run "
           "does), with the event loop's worst lag meanwhile (what a rollout waiting for its model reply feels). "
-          "Then the README's OpenSpiel command (tic_tac_toe, legal mode: SFT on 48 demonstrations, GRPO) in a "
+          "Then envs/openspiel/README.md's command (tic_tac_toe, legal mode: SFT on 48 demonstrations, GRPO) in a "
           "fresh art path: the held-out legal-move rate before, after SFT and after RL; and whole games against "
           "the random opponent (`--eval-only --game-mode game`) by the base and the trained model."),
     Bench("memory", ("bench/memory.py",), "Trainer memory over 1,000 rollouts",
@@ -91,6 +91,17 @@ BENCHES = [
           "same prompts are also sampled without HTTP (`policy.sample`: HTTP / direct is what the server adds) and "
           "with stock transformers `generate` on the bare base model (no LoRA, no logprobs). The sampler runs on "
           "`ART_SAMPLE_THREADS` threads, by default half the cores (see backends/policy.py for why)."),
+    Bench("cpu-policy", ("bench/cpu_policy.py",), "CPU policy: decoding and memory choices vs what they replaced",
+          "On SmolLM2-135M's shapes with random tensors, one core: `categorical` vs `torch.multinomial`, grouped "
+          "decode attention vs transformers' repeat_kv + SDPA, an in-place KV cache write vs `torch.cat`, the frozen "
+          "linears' memory order, the sampler on all cores vs `default_sample_threads()` beside a busy process, and "
+          "the size of the full logits the policy and SFT never build (computed). The figures behind the choices "
+          "backends/decoding.py and backends/policy.py explain in words."),
+    Bench("import-cost", ("bench/import_cost.py",), "Import cost: platform modules vs ART's helpers",
+          "Each module imported in a fresh interpreter (median of 3): the sandbox, the service process helper and "
+          "the two services, against `art.utils.network` and `art.utils.managed_process`, whose import runs "
+          "`art/__init__` (torch, transformers, litellm). Why services/process.py and sandbox/launch.py keep their "
+          "own free-port and parent-death-signal helpers."),
     Bench("executor", ("bench/executor.py",), "Frozen executor vs raw endpoint calls, SmolLM2-135M",
           "The planner/workflow executor (`OpenAIExecutor`, made by `ExecutorOwner` from a model registered on the "
           "CPU backend, asking for the base model by name: the adapter off) against the same calls sent straight to "

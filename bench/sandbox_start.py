@@ -4,8 +4,8 @@ A trivial `python -c pass` runs through `run_sandboxed` n times with the allowli
 what model code gets) and n times with the root it replaced (`--ro-bind / /` with /tmp, /root, /home and the
 shadow files hidden), interleaved so both see the same machine load. The old prefix exists only here, to measure
 against: it is rebuilt below and swapped in for the measured runs. The same again for a whole workflow sandbox
-(`run_workflow` with a trivial solve), the unit the issue timed (0.12-0.14 s each with the old root). Prints the
-mean, median and min seconds per sandbox of each and the ratio allowlist / old.
+(`run_workflow` with a trivial solve), the unit the issue timed. Prints the mean, median and min seconds per
+sandbox of each and the ratio allowlist / old.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 It reads at a glance: a headline block first (what ran, how the reward moved, where it was best), then one chart
 per question, each holding figures of one unit only (a reward beside a count hides both), on a whole-step axis,
 then every logged rollout turn by turn. Charts come from ART's `history.jsonl` (plotly, with plotly.js inlined so
-the file opens without a network); run facts from ART's `state.json` and checkpoint folder; rollouts from the
-RLM-format logs. Written at the end of every `train.py` run too.
+the file opens without a network); run facts from ART's `state.json` and checkpoint folder; the run's resolved
+settings from the `config.toml` beside it (collapsed); rollouts from the RLM-format logs. Written at the end of
+every `train.py` run too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def visible(text: Any) -> str:
 _JINJA = Environment(autoescape=True)
 _JINJA.filters["visible"] = visible
 PAGE = _JINJA.from_string((Path(__file__).with_name("report.html.j2")).read_text())
+
+RESOLVED_CONFIG = "config.toml"  # beside state.json; written by train.py at start (trainer/config_file.py)
 
 UNIT_LABELS = {"reward": "reward", "rate": "rate, 0-1", "count": "count", "seconds": "seconds", "mb": "MB",
                "gb": "GB", "ratio": "ratio", "loss": "loss", "norm": "gradient norm", "corr": "correlation, -1 to 1",
@@ -336,6 +339,15 @@ def read_rollouts(log_dir: Path, limit: int = 200) -> tuple[list[dict[str, Any]]
     return rollouts, len(paths)
 
 
+def resolved_config(model_dir: Path) -> tuple[Path, str] | None:
+    """The run's resolved config as train.py wrote it at start (trainer/config_file.py), or None (older runs)."""
+    path = model_dir / RESOLVED_CONFIG
+    try:
+        return path, path.read_text(errors="replace")
+    except OSError:
+        return None
+
+
 def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
     rows = read_history(history)
     out = out or log_dir / "report.html"
@@ -343,7 +355,7 @@ def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
     rollouts, total = read_rollouts(log_dir)
     page = PAGE.render(title=f"Run report: {log_dir.name}", history=history, log_dir=log_dir,
                        headline=headline(rows, history.parent, log_dir, rollouts), panels=charts(rows),
-                       rollouts=rollouts, rollouts_total=total)
+                       rollouts=rollouts, rollouts_total=total, config=resolved_config(history.parent))
     atomic_write_text(out, page)
     return out
 

@@ -23,8 +23,8 @@ import art
 from asyncio_throttle import Throttler
 
 from envs.scenario import Scenario
+from envs.spec import RolloutFn
 from rollouts.context import RolloutContext
-from rollouts.registry import RolloutFn
 
 
 class StepFailed(RuntimeError):

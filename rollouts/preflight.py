@@ -271,7 +271,7 @@ async def run_preflight(spec: Any, config: Any, services: dict[str, Any], *, cou
 
 def env_parts(config: Any) -> list[tuple[Any, Any]]:
     """(spec, config view) per env the run trains: one, or each env of a mixed run (envs/mix/mix.py)."""
-    from rollouts.registry import MIX, get_env
+    from envs.registry import MIX, get_env
 
     if config.env == MIX and config.mix:
         from envs.mix.mix import env_config, parse_mix

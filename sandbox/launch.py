@@ -45,7 +45,13 @@ def set_parent_death_signal(parent_pid: int, sig: int = signal.SIGKILL) -> None:
     If the parent died before this ran, the signal would never come: exit at once instead.
 
     Linux sends it when the *thread* that forked the child exits: start long-lived children from a thread that
-    lives as long as they should (the event loop's, or a pool worker that outlives the call)."""
+    lives as long as they should (the event loop's, or a pool worker that outlives the call).
+
+    ART's `art.utils.managed_process.set_parent_death_signal` does the same, but stays unused here for two reasons:
+    importing it runs `art/__init__` (torch, transformers, litellm, a `.env` read) in every service process, which
+    never imports ART otherwise (bench/import_cost.py prints the cost); and it loads libc (`ctypes.CDLL`, a
+    dlopen) in the child, between fork and exec of a threaded parent, where dlopen is not async-signal-safe, while
+    this module loads libc once at import and the child only makes the prctl call."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
     if os.getppid() != parent_pid:
         os._exit(1)
@@ -161,7 +167,7 @@ class Identity:
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
             raise SandboxUnavailable(f"{LEASES} must be a directory owned by root with mode 0700")
         # From a random slot on, not the lowest free one: a uid just released may still own the zombies of its
-        # killed sandbox until the host's init reaps them (up to ~2 s here), and they count against RLIMIT_NPROC,
+        # killed sandbox until the host's init gets round to reaping them, and they count against RLIMIT_NPROC,
         # so reusing it at once could have the next sandbox's first fork refused.
         first = secrets.randbelow(UID_SLOTS)  # not `random`: the trainer seeds that
         for slot in ((first + i) % UID_SLOTS for i in range(UID_SLOTS)):

@@ -28,6 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel picks it).
+
+    ART has the same helper (`art.utils.network.find_free_tcp_port`); this copy stays because importing that one
+    runs `art/__init__`, which loads torch, transformers and litellm and reads a `.env` file, while the services and
+    the `score` commands that start them never import ART and start in a fraction of the time
+    (bench/import_cost.py prints both)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

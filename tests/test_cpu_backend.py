@@ -351,11 +351,12 @@ async def test_art_loss_options_reach_the_loss(tiny_model, tmp_path, option):
 
 
 def test_kl_penalty_coef_flag_is_validated_and_kept_out_of_the_hash_when_off():
+    from trainer.checks import check_config
     from trainer.cli import config_from_args
     from trainer.config import ConfigError, ExperimentConfig
 
     with pytest.raises(ConfigError, match="--kl-penalty-coef"):
-        ExperimentConfig(experiment_name="e", kl_penalty_coef=-0.1).validate()
+        check_config(ExperimentConfig(experiment_name="e", kl_penalty_coef=-0.1))
     off = config_from_args(["--experiment-name", "e"])
     on = config_from_args(["--experiment-name", "e", "--kl-penalty-coef", "0.1"])
     assert on.kl_penalty_coef == 0.1 and "kl_penalty_coef" not in off.hashed_fields()

@@ -1,12 +1,17 @@
-"""Flag parsing, the config hash and the resume check (bad flags: tests/reliability/test_bad_input.py)."""
+"""Flag parsing and --help, the config hash and the resume check (bad flags: tests/reliability/test_bad_input.py;
+old runs' hashes: test_config_hash.py)."""
 
+import dataclasses
+import json
 import subprocess
 import sys
 
 import pytest
 
 from tests.helpers import ROOT, read_state, run_train
-from train import ConfigError, ExperimentConfig, check_resume, config_from_args
+from train import ConfigError, ExperimentConfig, check_resume, config_from_args, main
+from trainer.cli import build_parser, parse_command_line
+from trainer.config import GROUPS
 
 
 def test_missing_experiment_name_is_reported():
@@ -62,27 +67,128 @@ def test_env_defaults_fill_only_the_flags_left_out(tmp_path):
     assert (toy.groups_per_step, toy.max_tokens, toy.max_training_steps) == (4, 1024, None)
 
 
-def test_env_flags_reach_only_their_env_and_are_checked(tmp_path, monkeypatch):
-    """An env declares its own flags in a light module (registry.ENV_FLAGS); config.py never lists them."""
-    from rollouts import registry
+DEMO_SPEC = """
+from dataclasses import dataclass, field
 
-    (tmp_path / "demo_env_flags.py").write_text(
-        "def add_flags(group):\n"
-        "    group.add_argument('--demo-cases', default='a')\n"
-        "    group.add_argument('--demo-count', type=int, default=100)\n"
-        "def validate(options):\n"
-        "    if options['demo_count'] < 1:\n"
-        "        raise ValueError('--demo-count must be at least 1')\n")
+from envs.spec import EnvSpec
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    demo_cases: str = field(default="a", metadata={"help": "which cases"})
+    demo_count: int = field(default=100, metadata={"help": "how many"})
+
+    def validate(self):
+        if self.demo_count < 1:
+            raise ValueError("--demo-count must be at least 1")
+
+
+SPEC = EnvSpec(name="demo", load_scenarios=lambda cfg: [], rollout=None, options=DemoOptions,
+               defaults={"max_tokens": 77, "demo_count": 5})
+"""
+
+
+def test_env_flags_reach_only_their_env_typed_and_are_checked(tmp_path, monkeypatch):
+    """An env declares its options in its spec (a dataclass: its flags); the trainer hands the typed object down."""
+    from envs import registry
+
+    (tmp_path / "demo_env_spec.py").write_text(DEMO_SPEC)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(registry.ENV_FLAGS, "toy", "demo_env_flags")
+    monkeypatch.setitem(registry.ENV_SPECS, "demo", "demo_env_spec")
 
-    config = config_from_args(["--experiment-name", "x", "--env", "toy", "--demo-count", "3"])
-    assert config.env_options == {"demo_cases": "a", "demo_count": 3}
-    assert registry.env_options(ExperimentConfig(experiment_name="y", env="toy"), "toy")["demo_count"] == 100
+    config = config_from_args(["--experiment-name", "x", "--env", "demo", "--demo-cases", "b"])
+    assert type(config.env_options).__name__ == "DemoOptions"
+    assert (config.env_options.demo_cases, config.env_options.demo_count, config.max_tokens) == ("b", 5, 77)
+    assert config.hashed_fields()["env_options"] == {"demo_cases": "b", "demo_count": 5}
     other = config_from_args(["--experiment-name", "x", "--env", "gmsh"])
-    assert other.env_options == {} and "env_options" not in other.hashed_fields()
-    assert config.config_hash() != config_from_args(["--experiment-name", "x", "--env", "toy"]).config_hash()
-    with pytest.raises(ConfigError, match="--demo-cases belongs to --env toy"):
+    assert "demo_cases" not in json.dumps(other.hashed_fields())  # another env's flags never reach this hash
+    assert config.config_hash() != config_from_args(["--experiment-name", "x", "--env", "demo"]).config_hash()
+    with pytest.raises(ConfigError, match="^--demo-cases belongs to --env demo, not --env gmsh$"):
         config_from_args(["--experiment-name", "x", "--env", "gmsh", "--demo-cases", "b"])
-    with pytest.raises(ConfigError, match="--demo-count must be at least 1"):
-        config_from_args(["--experiment-name", "x", "--env", "toy", "--demo-count", "0"])
+    with pytest.raises(ConfigError, match="^--demo-count must be at least 1$"):
+        config_from_args(["--experiment-name", "x", "--env", "demo", "--demo-count", "0"])
+    assert "--env demo:" in build_parser().format_help()  # its own --help group
+
+
+# ---- --help: groups, help for every flag, meaningful defaults -----------------------------------------------------
+
+
+def test_every_flag_has_help_and_help_shows_no_empty_defaults():
+    parser = build_parser()
+    missing = [a.option_strings[0] for a in parser._actions if a.option_strings and not (a.help or "").strip()]
+    assert not missing
+    text = parser.format_help()
+    for empty in ("(default: None)", "(default: [])", "(default: False)", "(default: )"):
+        assert empty not in text
+
+
+def test_help_has_a_group_per_concern_and_per_env():
+    from envs.registry import env_names, load_spec
+
+    text = build_parser().format_help()
+    for title in GROUPS.values():
+        assert f"\n{title}:\n" in text
+    for env in env_names():
+        if load_spec(env).options is not None:
+            assert f"--env {env}" in text
+    assert "{" + ",".join(env_names()) + "}" in text  # --env lists its choices
+
+
+def test_help_shows_each_envs_own_defaults():
+    from envs.registry import load_spec
+
+    max_tokens = next(a for a in build_parser()._actions if a.dest == "max_tokens")
+    assert "default 1024" in max_tokens.help
+    assert f"gmsh {load_spec('gmsh').defaults['max_tokens']}" in max_tokens.help
+    assert f"r2e {load_spec('r2e').defaults['max_tokens']}" in max_tokens.help
+
+
+def test_flags_come_from_the_config_fields():
+    """One declaration: each field with a flag is a flag of its group, and its default is the field's."""
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(ExperimentConfig):
+        if f.metadata.get("flag", "") is None:
+            continue
+        assert f.name in actions, f.name
+        if f.default is not dataclasses.MISSING:
+            assert actions[f.name].default == f.default, f.name
+
+
+def _main_fails(capsys, *flags: str) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main(["--experiment-name", "x", *flags])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    assert _main_fails(capsys, "--groups", "3").startswith("error: unrecognized arguments: --groups 3")
+
+
+def test_a_flag_of_another_env_is_one_line_exit_2(capsys):
+    assert main(["--experiment-name", "x", "--env", "toy", "--reward", "partial"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: --reward belongs to --env r2e, not --env toy"]
+
+
+# ---- --config FILE: its values count as given ------------------------------------------------------------------
+
+
+def test_config_file_values_count_as_given_and_flags_override_them(tmp_path, monkeypatch):
+    from trainer import config_file
+
+    monkeypatch.setattr(config_file, "load_config_file",
+                        lambda path, parser: {"experiment_name": "f", "groups_per_step": 3, "max_tokens": 100})
+    cfg = config_from_args(["--config", str(tmp_path / "x.toml")])  # gmsh would default both otherwise
+    assert (cfg.experiment_name, cfg.groups_per_step, cfg.max_tokens, cfg.rollouts_per_group) == ("f", 3, 100, 4)
+    cfg = config_from_args(["--config", str(tmp_path / "x.toml"), "--groups-per-step", "5"])
+    assert (cfg.groups_per_step, cfg.max_tokens) == (5, 100)
+
+
+def test_print_config_is_a_command_line_flag_only():
+    command = parse_command_line(["--experiment-name", "x", "--env", "toy", "--print-config"])
+    assert command.print_config and command.config.env == "toy"
+    assert not parse_command_line(["--experiment-name", "x", "--env", "toy"]).print_config

@@ -19,9 +19,10 @@ import pytest
 
 from envs.mix.cursor import EnvPosition, MixCursor, deal
 from envs.mix.mix import env_config, mix_env
+from envs.openspiel.options import GameOptions
+from envs.registry import get_env
 from envs.scenario import Scenario
 from monitor.report import panels
-from rollouts.registry import get_env
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
 from trainer.cli import config_from_args
 from trainer.config import ConfigError
@@ -91,9 +92,9 @@ def test_env_and_dataset_name_one_env_and_are_refused_with_mix():
 
 def test_flags_of_every_mixed_env_are_accepted_and_others_refused():
     config = parse("--mix", "openspiel=0.5,planner=0.5", "--game-types", "tic_tac_toe", "--num-problems", "8")
-    assert config.env_options["openspiel"]["game_types"] == ["tic_tac_toe"]
-    assert config.env_options["planner"]["num_problems"] == 8
-    assert "num_problems" not in config.env_options["openspiel"]  # each env holds its own flags only
+    assert config.env_options["openspiel"].options.game_types == ("tic_tac_toe",)
+    assert config.env_options["planner"].options.num_problems == 8
+    assert isinstance(config.env_options["openspiel"].options, GameOptions)  # each env holds its own options only
     with pytest.raises(ConfigError, match=r"^--domain-ratios belongs to --env workflow, not --mix \(openspiel, "):
         parse("--mix", "openspiel=0.5,planner=0.5", "--domain-ratios", "math=1")
     with pytest.raises(ConfigError, match="^--game-types"):  # and each env checks its own values
@@ -114,7 +115,7 @@ def test_run_wide_settings_have_mix_defaults_and_turn_limits_stay_per_env():
     assert {env: v.max_tokens for env, v in views.items()} == {"openspiel": 16, "planner": 256, "r2e": 256}
     assert views["r2e"].max_steps == 6 and views["openspiel"].max_steps is None  # None: the env's default turns
     assert views["openspiel"].env == "openspiel" and views["openspiel"].mix is None
-    assert views["openspiel"].env_options["num_demos"] == 48  # the env's own ENV_DEFAULTS for its own flags
+    assert views["openspiel"].env_options.num_demos == 48  # the env's own spec defaults for its own flags
     given = parse("--mix", "openspiel=0.5,planner=0.5", "--max-tokens", "40", "--max-steps", "3", "--groups-per-step",
                   "6")
     assert {(env_config(given, e).max_tokens, env_config(given, e).max_steps) for e in ("openspiel", "planner")} == {

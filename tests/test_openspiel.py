@@ -14,8 +14,8 @@ import pytest
 from openai.types.chat.chat_completion import ChatCompletionMessage, Choice
 
 from envs.openspiel.cases import DEFAULT_CASES, CaseError, check_case, resolve_cases
-from envs.openspiel.flags import GameOptions, split_cases
 from envs.openspiel.moves import parse_move
+from envs.openspiel.options import GameOptions, split_cases
 from envs.openspiel.playouts import PlayoutPool
 from envs.openspiel.reward import Playout, legal_reward, outcome_reward, play_out
 from envs.openspiel.tasks import load_tasks, replay, task
@@ -83,7 +83,7 @@ def test_train_py_stops_on_a_bad_case_with_one_line_and_exit_2(tmp_path):
 def test_game_flags_belong_to_the_openspiel_env_and_are_checked():
     config = config_from_args(["--experiment-name", "x", "--env", "openspiel", "--game-types", "tic_tac_toe",
                                "--num-tasks-per-case", "3"])
-    assert config.env_options["game_types"] == ["tic_tac_toe"] and config.env_options["num_tasks_per_case"] == 3
+    assert config.env_options.game_types == ("tic_tac_toe",) and config.env_options.num_tasks_per_case == 3
     with pytest.raises(ConfigError, match="--game-types belongs to --env openspiel"):
         config_from_args(["--experiment-name", "x", "--env", "toy", "--game-types", "hex"])
     with pytest.raises(ConfigError, match="--num-tasks-per-case must be at least 1, got 0"):
@@ -92,7 +92,7 @@ def test_game_flags_belong_to_the_openspiel_env_and_are_checked():
 
 def test_task_ids_give_the_same_states_in_another_process():
     here = [(t.id, t.data["history"]) for t in load_tasks(TTT, 7)]
-    code = ("import json, sys; sys.path.insert(0, '.')\nfrom envs.openspiel.flags import GameOptions\n"
+    code = ("import json, sys; sys.path.insert(0, '.')\nfrom envs.openspiel.options import GameOptions\n"
             "from envs.openspiel.tasks import load_tasks\n"
             "o = GameOptions(game_types=('tic_tac_toe',), num_tasks_per_case=20)\n"
             "print(json.dumps([(t.id, t.data['history']) for t in load_tasks(o, 7)]))")

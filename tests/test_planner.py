@@ -19,7 +19,7 @@ from openai.types.chat.chat_completion import ChatCompletionMessage, Choice
 from agent.executor import ExecutorError
 from agent.openai_executor import OpenAIExecutor
 from backends.openai_server import ServerThread
-from envs.planner.flags import PlannerOptions
+from envs.planner.options import PlannerOptions
 from envs.planner.plan import PLANNER_SYSTEM_PROMPT, MalformedPlan, parse_plan
 from envs.planner.problems import clean_answer, generate, load, rows_to_scenarios
 from envs.planner.reward import (
@@ -153,17 +153,17 @@ def test_a_bad_dataset_row_stops_train_py_with_one_line_and_exit_2(tmp_path):
 
 
 def test_executor_flags_are_checked():
-    from rollouts.registry import EnvFlagError, split_env_options
+    from envs.options import EnvFlagError, resolve_env_options
 
     for given, message in (({"executor_url": "http://h/v1"}, "--executor-model"),
                            ({"executor_url": "ftp://h", "executor_model": "m"}, "--executor-url"),
                            ({"executor_model": "m"}, "--executor-url"), ({"token_weight": -1.0}, "--token-weight"),
                            ({"token_budget": 0}, "--token-budget")):
         with pytest.raises(EnvFlagError, match=message):
-            split_env_options(given, "planner", set(given))
-    _, options = split_env_options({"executor_url": "http://h/v1", "executor_model": "m"}, "planner",
-                                   {"executor_url", "executor_model"})
-    assert PlannerOptions.from_options(options).executor_url == "http://h/v1"
+            resolve_env_options("planner", given, set(given))
+    _, options = resolve_env_options("planner", {"executor_url": "http://h/v1", "executor_model": "m"},
+                                     {"executor_url", "executor_model"})
+    assert isinstance(options, PlannerOptions) and options.executor_url == "http://h/v1"
 
 
 # ---- the frozen executor -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 import train
 from envs.probes import RewardProbe
-from rollouts import registry
+from envs.toy import spec as toy_spec
 from tests.helpers import ROOT, history_rows, model_dir, read_state, run_train, subprocess_env, train_cmd
 
 SMALL = ["--groups-per-step", "2", "--rollouts-per-group", "2", "--dataset-size", "8"]
@@ -41,14 +41,12 @@ def table_rows(out: str, env: str) -> list[list[str]]:
 @pytest.fixture
 def broken_toy(monkeypatch):
     """The toy env with a reward hole: a 'cheat' that is the oracle's own reply, so it scores 1.0."""
-    real = registry.ENVS["toy"]
-
     def probes(cfg, scenario):
         target = scenario.data["target"]
         return [RewardProbe("oracle", "oracle", (target * 8,)), RewardProbe("do-nothing", "nothing", ("",)),
                 RewardProbe("cheat:copies-the-oracle", "cheat", (target * 4,))]
 
-    monkeypatch.setitem(registry.ENVS, "toy", lambda: dataclasses.replace(real(), reward_probes=probes))
+    monkeypatch.setattr(toy_spec, "SPEC", dataclasses.replace(toy_spec.SPEC, reward_probes=probes))
 
 
 def test_check_rewards_prints_a_table_and_exits_0_without_a_model(tmp_path, capsys):
@@ -84,8 +82,7 @@ def test_a_cheat_that_pays_exits_1_naming_the_scenario_and_the_probe(tmp_path, c
 
 
 def test_an_oracle_below_the_threshold_fails_the_check(tmp_path, capsys, monkeypatch):
-    real = registry.ENVS["toy"]
-    monkeypatch.setitem(registry.ENVS, "toy", lambda: dataclasses.replace(real(), pass_threshold=1.5))
+    monkeypatch.setattr(toy_spec, "SPEC", dataclasses.replace(toy_spec.SPEC, pass_threshold=1.5))
     assert train.main(flags(tmp_path, "check", "--env", "toy", "--check-rewards")) == 1
     assert "probe oracle scores 1.000, below the pass threshold 1.5" in capsys.readouterr().err
 
@@ -100,13 +97,12 @@ def test_check_rewards_with_a_contradicting_flag_is_one_line_exit_2(tmp_path, ca
 BROKEN_TOY = """
 import dataclasses, sys
 from envs.probes import RewardProbe
-from rollouts import registry
-real = registry.ENVS["toy"]
+from envs.toy import spec
 def probes(cfg, scenario):
     t = scenario.data["target"]
     return [RewardProbe("oracle", "oracle", (t * 8,)), RewardProbe("do-nothing", "nothing", ("",)),
             RewardProbe("cheat:copies-the-oracle", "cheat", (t * 4,))]
-registry.ENVS["toy"] = lambda: dataclasses.replace(real(), reward_probes=probes)
+spec.SPEC = dataclasses.replace(spec.SPEC, reward_probes=probes)
 import train
 sys.exit(train.main(sys.argv[1:]))
 """

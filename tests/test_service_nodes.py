@@ -13,9 +13,10 @@ import time
 
 import httpx
 import pytest
+from art.utils.network import find_free_tcp_port
 from fastapi import FastAPI, Header, HTTPException
 
-from backends.openai_server import ServerThread, free_port
+from backends.openai_server import ServerThread
 from envs.gmsh.client import GmshClient
 from envs.gmsh.wire import RunRequest
 from services.client import (
@@ -66,7 +67,7 @@ class FakeNode:
 
 
 def dead_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    return f"http://127.0.0.1:{find_free_tcp_port()}"  # nothing listens there: connection refused
 
 
 def test_a_node_list_file_gives_one_url_a_line_and_a_bad_one_is_one_line(tmp_path):
@@ -78,7 +79,7 @@ def test_a_node_list_file_gives_one_url_a_line_and_a_bad_one_is_one_line(tmp_pat
     with pytest.raises(NodeListError, match=r"'b:2' \(URL 2\) must start with http://"):
         expand_urls([f"@{nodes}"])
     with pytest.raises(ConfigError, match=r"^--gmsh-url @.*missing\.txt: cannot read the node list"):
-        config_from_args(["--experiment-name", "n", "--env", "toy", "--base-model", "tiny-random",
+        config_from_args(["--experiment-name", "n", "--env", "gmsh", "--base-model", "tiny-random",
                           "--gmsh-url", f"@{tmp_path / 'missing.txt'}"])
 
 

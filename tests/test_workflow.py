@@ -16,7 +16,7 @@ from agent.executor import ExecutorError, ExecutorReply
 from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks, math_scenarios, mix, read_dataset
-from envs.workflow.flags import parse_ratios
+from envs.workflow.options import parse_ratios
 from envs.workflow.reward import CodeOutcome, final_number, score_code, score_math, score_qa
 from envs.workflow.runner import WorkflowLimits, run_workflow
 from sandbox.run import bwrap_available
@@ -185,7 +185,7 @@ async def test_a_forged_protocol_line_ends_the_workflow_with_a_reason(tmp_path, 
 
 
 async def test_an_executor_fault_fails_the_rollout_instead_of_scoring_the_policy(tmp_path):
-    from envs.workflow.flags import WorkflowOptions
+    from envs.workflow.options import WorkflowOptions
     from envs.workflow.prompts import DEMO_WORKFLOWS
     from envs.workflow.rollout import WorkflowRuntime, rollout
 
@@ -272,7 +272,7 @@ def test_workflow_flags_reach_only_the_workflow_env():
 
     config = config_from_args(["--experiment-name", "x", "--env", "workflow", "--domain-ratios", "qa=1",
                                "--max-executor-calls", "3"])
-    assert config.env_options["domain_ratios"] == "qa=1" and config.env_options["max_executor_calls"] == 3
+    assert config.env_options.domain_ratios == "qa=1" and config.env_options.max_executor_calls == 3
     with pytest.raises(ConfigError, match="--domain-ratios belongs to --env workflow"):
         config_from_args(["--experiment-name", "x", "--env", "toy", "--domain-ratios", "qa=1"])
     with pytest.raises(ConfigError, match="--domain-ratios: 'qa' is not DOMAIN=WEIGHT"):
@@ -306,7 +306,7 @@ WORKFLOW_REPLY = "Plan: ask.\n```python\ndef solve(problem, domain):\n    return
 
 async def test_a_rollout_runs_the_policy_workflow_against_an_http_executor(tmp_path):
     pytest.importorskip("agent.openai_executor")
-    from envs.workflow.flags import WorkflowOptions
+    from envs.workflow.options import WorkflowOptions
     from envs.workflow.rollout import WorkflowRuntime, rollout, services
     from rollouts.logs import rlm_lines, validate_file
     from tests.fake_openai_server import start_scripted_server
@@ -344,10 +344,10 @@ class _Cfg:
         return self.root / "rollouts"
 
     @property
-    def env_options(self) -> dict[str, Any]:
-        from dataclasses import asdict
+    def env_options(self) -> Any:
+        from dataclasses import replace
 
-        return {**asdict(self.options), "workflow_time_limit": 10.0}
+        return replace(self.options, workflow_time_limit=10.0)
 
 
 @dataclass
@@ -356,14 +356,14 @@ class _DemoCfg:
     seed: int = 0
     dataset: str | None = None
     dataset_size: int | None = 12
-    env_options: dict[str, Any] = field(default_factory=dict)
+    env_options: Any = None
 
 
 @pytest.mark.parametrize(("domain", "executor_reply"), [
     ("math", None), ("qa", None), ("code", "```python\ndef add(a, b):\n    return a + b\n```"),
 ])
 async def test_each_demonstration_is_a_workflow_that_scores_with_a_right_executor(tmp_path, domain, executor_reply):
-    from envs.workflow.flags import WorkflowOptions
+    from envs.workflow.options import WorkflowOptions
     from envs.workflow.rollout import WorkflowRuntime, load_scenarios, rollout, write_demos
 
     cfg = _DemoCfg(tmp_path / "rollouts")

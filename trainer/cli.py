@@ -1,14 +1,21 @@
-"""The command line that fills `ExperimentConfig`: the flags, which of them the user typed, and the env's own
-defaults for the ones left out. A bad flag is one line naming it (exit 2), before any work.
+"""The command line that fills `ExperimentConfig`: flags generated from the config's fields (one --help group per
+concern) and from each env's options (one group per env, envs/options.py), an optional `--config FILE`, which of
+them the user gave, and the env's own defaults for the ones left out. A bad flag is one line naming it (exit 2),
+before any work.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass
+from typing import Any
 
-from backends import BACKEND_KINDS
-from trainer.config import DEFAULT_LR, DEFAULT_SFT_LR, NAMED_MODELS, TINY_RANDOM_MODEL, ConfigError, ExperimentConfig
+from trainer.config import GROUPS, ConfigError, ExperimentConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -18,146 +25,169 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = ExperimentConfig(experiment_name="x")
-    p = OneLineParser(prog="train.py", description="Train an agent with SFT and GRPO on LoRA adapters (ART)",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
-    a("--experiment-name", required=True, help="names the run, its logs and (by default) the model")
-    a("--model-name", default=None, help="ART model name (default: the experiment name)")
-    a("--project", default=d.project)
-    a("--base-model", default=d.base_model,
-      help=f"a local HF model directory, or a named embedded model: {', '.join(NAMED_MODELS)}")
-    a("--backend", choices=BACKEND_KINDS, default=d.backend,
-      help="auto: local on a CUDA GPU with the gpu extra, else cpu; serverless, tinker, megatron: ART's engines "
-           "(keys from WANDB_API_KEY / TINKER_API_KEY; see docs/SCALING.md)")
-    a("--serverless-url", default=None, help="--backend serverless: the training API (default: ART's, W&B's)")
-    a("--env", default=d.env, help="environment (see rollouts/registry.py)")
-    a("--mix", default=None, metavar="ENV=RATIO,...",
-      help="a mixed-domain run instead of --env: each step's groups drawn from these envs by ratio (summing to 1), "
-           "e.g. gmsh=0.3,r2e=0.4,openspiel=0.3; metrics per env (envs/mix/mix.py)")
-    a("--vllm-url", default=None, help="external OpenAI-compatible server for rollouts (it must serve the adapter)")
-    a("--docker-url", action="append", default=[],
-      help="test service URL, or @FILE of URLs one a line (repeat for several nodes; token from TEST_SERVICE_TOKEN)")
-    a("--gmsh-url", action="append", default=[],
-      help="gmsh service URL, or @FILE of URLs one a line (repeat for several nodes; token from GMSH_SERVICE_TOKEN); "
-           "default: start one locally")
-    a("--dataset", default=None, help="the env's own dataset file (gmsh: task parquet; r2e: rows .jsonl/.parquet)")
-    a("--split", default=d.split, help="r2e: hub split when no --dataset (train, dev_10pr_v1, dev_100pr_v1)")
-    a("--reward", choices=["binary", "partial"], default=d.reward, help="r2e: test reward")
-    a("--system-prompt", choices=["r2e_system_prompt", "r2e_cot_system_prompt"], default=d.system_prompt)
-    a("--bash-timeout", type=float, default=d.bash_timeout, help="r2e: seconds per REPL cell")
-    a("--cache-dir", default=None)
-    a("--num-epochs", type=int, default=d.num_epochs)
-    a("--groups-per-step", type=int, default=d.groups_per_step)
-    a("--rollouts-per-group", type=int, default=d.rollouts_per_group)
-    a("--max-concurrent", type=int, default=d.max_concurrent, help="rollouts in flight at once")
-    a("--max-rollouts-per-second", type=float, default=d.max_rollouts_per_second, help="rollout start rate limit")
-    a("--max-failed-share", type=float, default=d.max_failed_share,
-      help="share of a step's rollouts that may raise before the step fails")
-    a("--max-steps", type=int, default=None, help="agent turns per rollout (default: the env's)")
-    a("--max-context-tokens", type=int, default=d.max_context_tokens)
-    a("--max-tokens", type=int, default=d.max_tokens, help="tokens per model turn")
-    a("--temperature", type=float, default=d.temperature)
-    a("--learning-rate", type=float, default=None,
-      help=f"RL step size: default {DEFAULT_LR['pretrained']}, {DEFAULT_LR[TINY_RANDOM_MODEL]} for {TINY_RANDOM_MODEL}")
-    a("--dataset-size", type=int, default=None, help="scenarios to load (env default if omitted)")
-    a("--toy-target", default=d.toy_target, help="toy env: the character to learn")
-    a("--log-dir", default=d.log_dir)
-    a("--log-sample-rate", type=float, default=d.log_sample_rate)
-    a("--max-training-steps", type=int, default=None, help="stop once the model's step reaches N")
-    a("--art-path", default=d.art_path)
-    a("--seed", type=int, default=d.seed)
-    a("--advantage-balance", type=float, default=d.advantage_balance)
-    a("--scale-rewards", action=argparse.BooleanOptionalAction, default=d.scale_rewards)
-    a("--loss-fn", choices=["cispo", "ppo"], default=d.loss_fn)
-    a("--kl-penalty-coef", type=float, default=d.kl_penalty_coef,
-      help="keep the policy near the base model (adapter off): ART's KL-penalised advantages (0: off)")
-    a("--temperature-schedule", default=None, metavar="INITIAL:FINAL:WARMUP_STEPS",
-      help="RL sampling temperature: linear from INITIAL to FINAL over the first WARMUP_STEPS RL steps, then FINAL "
-           "(e.g. 0.5:0.15:150); evaluations keep --temperature")
-    a("--max-steps-off-policy", type=int, default=d.max_steps_off_policy, metavar="K",
-      help="gather later steps' rollouts while a step trains, each at most K policy steps older than the policy it "
-           "trains (0: synchronous); see README 'Pipelined async training'")
-    a("--lora-rank", type=int, default=d.lora_rank)
-    a("--load-in-4bit", action="store_true", help="GPU: train QLoRA on a 4-bit base (default: full precision)")
-    a("--gpu-memory-utilization", type=float, default=None, help="GPU: vLLM's share of GPU memory (default: ART's 0.9)")
-    a("--enforce-eager", action="store_true", help="GPU: run vLLM without CUDA graphs (slower, less memory)")
-    a("--allow-config-change", action="store_true", help="resume even if the config hash changed")
-    a("--eval-every", type=int, default=0, help="evaluate on the val split every N steps (0: never)")
-    a("--eval-before-after", action=argparse.BooleanOptionalAction, default=d.eval_before_after,
-      help="evaluate on the held-out split before any training, after SFT and after the last step")
-    a("--eval-only", action="store_true", help="evaluate the current (or --checkpoint) model and exit")
-    a("--checkpoint", type=int, default=None, help="with --eval-only: the step to evaluate")
-    a("--eval-rollouts", type=int, default=1, help="rollouts per val scenario")
-    a("--keep-checkpoints", type=int, default=0, help="keep the K newest saved checkpoints (+latest, +best eval)")
-    a("--save-every", type=int, default=1, help="checkpoints kept by --keep-checkpoints fall on every N steps")
-    a("--init-adapter", default=None, help="warm-start from a Hugging Face LoRA adapter directory (CPU backend)")
-    a("--rollout-root", default=d.rollout_root, help="where per-rollout work dirs live")
-    a("--health-check-interval", type=float, default=d.health_check_interval)
-    a("--max-child-processes", type=int, default=d.max_child_processes)
-    a("--max-tmp-usage-gb", type=float, default=d.max_tmp_usage_gb)
-    a("--wandb", choices=["auto", "online", "offline", "disabled"], default=d.wandb,
-      help="auto: online when WANDB_API_KEY is set, else offline")
-    a("--sft-data", action="append", default=[],
-      help="SFT before RL: a .jsonl of OpenAI chat `messages` (optional `tools`), or a .jsonl/.parquet of "
-           "`prompt`/`response` columns (repeatable)")
-    a("--sft-demos", choices=["auto", "on", "off"], default=d.sft_demos,
-      help="SFT on the env's own demonstrations of its train split (gmsh, r2e samples) before RL; auto: on for "
-           "a pretrained base model")
-    a("--sft-only", action="store_true", help="stop after the SFT stage")
-    a("--sft-epochs", type=int, default=d.sft_epochs)
-    a("--sft-learning-rate", type=float, default=None,
-      help=f"peak SFT step size (linear decay): default {DEFAULT_SFT_LR['pretrained']}, "
-           f"{DEFAULT_SFT_LR[TINY_RANDOM_MODEL]} for {TINY_RANDOM_MODEL}")
-    a("--sft-batch-size", type=int, default=d.sft_batch_size, help="conversations per SFT gradient step")
-    a("--check-rewards", action="store_true",
-      help="the reward preflight alone: score the env's oracle, a do-nothing reply and each cheat on a few "
-           "scenarios through its real services, print a table, exit 0 when the reward separates them, else 1 "
-           "(no model is loaded, nothing is trained)")
-    a("--skip-reward-check", action="store_true",
-      help="train without the reward preflight that otherwise runs before the first RL step (see --check-rewards)")
-    a("--allow-unsandboxed", action="store_true",
-      help="run model-written code without bubblewrap when none can run here (weak isolation: you accept the risk)")
-    from rollouts.registry import add_env_flags
+def meaningful(default: Any) -> bool:
+    """A default worth printing: not an absent value (None, False, an empty list or string)."""
+    return default is not None and default is not False and default != [] and default != () and default != "" \
+        and default is not argparse.SUPPRESS
 
+
+class DefaultsWhereMeaningful(argparse.HelpFormatter):
+    """ArgumentDefaultsHelpFormatter without "(default: None)": a default is shown only when it says something, and
+    never twice (help that already speaks of its default keeps its own words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or not meaningful(action.default):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _flag_type(hint: Any) -> Any:
+    """The value type a field's annotation asks of its flag: int, float, str, bool or list (Optional dropped)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return list if typing.get_origin(hint) is list else hint
+
+
+def _per_env_defaults(name: str, default: Any, env_defaults: dict[str, dict[str, Any]]) -> str:
+    """'per env: gmsh 640, r2e 256' for a field some envs default otherwise, else ''."""
+    own = [f"{env} {values[name]}" for env, values in env_defaults.items()
+           if name in values and values[name] != default]
+    return f"per env: {', '.join(own)}" if own else ""
+
+
+def _with_per_env(text: str, default: Any, per_env: str) -> str:
+    """The help of a flag that some envs default otherwise: its global default, then each env's."""
+    if text.endswith(")") and "(default" in text:  # "(default X; Y)" -> "(default X; Y; per env: ...)"
+        return f"{text[:-1]}; {per_env})"
+    return f"{text} (default {default}; {per_env})" if meaningful(default) else f"{text} ({per_env})"
+
+
+def _env_defaults() -> dict[str, dict[str, Any]]:
+    from envs.registry import env_names, load_spec
+
+    return {env: dict(load_spec(env).defaults) for env in env_names()}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, env_defaults: dict[str, dict[str, Any]]) -> None:
+    """One argument group per concern (config.GROUPS), one flag per field, from the fields' metadata."""
+    from backends import BACKEND_KINDS
+    from envs.registry import env_names
+
+    hints = typing.get_type_hints(ExperimentConfig)
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    generated = {"backend": {"choices": BACKEND_KINDS},  # the one list of each lives elsewhere
+                 "env": {"metavar": "{" + ",".join(env_names()) + "}"}}  # checked as a config (ConfigError)
+    for f in dataclasses.fields(ExperimentConfig):
+        meta = f.metadata
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        if flag is None:
+            continue
+        kind = _flag_type(hints[f.name])
+        default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        kwargs |= {key: meta[key] for key in ("choices", "metavar", "action") if key in meta}
+        kwargs |= generated.get(f.name, {})
+        if default is MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        if kind is bool:
+            kwargs.setdefault("action", argparse.BooleanOptionalAction if default else "store_true")
+        elif kind is list:
+            kwargs.setdefault("action", "append")
+        elif kind in (int, float):
+            kwargs["type"] = kind
+        if per_env := _per_env_defaults(f.name, default, env_defaults):
+            kwargs["help"] = _with_per_env(kwargs["help"], default, per_env)
+        groups[meta["group"]].add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from envs.options import add_env_flags
+
+    p = OneLineParser(prog="train.py", description="Train an agent with SFT and GRPO on LoRA adapters (ART)",
+                      usage="%(prog)s --experiment-name NAME [--env ENV | --mix ENV=RATIO,...] [--config FILE] "
+                            "[flags: see the groups below]",
+                      formatter_class=DefaultsWhereMeaningful, allow_abbrev=False)
+    files = p.add_argument_group("config file")
+    files.add_argument("--config", metavar="FILE",
+                       help="read settings from a TOML file (any flag, by its name); flags given here override it")
+    files.add_argument("--print-config", action="store_true",
+                       help="print the fully resolved config (every default filled in) and exit")
+    add_config_flags(p, _env_defaults())
     add_env_flags(p)
     return p
 
 
 _UNSET = object()
+FILE_FLAGS = frozenset({"config", "print_config"})  # about the command line itself, not settings of the run
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """The settings the user typed (argparse cannot tell a given value from its default)."""
+def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The settings the user typed (argparse cannot tell a given value from its default, nor from a config file's
+    value, which the parser holds as its default)."""
     probe = copy.deepcopy(parser)
     for action in probe._actions:  # an append action needs a list or None to append to
         action.default = None if isinstance(action, argparse._AppendAction) else _UNSET
+        action.required = False
     return {k for k, v in vars(probe.parse_args(argv)).items() if v is not _UNSET and v is not None}
 
 
-def config_from_args(argv: list[str] | None = None) -> ExperimentConfig:
-    """Flags -> config. Settings the user left out take the env's own defaults first (`ENV_DEFAULTS`: sizes that
-    suit the env on the embedded model), then the global ones."""
-    from rollouts.registry import ENV_DEFAULTS, EnvFlagError, split_env_options
+@dataclass(frozen=True)
+class CommandLine:
+    """What train.py was asked: the checked config, and whether only to print it (--print-config)."""
 
+    config: ExperimentConfig
+    print_config: bool = False
+
+
+def _config_file_values(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
+    """`--config FILE` -> {dest: value} (trainer/config_file.py), before the command line is parsed."""
+    early = OneLineParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--config")
+    known, _ = early.parse_known_args(argv)
+    if known.config is None:
+        return {}
+    from trainer.config_file import load_config_file
+
+    return load_config_file(known.config, parser)
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> CommandLine:
+    """Flags (over a config file's values) -> the checked config. Settings given neither way take the env's own
+    defaults first (its spec's `defaults`: sizes that suit the env on the embedded model), then the global ones."""
+    from envs.options import EnvFlagError, resolve_env_options
+    from envs.registry import load_spec
+    from envs.spec import UnknownEnvError
+    from trainer.checks import check_config
+
+    argv = list(argv) if argv is not None else None
     parser = build_parser()
+    from_file = _config_file_values(parser, argv)
+    if from_file.get("experiment_name") is not None:  # required on the command line only when no file holds it
+        next(a for a in parser._actions if a.dest == "experiment_name").required = False
+    typed = explicit_flags(parser, argv)
+    parser.set_defaults(**{k: v for k, v in from_file.items() if k not in typed})  # a typed list replaces the file's
     args = parser.parse_args(argv)
-    given = explicit_flags(parser, argv)
-    for key, value in ENV_DEFAULTS.get(args.env, {}).items():
-        if key not in given and args.mix is None:  # a mixed run's defaults: envs/mix/mix.py
-            setattr(args, key, value)
+    values = {k: v for k, v in vars(args).items() if k not in FILE_FLAGS}
+    given = (typed | set(from_file)) - FILE_FLAGS
     try:
-        if args.mix is not None:
+        if args.mix is not None:  # a mixed run's defaults and options: envs/mix/mix.py
             from envs.mix.mix import mix_config_values
 
-            common, env_options = mix_config_values(vars(args), given)
+            common, env_options = mix_config_values(values, given)
         else:
-            common, env_options = split_env_options(vars(args), args.env, given)
-    except EnvFlagError as exc:
+            spec = load_spec(args.env)
+            values |= {key: value for key, value in spec.defaults.items() if key not in given}
+            common, env_options = resolve_env_options(args.env, values, given)
+    except (EnvFlagError, UnknownEnvError) as exc:  # each names its flag
         raise ConfigError(str(exc)) from None
     config = ExperimentConfig(**common, env_options=env_options)
-    config.validate()
-    return config
+    check_config(config, lock=not args.print_config)
+    return CommandLine(config, print_config=args.print_config)
 
 
+def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
+    """Flags (and `--config FILE`) -> the checked config; ConfigError naming the flag otherwise."""
+    return parse_command_line(argv).config

@@ -1,5 +1,9 @@
-"""The experiment's settings: `ExperimentConfig` (one dataclass, hashed for resume) and the checks that turn a bad
-setting into one line naming its flag (exit 2) before any work starts. The flags that fill it: trainer/cli.py.
+"""The experiment's settings: `ExperimentConfig`, plain data hashed for resume.
+
+Each field carries its flag's help and its concern (`group`) in its metadata, so one declaration makes the field,
+its `train.py` flag (trainer/cli.py), its `--help` group and its config-file section; attribute access stays flat
+(`cfg.seed`). Nothing here checks a value or knows an env: the checks that span layers live in trainer/checks.py,
+and each env's own settings arrive as its typed options object in `env_options` (envs/options.py).
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,262 +26,221 @@ NAMED_MODELS = (PRETRAINED_MODEL, TINY_RANDOM_MODEL)
 DEFAULT_LR = {TINY_RANDOM_MODEL: 1e-2, "pretrained": 5e-5}
 DEFAULT_SFT_LR = {TINY_RANDOM_MODEL: 1e-2, "pretrained": 2e-4}
 
+# The concerns, in --help order: group key -> its title (the config file's sections use the keys).
+GROUPS: dict[str, str] = {
+    "run": "run: the experiment's name, its files and how long it trains",
+    "data": "data: the env and the scenarios it loads",
+    "model": "model: the base model, the LoRA adapter and the engine that trains it",
+    "sampling": "sampling: how rollouts sample from the policy",
+    "rl": "RL: the GRPO steps",
+    "sft": "SFT: the supervised stage before RL",
+    "eval": "eval: held-out evaluation and the checkpoints kept",
+    "infra": "infra: concurrency, services, health limits, sandbox",
+}
+
 
 def default_rollout_root() -> str:
-    """Memory-backed when possible: copying a 5 MB repo per rollout took 42 ms into /dev/shm and 120-490 ms into
-    a disk-backed /tmp here (bench/r2e.py), and a rollout's files live only as long as the rollout."""
+    """Memory-backed when possible: a rollout copies a repo into its work dir, which is much faster into /dev/shm
+    than into a disk-backed /tmp (bench/r2e.py), and a rollout's files live only as long as the rollout."""
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else os.environ.get("TMPDIR", "/tmp")
     return os.path.join(base, "art-rollouts")
+
+
+def model_kind(base_model: str) -> str:
+    """The key of DEFAULT_LR / DEFAULT_SFT_LR for a base model."""
+    return TINY_RANDOM_MODEL if base_model == TINY_RANDOM_MODEL else "pretrained"
 
 
 class ConfigError(ValueError):
     """A flag has an unusable value; the message starts with the flag's name."""
 
 
+def setting(group: str, help: str, default: Any = MISSING, *, factory: Any = MISSING, hashed: bool = True,
+            **flag: Any) -> Any:
+    """A field with its flag's metadata: `group` (a GROUPS key), `help`, and optionally `flag` (None: no flag),
+    `choices`, `metavar`, `action` for trainer/cli.py. `hashed=False`: the field steers how a run executes, not
+    what it learns (RUN_CONTROL), so changing it between a stop and a resume is normal."""
+    metadata = {"group": group, "help": help, "hashed": hashed, **flag}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ExperimentConfig:
-    experiment_name: str
-    model_name: str | None = None
-    project: str = "art-agent-trainer"
-    base_model: str = PRETRAINED_MODEL
-    backend: str = "auto"
-    serverless_url: str | None = None  # --backend serverless: ART's default endpoint unless given
-    env: str = "gmsh"
-    mix: str | None = None  # --mix ENV=RATIO,...: a mixed-domain run (envs/mix/mix.py); env is then "mix"
-    vllm_url: str | None = None
-    docker_url: list[str] = field(default_factory=list)
-    gmsh_url: list[str] = field(default_factory=list)
-    dataset: str | None = None
-    split: str = "train"
-    reward: str = "binary"
-    system_prompt: str = "r2e_system_prompt"
-    bash_timeout: float = 60.0
-    cache_dir: str | None = None
-    num_epochs: int = 3
-    groups_per_step: int = 4
-    rollouts_per_group: int = 8
-    max_concurrent: int = 32
-    max_rollouts_per_second: float = 100.0
-    max_failed_share: float = 0.25
-    max_steps: int | None = None
-    max_context_tokens: int = 2048
-    max_tokens: int = 1024
-    temperature: float = 1.0
-    learning_rate: float | None = None
-    dataset_size: int | None = None
-    toy_target: str = "a"
-    log_dir: str = "logs"
-    log_sample_rate: float = 0.1
-    max_training_steps: int | None = None
-    art_path: str = ".art"
-    seed: int = 0
-    advantage_balance: float = 0.0
-    scale_rewards: bool = True
-    loss_fn: str = "cispo"
-    kl_penalty_coef: float = 0.0  # KL to the base model (adapter off), ART's advantage shaping
-    temperature_schedule: str | None = None  # INITIAL:FINAL:WARMUP_STEPS for RL rollouts (trainer/schedule.py)
-    max_steps_off_policy: int = 0  # 0: synchronous steps; K: gather ahead while training (trainer/pipeline.py)
-    lora_rank: int = 8
-    load_in_4bit: bool = False  # GPU (ART's unsloth): QLoRA on a 4-bit base; backends/local_config.py
-    gpu_memory_utilization: float | None = None  # GPU: vLLM's share of the GPU (None: ART's 0.9)
-    enforce_eager: bool = False  # GPU: vLLM without CUDA graphs
-    eval_every: int = 0
-    eval_only: bool = False
-    checkpoint: int | None = None
-    eval_rollouts: int = 1
-    keep_checkpoints: int = 0
-    save_every: int = 1
-    init_adapter: str | None = None
-    allow_config_change: bool = False
-    rollout_root: str = field(default_factory=lambda: default_rollout_root())
-    health_check_interval: float = 30.0
-    max_child_processes: int = 64
-    max_tmp_usage_gb: float = 10.0
-    wandb: str = "auto"
-    sft_data: list[str] = field(default_factory=list)
-    sft_demos: str = "auto"
-    eval_before_after: bool = True
-    sft_only: bool = False
-    sft_epochs: int = 3
-    sft_learning_rate: float | None = None
-    sft_batch_size: int = 2
-    allow_unsandboxed: bool = False
-    check_rewards: bool = False  # --check-rewards: the reward preflight alone (rollouts/preflight.py), then exit
-    skip_reward_check: bool = False  # --skip-reward-check: no preflight before the first RL step
-    # Flags that belong to one env (declared by its flags module, `rollouts.registry.ENV_FLAGS`): dest -> value,
-    # only for the env this run uses, so adding an env's flags never changes another env's config hash.
-    env_options: dict[str, Any] = field(default_factory=dict)
+    """Everything one run is asked to do. Built by trainer/cli.py (flags, config file, env defaults), or in code."""
 
-    # Fields that steer how a run is executed, not what it learns: changing them between a stop and a resume
-    # is normal (run longer, more concurrency, another service node), so they stay out of the hash.
-    RUN_CONTROL = frozenset({
-        "max_training_steps", "num_epochs", "allow_config_change", "max_concurrent", "max_rollouts_per_second",
-        "max_failed_share", "vllm_url", "docker_url", "gmsh_url", "log_dir", "log_sample_rate", "backend",
-        "serverless_url", "check_rewards", "skip_reward_check",
-        "rollout_root", "health_check_interval", "max_child_processes", "max_tmp_usage_gb", "wandb", "art_path",
-        "eval_every", "eval_only", "checkpoint", "eval_rollouts", "keep_checkpoints", "save_every",
-        "sft_only", "allow_unsandboxed", "eval_before_after", "gpu_memory_utilization", "enforce_eager",
-    })
+    # run
+    experiment_name: str = setting("run", "names the run, its logs and (by default) the model")
+    model_name: str | None = setting("run", "ART model name (default: the experiment name)", None)
+    project: str = setting("run", "ART project: the folder under --art-path that holds the model",
+                           "art-agent-trainer")
+    art_path: str = setting("run", "where ART keeps models, checkpoints and state.json", ".art", hashed=False)
+    log_dir: str = setting("run", "where the per-step logs and the HTML report go", "logs", hashed=False)
+    log_sample_rate: float = setting("run", "share of each step's rollouts written to the step logs", 0.1,
+                                     hashed=False)
+    seed: int = setting("run", "seeds the data order, the scenarios and the adapter's initialisation", 0)
+    num_epochs: int = setting("run", "passes over the train scenarios", 3, hashed=False)
+    max_training_steps: int | None = setting("run", "stop once the model's step reaches N", None, hashed=False,
+                                             metavar="N")
+    allow_config_change: bool = setting("run", "resume even if the config hash changed", False, hashed=False)
+    wandb: str = setting("run", "auto: online when WANDB_API_KEY is set, else offline", "auto", hashed=False,
+                         choices=("auto", "online", "offline", "disabled"))
+    check_rewards: bool = setting(
+        "run", "the reward preflight alone: score the env's oracle, a do-nothing reply and each cheat on a few "
+               "scenarios through its real services, print a table, exit 0 when the reward separates them, else 1 "
+               "(no model is loaded, nothing is trained)", False, hashed=False)
+    skip_reward_check: bool = setting(
+        "run", "train without the reward preflight that otherwise runs before the first RL step (see "
+               "--check-rewards)", False, hashed=False)
+    # data
+    env: str = setting("data", "the environment: its own flags are in its group below, its defaults for the "
+                               "other flags show as 'per env'", "gmsh")
+    mix: str | None = setting(
+        "data", "a mixed-domain run instead of --env: each step's groups drawn from these envs by ratio (summing "
+                "to 1), e.g. gmsh=0.3,r2e=0.4,openspiel=0.3; metrics per env (envs/mix/mix.py)", None,
+        metavar="ENV=RATIO,...")
+    dataset: str | None = setting("data", "the env's own dataset file (gmsh: task parquet; r2e: rows "
+                                          ".jsonl/.parquet)", None, metavar="FILE")
+    dataset_size: int | None = setting("data", "scenarios to load (default: the env's)", None, metavar="N")
+    cache_dir: str | None = setting("data", "the env's cache folder (r2e: a built repo cache, read only; gmsh: "
+                                            "where generated tasks are stored)", None, metavar="DIR")
+    # The chosen env's typed options (an instance of its spec's `options` dataclass; for --mix, the mix's options
+    # object), or None for an env without options. Filled from the env's own flags (envs/options.py).
+    env_options: Any = setting("data", "the env's typed options", None, flag=None)
+    # model
+    base_model: str = setting(
+        "model", f"a local Hugging Face model folder, or a named embedded model: {', '.join(NAMED_MODELS)}",
+        PRETRAINED_MODEL)
+    backend: str = setting(
+        "model", "auto: local on a CUDA GPU with the gpu extra, else cpu; serverless, tinker, megatron: ART's "
+                 "engines (keys from WANDB_API_KEY / TINKER_API_KEY; see docs/SCALING.md)", "auto", hashed=False)
+    serverless_url: str | None = setting("model", "--backend serverless: the training API (default: ART's, W&B's)",
+                                         None, hashed=False, metavar="URL")
+    lora_rank: int = setting("model", "LoRA rank (alpha is twice the rank)", 8)
+    init_adapter: str | None = setting("model", "warm-start from a Hugging Face LoRA adapter folder (CPU backend)",
+                                       None, metavar="DIR")
+    load_in_4bit: bool = setting("model", "GPU: train QLoRA on a 4-bit base (default: full precision)", False)
+    gpu_memory_utilization: float | None = setting("model", "GPU: vLLM's share of GPU memory (default: ART's 0.9)",
+                                                   None, hashed=False)
+    enforce_eager: bool = setting("model", "GPU: run vLLM without CUDA graphs (slower, less memory)", False,
+                                  hashed=False)
+    # sampling
+    max_steps: int | None = setting("sampling", "agent turns per rollout (default: the env's)", None, metavar="N")
+    max_context_tokens: int = setting("sampling", "the context budget of a rollout, prompt included", 2048)
+    max_tokens: int = setting("sampling", "tokens per model turn", 1024)
+    temperature: float = setting("sampling", "sampling temperature of rollouts and evaluations", 1.0)
+    temperature_schedule: str | None = setting(
+        "sampling", "RL sampling temperature: linear from INITIAL to FINAL over the first WARMUP_STEPS RL steps, "
+                    "then FINAL (e.g. 0.5:0.15:150); evaluations keep --temperature", None,
+        metavar="INITIAL:FINAL:WARMUP_STEPS")
+    # RL
+    groups_per_step: int = setting("rl", "scenarios per RL step (one group of rollouts each)", 4)
+    rollouts_per_group: int = setting("rl", "rollouts per scenario; GRPO compares them within the group", 8)
+    learning_rate: float | None = setting(
+        "rl", f"RL step size (default {DEFAULT_LR['pretrained']}; {DEFAULT_LR[TINY_RANDOM_MODEL]} for "
+              f"{TINY_RANDOM_MODEL})", None)
+    advantage_balance: float = setting("rl", "ART's weight between positive and negative advantages (-1 to 1)", 0.0)
+    scale_rewards: bool = setting("rl", "divide each group's advantages by its reward spread", True)
+    loss_fn: str = setting("rl", "ART's policy loss", "cispo", choices=("cispo", "ppo"))
+    kl_penalty_coef: float = setting(
+        "rl", "keep the policy near the base model (adapter off): ART's KL-penalised advantages (0: off)", 0.0)
+    max_steps_off_policy: int = setting(
+        "rl", "gather later steps' rollouts while a step trains, each at most K policy steps older than the policy "
+              "it trains (0: synchronous); see docs/TRAINING.md", 0, metavar="K")
+    # SFT
+    sft_data: list[str] = setting(
+        "sft", "SFT before RL: a .jsonl of OpenAI chat `messages` (optional `tools`), or a .jsonl/.parquet of "
+               "`prompt`/`response` columns (repeatable)", factory=list, metavar="FILE")
+    sft_demos: str = setting(
+        "sft", "SFT on the env's own demonstrations of its train split before RL; auto: on for a pretrained base "
+               "model when the env writes demonstrations", "auto", choices=("auto", "on", "off"))
+    sft_only: bool = setting("sft", "stop after the SFT stage", False, hashed=False)
+    sft_epochs: int = setting("sft", "passes over the SFT conversations", 3)
+    sft_learning_rate: float | None = setting(
+        "sft", f"peak SFT step size, decaying linearly (default {DEFAULT_SFT_LR['pretrained']}; "
+               f"{DEFAULT_SFT_LR[TINY_RANDOM_MODEL]} for {TINY_RANDOM_MODEL})", None)
+    sft_batch_size: int = setting("sft", "conversations per SFT gradient step", 2)
+    # eval
+    eval_every: int = setting("eval", "evaluate on the held-out split every N steps (0: never)", 0, hashed=False,
+                              metavar="N")
+    eval_before_after: bool = setting(
+        "eval", "evaluate on the held-out split before any training, after SFT and after the last step", True,
+        hashed=False)
+    eval_only: bool = setting("eval", "evaluate the current (or --checkpoint) model and exit", False, hashed=False)
+    checkpoint: int | None = setting("eval", "with --eval-only: the step to evaluate", None, hashed=False,
+                                     metavar="STEP")
+    eval_rollouts: int = setting("eval", "rollouts per held-out scenario", 1, hashed=False)
+    keep_checkpoints: int = setting("eval", "keep the K newest saved checkpoints (+latest, +best eval; 0: all)", 0,
+                                    hashed=False, metavar="K")
+    save_every: int = setting("eval", "checkpoints kept by --keep-checkpoints fall on every N steps", 1,
+                              hashed=False, metavar="N")
+    # infra
+    max_concurrent: int = setting("infra", "rollouts in flight at once", 32, hashed=False)
+    max_rollouts_per_second: float = setting("infra", "rollout start rate limit", 100.0, hashed=False)
+    max_failed_share: float = setting("infra", "share of a step's rollouts that may raise before the step fails",
+                                      0.25, hashed=False)
+    vllm_url: str | None = setting("infra", "external OpenAI-compatible server for rollouts (it must serve the "
+                                            "adapter)", None, hashed=False, metavar="URL")
+    rollout_root: str = setting("infra", "where per-rollout work dirs live (default: under /dev/shm when writable)",
+                                factory=default_rollout_root, hashed=False, metavar="DIR")
+    health_check_interval: float = setting("infra", "seconds between health checks of the run's child processes "
+                                                    "and temp usage", 30.0, hashed=False)
+    max_child_processes: int = setting("infra", "child processes a health check tolerates before it warns", 64,
+                                       hashed=False)
+    max_tmp_usage_gb: float = setting("infra", "GB under --rollout-root a health check tolerates before it warns",
+                                      10.0, hashed=False)
+    allow_unsandboxed: bool = setting(
+        "infra", "run model-written code without bubblewrap when none can run here (weak isolation: you accept the "
+                 "risk)", False, hashed=False)
 
     def __post_init__(self) -> None:
+        # The defaults that depend on other fields, filled here so a config built in code (tests, bench) holds the
+        # same values, and so the same hash, as one built from flags.
         self.model_name = self.model_name or self.experiment_name
         if self.learning_rate is None:
-            self.learning_rate = DEFAULT_LR[self._model_kind()]
+            self.learning_rate = DEFAULT_LR[model_kind(self.base_model)]
         if self.sft_learning_rate is None:
-            self.sft_learning_rate = DEFAULT_SFT_LR[self._model_kind()]
-
-    def wants_demos(self, env_has_demos: bool) -> bool:
-        """SFT on the env's own demonstrations: `on`, `off`, or `auto` = when the env writes demonstrations and the
-        base model is a real one (the random tiny model is for fast tests, where a warm start only costs time)."""
-        if self.sft_demos == "auto":
-            return env_has_demos and self.base_model != TINY_RANDOM_MODEL
-        return self.sft_demos == "on"
-
-    def _model_kind(self) -> str:
-        return TINY_RANDOM_MODEL if self.base_model == TINY_RANDOM_MODEL else "pretrained"
+            self.sft_learning_rate = DEFAULT_SFT_LR[model_kind(self.base_model)]
 
     def hashed_fields(self) -> dict[str, Any]:
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUN_CONTROL}
-        if not fields["env_options"]:  # runs of envs without own flags keep the hash they had before the field
-            del fields["env_options"]
-        if not fields["kl_penalty_coef"]:  # likewise: runs without a KL term keep their hash
-            del fields["kl_penalty_coef"]
-        if fields["temperature_schedule"] is None:  # and runs without a schedule
-            del fields["temperature_schedule"]
-        if fields["mix"] is None:  # and single-env runs
-            del fields["mix"]
-        if not fields["max_steps_off_policy"]:  # and synchronous runs
-            del fields["max_steps_off_policy"]
-        if not fields["load_in_4bit"]:  # and runs on a full-precision base
-            del fields["load_in_4bit"]
-        return fields
+        """The fields that define the experiment, flat, as runs made before the env options existed hashed them:
+        the env's old top-level settings at the top, its other options under env_options (envs/options.py)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.metadata["hashed"] and f.name != "env_options"}
+        top, own = _options_hash_view(self.env_options)
+        fields |= LEGACY_TOP_LEVEL | top | ({"env_options": own} if own else {})
+        for name, off in OMITTED_WHEN_OFF.items():  # added later: runs that leave them off keep their old hash
+            if name in fields and fields[name] == off:
+                del fields[name]
+        return json.loads(json.dumps(fields, default=str))  # as state.json holds them (tuples are lists there)
 
     def config_hash(self) -> str:
         """Short stable hash of what defines the experiment; a resume with a different one is refused."""
         blob = json.dumps(self.hashed_fields(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-    def validate(self) -> None:
-        checks: list[tuple[bool, str]] = [
-            (bool(self.experiment_name.strip()), "--experiment-name must not be empty"),
-            (all(c.isalnum() or c in "-_." for c in self.model_name or ""),
-             "--model-name may hold only letters, digits, '-', '_' and '.'"),
-            (self.num_epochs >= 1, "--num-epochs must be at least 1"),
-            (self.groups_per_step >= 1, "--groups-per-step must be at least 1"),
-            (self.rollouts_per_group >= 2, "--rollouts-per-group must be at least 2 (GRPO compares rollouts)"),
-            (self.max_concurrent >= 1, "--max-concurrent must be at least 1"),
-            (self.max_rollouts_per_second > 0, "--max-rollouts-per-second must be positive"),
-            (0 <= self.max_failed_share <= 1, "--max-failed-share must be between 0 and 1"),
-            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
-            (self.max_context_tokens >= 64, "--max-context-tokens must be at least 64"),
-            (self.max_tokens >= 1, "--max-tokens must be at least 1"),
-            (0 <= self.temperature <= 10, "--temperature must be between 0 and 10"),
-            (self.learning_rate is not None and 0 < self.learning_rate < 1, "--learning-rate must be in (0, 1)"),
-            (self.dataset_size is None or self.dataset_size >= 1, "--dataset-size must be at least 1"),
-            (0 <= self.log_sample_rate <= 1, "--log-sample-rate must be between 0 and 1"),
-            (self.max_training_steps is None or self.max_training_steps >= 1,
-             "--max-training-steps must be at least 1"),
-            (-1 <= self.advantage_balance <= 1, "--advantage-balance must be between -1 and 1"),
-            (0 <= self.kl_penalty_coef <= 1e3, "--kl-penalty-coef must be between 0 (off) and 1000"),
-            (self.max_steps_off_policy >= 0, "--max-steps-off-policy must be 0 (synchronous) or more"),
-            (self.lora_rank >= 1, "--lora-rank must be at least 1"),
-            (self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
-             "--gpu-memory-utilization must be in (0, 1]"),
-            (self.health_check_interval > 0, "--health-check-interval must be positive"),
-            (self.bash_timeout > 0, "--bash-timeout must be positive"),
-            (self.eval_every >= 0, "--eval-every must be 0 (off) or more"),
-            (self.eval_rollouts >= 1, "--eval-rollouts must be at least 1"),
-            (self.keep_checkpoints >= 0, "--keep-checkpoints must be 0 (keep all) or more"),
-            (self.save_every >= 1, "--save-every must be at least 1"),
-            (self.checkpoint is None or self.eval_only, "--checkpoint goes with --eval-only"),
-            (len(self.toy_target) == 1, "--toy-target must be exactly one character"),
-            (self.sft_epochs >= 1, "--sft-epochs must be at least 1"),
-            (self.sft_batch_size >= 1, "--sft-batch-size must be at least 1"),
-            (self.sft_learning_rate is not None and 0 < self.sft_learning_rate < 1,
-             "--sft-learning-rate must be in (0, 1)"),
-            (not self.sft_only or bool(self.sft_data) or self.sft_demos != "off",
-             "--sft-only needs SFT data: --sft-data FILE, or the env's demonstrations (--sft-demos)"),
-            (self.vllm_url is None or self.vllm_url.startswith(("http://", "https://")),
-             "--vllm-url must start with http:// or https://"),
-            (not (self.check_rewards and self.skip_reward_check),
-             "--check-rewards runs the reward check that --skip-reward-check skips; give one of them"),
-            (not (self.check_rewards and self.eval_only),
-             "--check-rewards trains and evaluates nothing; leave --eval-only out"),
-        ]
-        from rollouts.registry import ENVS
 
-        checks.append((self.env in ENVS or self.mix is not None,
-                       f"--env: unknown env {self.env!r}; choose from {', '.join(sorted(ENVS))}"))
-        if self.mix is not None:
-            from envs.mix.mix import mix_problem
+# Fields that steer how a run is executed, not what it learns: changing them between a stop and a resume is normal
+# (run longer, more concurrency, another service node), so they stay out of the hash.
+RUN_CONTROL = frozenset(f.name for f in dataclasses.fields(ExperimentConfig) if not f.metadata["hashed"])
 
-            problem = mix_problem(self.env, self.mix)
-            checks.append((problem is None, str(problem)))
-        from services.client import NodeListError, expand_urls
+# Fields that joined the hash after runs were made: left out of it at these values, so older runs keep their hash.
+OMITTED_WHEN_OFF: dict[str, Any] = {"kl_penalty_coef": 0.0, "temperature_schedule": None, "mix": None,
+                                    "max_steps_off_policy": 0, "load_in_4bit": False}
 
-        for flag, urls in (("--docker-url", self.docker_url), ("--gmsh-url", self.gmsh_url)):
-            try:  # URLs, or @FILE: a file of URLs, one a line
-                urls = expand_urls(urls)
-            except NodeListError as exc:
-                checks.append((False, f"{flag} {exc}"))
-            for url in urls:
-                checks.append((url.startswith(("http://", "https://")), f"{flag} {url!r} must start with http://"))
-        if self.temperature_schedule is not None:
-            from trainer.schedule import TemperatureSchedule
+# r2e's and toy's settings were config fields before each env declared its options, and so were hashed for EVERY run
+# with these defaults; they stay in every run's hash, overridden by the run's own env (its `hash: top` options).
+# Frozen history, not the envs' current defaults: a toy run's hash must not move when r2e changes a default.
+LEGACY_TOP_LEVEL: dict[str, Any] = {"split": "train", "reward": "binary", "system_prompt": "r2e_system_prompt",
+                                    "bash_timeout": 60.0, "toy_target": "a"}
 
-            try:
-                TemperatureSchedule.parse(self.temperature_schedule)
-            except ValueError as exc:
-                checks.append((False, str(exc)))
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        # Every flag that names a path: kind, existence, readability, writability, encoding, format (one line).
-        from trainer.checks import checkpoint_problem, experiment_busy, path_problems
 
-        problems = [self._backend_problem(), self._pipeline_problem(), *path_problems(self), checkpoint_problem(self),
-                    experiment_busy(self)]
-        if found := [p for p in problems if p is not None]:
-            raise ConfigError(found[0])
+def _options_hash_view(options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the options hashed at the top level, those hashed under env_options): each options field says where."""
+    if options is None:
+        return {}, {}
+    from envs.options import hash_view  # the env side owns what its options' `hash` metadata means
 
-    def _backend_problem(self) -> str | None:
-        """The base model, and for ART's remote engines: keys, extras and GPUs first, then the flags the engine
-        cannot honour, then the base model it can train (hosted engines: a hub name)."""
-        from backends.remote import REMOTE_KINDS, RunNeeds, requirements_problem, run_problem
-        from backends.remote import base_model_problem as remote_model_problem
-        from trainer.checks import base_model_problem
-
-        local_model = self.base_model in NAMED_MODELS or Path(self.base_model).exists()
-        if self.backend == "local" and (problem := run_problem("local", RunNeeds(
-                init_adapter=self.init_adapter, checkpoint=self.checkpoint, vllm_url=self.vllm_url))):
-            return problem
-        if self.backend not in REMOTE_KINDS:
-            return base_model_problem(self.base_model, NAMED_MODELS)
-        if self.serverless_url is not None and not self.serverless_url.startswith(("http://", "https://")):
-            return "--serverless-url must start with http:// or https://"
-        needs = RunNeeds(sft=self._wants_sft(), keep_checkpoints=self.keep_checkpoints,
-                         kl_penalty_coef=self.kl_penalty_coef, init_adapter=self.init_adapter,
-                         checkpoint=self.checkpoint, vllm_url=self.vllm_url)
-        problem = (requirements_problem(self.backend) or run_problem(self.backend, needs)
-                   or remote_model_problem(self.backend, self.base_model, NAMED_MODELS))
-        if problem is None and local_model:  # megatron on a local or embedded model: the usual checks apply
-            return base_model_problem(self.base_model, NAMED_MODELS)
-        return problem
-
-    def _pipeline_problem(self) -> str | None:
-        """Overlap needs an engine that serves while it trains; ART's LocalBackend (and MegatronBackend) in shared
-        mode pauses inference during train(), which ART's own PipelineTrainer refuses too."""
-        if not self.max_steps_off_policy or self.backend not in ("auto", "local", "megatron"):
-            return None
-        from trainer.pipeline import backend_problem
-
-        return backend_problem(self.backend, self.max_steps_off_policy)
-
-    def _wants_sft(self) -> bool:
-        if self.sft_data:
-            return True
-        from rollouts.registry import ENVS, get_env
-
-        known = self.env in ENVS or self.mix is not None
-        return known and self.wants_demos(get_env(self.env, self.mix).write_demos is not None)
+    return hash_view(options)

@@ -32,11 +32,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.atomic import TMP_MARK, atomic_write_json, atomic_write_text, disk_full_guard
 from trainer.checks import LOCK_FILE, busy_message
 from trainer.config import ConfigError, ExperimentConfig
+
+if TYPE_CHECKING:
+    from envs.spec import EnvSpec
 
 OWNER_FILE = ".owner.json"
 RUN_ID = "run_id"
@@ -69,10 +72,10 @@ class Cursor:
         return cls(int(saved.get("epoch", 0)), 0)
 
 
-def load_cursor(env: Any, state: dict[str, Any]) -> Any:
+def load_cursor(env: EnvSpec, state: dict[str, Any]) -> Any:
     """The committed data cursor: the env's own kind where it brings one (a mixed run), else a `Cursor`."""
     saved = state.get("cursor", {})
-    return env.make_cursor(saved) if getattr(env, "make_cursor", None) else Cursor.restore(saved)
+    return env.make_cursor(saved) if env.make_cursor is not None else Cursor.restore(saved)
 
 
 def rollback_uncommitted(model_dir: Path, committed_step: int) -> list[str]:

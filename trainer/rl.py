@@ -12,14 +12,26 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from trainer.pipeline import PolicyClock, StepPipeline, check_staleness, versioned
 from trainer.resume import load_cursor
+from trainer.run_parts import Run
 from trainer.schedule import TemperatureSchedule
 
+if TYPE_CHECKING:  # heavy (ART): the loop imports them when it runs
+    import art
 
-async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
+    from envs.scenario import Scenario
+
+
+class StepFigures(Protocol):
+    """What the loop reads of the health monitor (monitor/health.py's HealthMonitor; a bench passes a stand-in)."""
+
+    def figures(self) -> dict[str, float]: ...
+
+
+async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures) -> None:
     from backends.checkpoints import best_val_step, steps_to_keep
     from backends.remote import train_keywords
     from rollouts.gather import freeze_startup_heap, gather_step
@@ -28,26 +40,27 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
     from services.client import service_metrics
 
     config, env, model, backend = the_run.config, the_run.env, the_run.model, the_run.backend
+    run_ctx, limits = the_run.ready()
     state = model.read_state() or {}
     step = await model.get_step()
     freeze_startup_heap()  # after everything that lives for the whole run is loaded, before the first step
     first_step, evaluated_at = step, None
     schedule = TemperatureSchedule.parse(config.temperature_schedule) if config.temperature_schedule else None
     sft_steps = int((state.get("sft") or {}).get("epochs_done", 0))  # SFT epochs took the first ART steps
-    eval_settings = the_run.ctx.settings  # evaluations sample at --temperature
+    eval_settings = run_ctx.settings  # evaluations sample at --temperature
     clock = PolicyClock(step)
     rollout = versioned(env.rollout, clock)
-    the_run.ctx.client()  # made once here, so the per-step contexts below share one connection pool
+    run_ctx.client()  # made once here, so the per-step contexts below share one connection pool
 
     def temperature_at(at: int) -> float:
         return schedule.at(at - sft_steps) if schedule else eval_settings.temperature
 
-    async def gather(at: int, batch: list[Any]) -> list[Any]:
+    async def gather(at: int, batch: list[Scenario]) -> list[art.TrajectoryGroup]:
         """One step's groups, through a context of its own: steps gathered at once may sample at different
         temperatures (the schedule) while evaluations keep --temperature."""
-        ctx = dataclasses.replace(the_run.ctx, step=at,
+        ctx = dataclasses.replace(run_ctx, step=at,
                                   settings=dataclasses.replace(eval_settings, temperature=temperature_at(at)))
-        return await gather_step(batch, rollout, ctx, config.rollouts_per_group, the_run.limits,
+        return await gather_step(batch, rollout, ctx, config.rollouts_per_group, limits,
                                  config.max_failed_share, desc=f"step {at}")
 
     pipeline = StepPipeline(load_cursor(env, state), lambda c: c.take(scenarios, config.groups_per_step, config.seed),
@@ -57,13 +70,13 @@ async def rl_loop(the_run: Any, scenarios: list[Any], monitor: Any) -> None:
     try:
         pipeline.open_gates(step)  # inside the try: a plan that fails part-way still closes the gathers it started
         while (planned := pipeline.next()) is not None:
-            step = the_run.ctx.step = planned.step
+            step = run_ctx.step = planned.step
             groups = await planned.task
             batch_wait = time.monotonic() - ready_at  # the trainer idle, waiting for this step's data
             metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
             if env.step_metrics is not None:
                 metrics |= env.step_metrics(groups)
-            metrics |= service_metrics(the_run.ctx.services)  # per service node: requests, errors, latency p50/p95
+            metrics |= service_metrics(run_ctx.services)  # per service node: requests, errors, latency p50/p95
             fresh = check_staleness(groups, trains_from=step - 1, max_off_policy=config.max_steps_off_policy)
             trainable = [g for g in fresh.kept if has_signal(g)]
             kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked

@@ -14,12 +14,22 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from trainer.checks import wants_demos
 from trainer.config import PRETRAINED_MODEL, TINY_RANDOM_MODEL, ConfigError, ExperimentConfig
 from trainer.resume import RUN_ID, ExperimentLock, check_outputs, check_resume, claim_outputs, load_cursor
+from trainer.run_parts import Run
+
+if TYPE_CHECKING:  # heavy (ART, torch): imported by the wiring below once the config is checked
+    import art
+
+    from backends.trainer_model import TrainerModel
+    from envs.spec import EnvSpec
+
+__all__ = ["Run", "resolve_base_model", "run"]
 
 log = logging.getLogger("train")
 
@@ -35,36 +45,6 @@ def resolve_base_model(config: ExperimentConfig) -> tuple[str, str | list[str]]:
 
         return ensure_pretrained(PRETRAINED_MODEL, config.art_path), "all-linear"
     return config.base_model, "all-linear"
-
-
-@dataclass
-class Run:
-    """What one run holds while it trains; built by `run()`, used by the stages."""
-
-    config: ExperimentConfig
-    env: Any
-    model: Any
-    backend: Any
-    model_dir: Path
-    ctx: Any = None
-    limits: Any = None
-    val: list[Any] = dataclasses.field(default_factory=list)
-    max_steps: int = 1
-    reward_check: dict[str, float] = dataclasses.field(default_factory=dict)  # for the first RL step's history row
-
-    async def evaluate(self, at_step: int, label: str) -> dict[str, float]:
-        from rollouts.evaluate import evaluate
-
-        groups, figures = await evaluate(self.val, self.env.rollout, self.ctx, self.config.eval_rollouts,
-                                         self.limits, self.env.step_metrics)
-        await self.model.log([g for g in groups if g.trajectories], split="val", step=at_step, metrics=figures)
-        print(f"eval {label} (step {at_step}): reward {figures.get('reward_mean', float('nan')):.3f} on "
-              f"{len(self.val)} held-out task(s), pass rate {figures.get('pass_rate', float('nan')):.0%}", flush=True)
-        return figures
-
-    def commit(self, step: int, **extra: Any) -> dict[str, Any]:
-        return self.model.merge_state({"step": step, "config_hash": self.config.config_hash(),
-                                       "config": self.config.hashed_fields(), **extra})
 
 
 async def run(config: ExperimentConfig) -> dict[str, Any]:
@@ -87,10 +67,10 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     from backends.cpu import CPUBackendSettings
     from backends.policy import LoraSettings
     from backends.trainer_model import TrainerModel
+    from envs.registry import get_env
     from monitor.health import HealthLimits, HealthMonitor, RunDir, remove_dead_runs
     from rollouts.context import RolloutContext, RolloutSettings
     from rollouts.gather import GatherLimits
-    from rollouts.registry import get_env
     from trainer.resume import recover_checkpoints
     from trainer.sft_stage import load_sft_conversations
 
@@ -112,7 +92,7 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     committed = int(state.get("step", 0))
     conversations = load_sft_conversations(config.sft_data) if config.sft_data else []
     sft_done = int((state.get("sft") or {}).get("epochs_done", 0)) >= config.sft_epochs
-    if config.wants_demos(env.write_demos is not None) and not sft_done:
+    if wants_demos(config, env.write_demos is not None) and not sft_done:
         conversations += await _env_demonstrations(env, config, model_dir)
     if config.sft_only and not conversations and not sft_done:
         raise ConfigError("--sft-only: no SFT data (give --sft-data FILE; this env writes no demonstrations)")
@@ -129,6 +109,10 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     _, removed = claim_outputs(config, model_dir, state, lambda run_id: model.merge_state({RUN_ID: run_id}))
     for item in removed:
         print(f"resume: rolled back uncommitted {item}", flush=True)
+    from trainer.config_file import write_resolved
+
+    if not config.eval_only:  # an evaluation leaves the training run's config.toml as it was
+        write_resolved(config, model_dir)  # the resolved config beside state.json, once the run owns the folder
     if dead := remove_dead_runs(config.rollout_root):
         print(f"start: removed {len(dead)} rollout dir(s) of dead runs under {config.rollout_root}", flush=True)
 
@@ -238,7 +222,7 @@ def _check_sft_lengths(conversations: list[dict[str, Any]], base_model: str, con
               "and are left out", flush=True)
 
 
-async def _env_demonstrations(env: Any, config: ExperimentConfig, model_dir: Path) -> list[dict[str, Any]]:
+async def _env_demonstrations(env: EnvSpec, config: ExperimentConfig, model_dir: Path) -> list[dict[str, Any]]:
     """The env's own demonstrations of its train split, written once beside the model (reused on resume)."""
     from trainer.sft_stage import load_sft_conversations
 
@@ -257,8 +241,8 @@ async def _env_demonstrations(env: Any, config: ExperimentConfig, model_dir: Pat
 async def _check_rewards(config: ExperimentConfig) -> dict[str, Any]:
     """Each env's services started as training starts them, its probes scored, a table printed; raises
     RewardCheckFailed (exit 1) when the reward does not separate them."""
+    from envs.registry import get_env
     from rollouts.preflight import check_standalone, report_results, state_record
-    from rollouts.registry import get_env
 
     if get_env(config.env, config.mix).runs_model_code:
         _require_sandbox(config)
@@ -293,7 +277,7 @@ def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
         log.exception("could not write the HTML report")
 
 
-async def _load_checkpoint(backend: Any, model: Any, model_dir: Path, step: int) -> None:
+async def _load_checkpoint(backend: art.Backend, model: TrainerModel, model_dir: Path, step: int) -> None:
     from backends.cpu import CPUBackend
 
     checkpoint = model_dir / "checkpoints" / f"{step:04d}"
@@ -304,7 +288,7 @@ async def _load_checkpoint(backend: Any, model: Any, model_dir: Path, step: int)
     await asyncio.to_thread(backend.policy(model).load, checkpoint)
 
 
-def _token_counter(base_model: str):
+def _token_counter(base_model: str) -> Callable[[str], int]:
     """Exact token counts for context budgets, from the policy's own tokenizer (a local directory)."""
     from transformers import AutoTokenizer
 
@@ -312,7 +296,7 @@ def _token_counter(base_model: str):
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _configure_wandb(model: Any, config: ExperimentConfig) -> None:
+def _configure_wandb(model: TrainerModel, config: ExperimentConfig) -> None:
     mode = config.wandb
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if "WANDB_API_KEY" in os.environ else "offline")

@@ -1,4 +1,4 @@
-"""The gmsh task-completion reward, exactly as `shared/docs/GMSH_REWARD.md` specifies.
+"""The gmsh task-completion reward, as envs/gmsh/REWARD.md describes it.
 
 A pure function of (requirements, bbox, service result): the score in [-1, 1] and a breakdown of every
 component, so a logged rollout always says why it scored what it did. Quality uses gmsh's minSICN measure.

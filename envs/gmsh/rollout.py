@@ -88,7 +88,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
 
 
 def validation_metrics(groups: list[art.TrajectoryGroup]) -> dict[str, float]:
-    """GMSH_REWARD.md's list: success rate (valid mesh), physical-group rate, mean reward, density ratios."""
+    """The figures envs/gmsh/REWARD.md lists: success rate (valid mesh), physical-group rate, mean reward, density."""
     trajectories = [t for g in groups for t in g.trajectories]
     if not trajectories:
         return {}

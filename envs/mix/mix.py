@@ -1,78 +1,80 @@
-"""Mixed-domain runs (`--mix toy=0.5,openspiel=0.3,planner=0.2`): one composite env over registered ones.
+"""Mixed-domain runs (`--mix toy=0.5,openspiel=0.3,planner=0.2`): the flag's rules and the mix's typed options.
 
-Every mixed env keeps what makes it itself: its scenarios, rollout, services, figures, held-out set, demonstrations
-and flags. The mix only tags and dispatches:
-- scenarios are wrapped with their env (ids `<env>/<id>`, unique across envs); the env's rollout gets its own
-  scenario back, so its trajectories are what a single-env run makes (a line `mix: env <env>` is added to their
-  logs, since a mixed run's step logs are named after the mix);
-- each step's groups are drawn by ratio with one resumable position per env (envs/mix/cursor.py);
-- each env's rollouts run with its own turn limits (`--max-tokens`, `--max-steps`: the env's defaults, as in a
-  single-env run, unless given, when they apply to every env), on a copy of the run's rollout context;
-- figures: each env's generic ones (rollouts/metrics.py) and its own, under `<env>/`, beside the run's totals
-  (so history.jsonl holds `train/<env>/reward`, `val/<env>/reward`, ...); evaluation covers every env's held-out
-  set; the SFT stage gets every env's demonstrations.
+The composite env itself (dispatch, per-env figures and demonstrations) is envs/mix/composite.py.
 
 Flags: run-wide settings (groups, rollouts per group, temperature, LoRA, SFT, step sizes) have one value for the
-run, from `MIX_DEFAULTS` where left out; every mixed env's own flags are accepted (each env reads its own, with its
-own defaults). `--env` and `--dataset` name one env and are refused with `--mix`.
+run, from `MIX_DEFAULTS` where left out; every mixed env's own flags are accepted, and each env gets its own typed
+options (its spec's `options`, with its spec's defaults) and its own turn limits (`--max-tokens`, `--max-steps`: the
+env's defaults, as in a single-env run, unless given, when they apply to every env). `--env` and `--dataset` name
+one env and are refused with `--mix`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import math
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from envs.mix.cursor import ENV_KEY, MixCursor
-from envs.scenario import DatasetError, Scenario
-from rollouts.registry import ENV_DEFAULTS, ENVS, MIX, EnvFlagError, EnvSpec, get_env, split_env_options
+from envs.mix.composite import MIX, MixError, env_config, env_of, format_mix
+from envs.mix.composite import mix_env as composite_env
+from envs.mix.composite import parse_mix as parse_shares
+from envs.options import check_options, hash_view, resolve_env_options
+from envs.registry import env_names, load_spec
+from envs.spec import EnvSpec
+
+__all__ = ["MIX", "MIX_DEFAULTS", "PER_ENV_FIELDS", "MixError", "MixOptions", "MixedEnv", "env_config", "env_of",
+           "format_mix", "mix_config_values", "mix_env", "mix_problem", "parse_mix"]
 
 # A mixed run's run-wide defaults for the flags a user leaves out (one LoRA, one optimiser, one temperature for
-# every env), sized like the single envs' own (`ENV_DEFAULTS`).
+# every env), sized like the single envs' own (their specs' `defaults`).
 MIX_DEFAULTS: dict[str, Any] = {"groups_per_step": 4, "rollouts_per_group": 4, "temperature": 0.7, "lora_rank": 16,
                                 "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6}
-# Config fields each mixed env keeps its own value of (its `ENV_DEFAULTS`, else the run's) unless the flag is given.
+# Config fields each mixed env keeps its own value of (its spec's default, else the run's) unless the flag is given.
 PER_ENV_FIELDS = ("max_tokens", "max_steps")
-RATIO_TOLERANCE = 1e-6
 
 
-class MixError(EnvFlagError):
-    """A bad --mix, or a flag that does not go with it; the message names the flag."""
+@dataclass(frozen=True)
+class MixedEnv:
+    """One env of a mix: its typed options (None for an env without any) and its own turn limits."""
+
+    options: Any
+    max_tokens: int
+    max_steps: int | None
+
+
+@dataclass(frozen=True)
+class MixOptions:
+    """A mixed run's `cfg.env_options`: env -> its `MixedEnv` (envs/mix/composite.py `env_config` reads it)."""
+
+    envs: Mapping[str, MixedEnv]
+
+    def __getitem__(self, env: str) -> MixedEnv:
+        return self.envs[env]
+
+    def validate(self) -> None:
+        """Each env's own check (envs/options.py `check_options` calls this for a mixed run)."""
+        for entry in self.envs.values():
+            check_options(entry.options)
+
+    def hash_view(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """As mixed runs have always been hashed: per env, its options and turn limits under env_options."""
+        top: dict[str, Any] = {}
+        own: dict[str, Any] = {}
+        for env, entry in self.envs.items():
+            env_top, env_own = hash_view(entry.options)
+            top |= env_top
+            own[env] = env_own | {"max_tokens": entry.max_tokens, "max_steps": entry.max_steps}
+        return top, own
 
 
 def parse_mix(text: str) -> dict[str, float]:
     """'gmsh=0.3,r2e=0.4,openspiel=0.3' -> {env: share}, sorted by env; MixError naming --mix otherwise."""
-    shares: dict[str, float] = {}
-    choices = ", ".join(sorted(ENVS))
-    for item in (part.strip() for part in text.split(",")):
-        name, sep, value = (piece.strip() for piece in item.partition("="))
-        if not sep or not name:
-            raise MixError(f"--mix: {item!r} is not ENV=RATIO (e.g. --mix toy=0.5,openspiel=0.5)")
-        if name not in ENVS:
-            raise MixError(f"--mix: unknown env {name!r}; choose from {choices}")
-        if name in shares:
-            raise MixError(f"--mix: {name} is given twice")
-        try:
-            share = float(value)
-        except ValueError:
-            raise MixError(f"--mix: {name}={value!r} is not a number") from None
-        if not (share > 0 and math.isfinite(share)):
-            raise MixError(f"--mix: {name}={value} must be a ratio above 0")
-        shares[name] = share
-    if abs(sum(shares.values()) - 1) > RATIO_TOLERANCE:
-        raise MixError(f"--mix: the ratios sum to {sum(shares.values()):.10g}, not 1")
-    return dict(sorted(shares.items()))
+    return parse_shares(text, env_names())
 
 
-def format_mix(shares: dict[str, float]) -> str:
-    """The canonical spelling kept in the config (so the same mix in another order has the same config hash).
-    Shares keep 15 significant digits (every ratio typed with up to 15 reads back as itself): a rounded spelling
-    would change the shares drawn by, and could fail the sum check the config gets again (`mix_problem`)."""
-    return ",".join(f"{env}={share:.15g}" for env, share in shares.items())
+def mix_env(text: str) -> EnvSpec:
+    """The composite env of `--mix TEXT` (envs/mix/composite.py)."""
+    return composite_env(parse_mix(text), load_spec)
 
 
 def mix_problem(env: str, mix: str) -> str | None:
@@ -84,8 +86,8 @@ def mix_problem(env: str, mix: str) -> str | None:
     return None if env == MIX else f"--mix: the run's env is the mix; leave --env out (got --env {env})"
 
 
-def mix_config_values(values: dict[str, Any], given: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A mixed run's parsed flags -> (the config fields, env_options: {env: its own flags and PER_ENV_FIELDS})."""
+def mix_config_values(values: dict[str, Any], given: set[str]) -> tuple[dict[str, Any], MixOptions]:
+    """A mixed run's parsed flags -> (the config fields, its typed options: per env, its options and limits)."""
     shares = parse_mix(values["mix"])
     if "env" in given and values["env"] != MIX:
         raise MixError(f"--mix: the run's env is the mix; leave --env out (got --env {values['env']})")
@@ -93,117 +95,10 @@ def mix_config_values(values: dict[str, Any], given: set[str]) -> tuple[dict[str
         raise MixError("--dataset names one env's data; with --mix every env loads its own (leave --dataset out)")
     values = {**values, "env": MIX, "mix": format_mix(shares)}
     values |= {key: value for key, value in MIX_DEFAULTS.items() if key not in given}
-    options: dict[str, Any] = {}
+    envs: dict[str, MixedEnv] = {}
     for env in shares:
-        defaults = {key: value for key, value in ENV_DEFAULTS.get(env, {}).items() if key not in given}
-        _, own = split_env_options({**values, **defaults}, env, given, mixed=tuple(shares))
-        options[env] = own | {key: defaults.get(key, values[key]) for key in PER_ENV_FIELDS}
-    common, _ = split_env_options(values, next(iter(shares)), given, mixed=tuple(shares))
-    return common, options
-
-
-def env_config(cfg: Any, env: str) -> Any:
-    """The run's config as `env` alone would see it: its name, its own options and turn limits."""
-    entry = dict((cfg.env_options or {}).get(env) or {})
-    limits = {key: entry.pop(key) for key in PER_ENV_FIELDS if key in entry}
-    return dataclasses.replace(cfg, env=env, mix=None, env_options=entry, **limits)
-
-
-def env_of(group: Any) -> str:
-    """A group's env, from its scenario id (`<env>/<id>`), known even when every rollout of it failed."""
-    return str(group.metadata.get("scenario_id", "")).partition("/")[0]
-
-
-def mixed_scenario(env: str, scenario: Scenario, settings: dict[str, int]) -> Scenario:
-    return Scenario(id=f"{env}/{scenario.id}", prompt=scenario.prompt,
-                    data={ENV_KEY: env, "scenario": scenario, "settings": settings})
-
-
-def mix_env(text: str) -> EnvSpec:
-    """The composite env of `--mix TEXT`: its parts' specs, dispatched by each scenario's env."""
-    shares = parse_mix(text)
-    specs = {env: get_env(env) for env in shares}
-
-    def load(cfg: Any, split: str) -> list[Scenario]:
-        scenarios: list[Scenario] = []
-        for env, spec in specs.items():
-            view = env_config(cfg, env)
-            if split == "train":
-                own = spec.load_scenarios(view)
-                if not own:
-                    raise DatasetError(f"--mix: {env} loaded no scenarios")
-            else:
-                own = spec.load_val(view) if spec.load_val is not None else []
-            settings = {"max_steps": view.max_steps or spec.default_max_steps, "max_tokens_per_turn": view.max_tokens}
-            scenarios += [mixed_scenario(env, s, settings) for s in own]
-        return scenarios
-
-    async def rollout(ctx: Any, scenario: Scenario) -> Any:
-        env = scenario.data[ENV_KEY]
-        ctx.client()  # the run's model client, made on the run's context so the copies share it (the run closes it)
-        own = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, **scenario.data["settings"]))
-        trajectory = await specs[env].rollout(own, scenario.data["scenario"])
-        trajectory.logs.append(f"mix: env {env}")
-        return trajectory
-
-    @contextlib.asynccontextmanager
-    async def services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
-        async with contextlib.AsyncExitStack() as stack:
-            merged: dict[str, Any] = {}
-            owners: dict[str, str] = {}
-            for env, spec in specs.items():
-                if spec.services is None:
-                    continue
-                started = await stack.enter_async_context(spec.services(env_config(cfg, env)))
-                for name in started:
-                    if name in merged:
-                        raise RuntimeError(f"--mix: {owners[name]} and {env} both name a service {name!r}")
-                    owners[name] = env
-                merged |= started
-            yield merged
-
-    def step_metrics(groups: list[Any]) -> dict[str, float]:
-        """Per env: its generic figures, its share of the step, its pass rate and its own figures."""
-        from rollouts.evaluate import PASS_REWARD
-        from rollouts.metrics import step_metrics as generic
-
-        figures: dict[str, float] = {}
-        for env, spec in specs.items():
-            mine = [g for g in groups if env_of(g) == env]
-            own = {"groups": float(len(mine))}
-            if mine:
-                own |= generic(mine, sum(len(g.trajectories) + len(g.exceptions) for g in mine))
-                rewards = [t.reward for g in mine for t in g.trajectories]
-                if rewards:
-                    own["pass_rate"] = sum(r >= PASS_REWARD - 1e-9 for r in rewards) / len(rewards)
-                if spec.step_metrics is not None:
-                    own |= spec.step_metrics(mine)
-            # an env's own figures may carry its name already (`openspiel/legal_rate`): one prefix, not two
-            figures |= {key if key.startswith(f"{env}/") else f"{env}/{key}": value for key, value in own.items()}
-        return figures
-
-    demo_specs = {env: spec for env, spec in specs.items() if spec.write_demos is not None}
-
-    def write_demos(cfg: Any, out: Path) -> None:
-        """Every env's demonstrations, one file after another (written aside, then renamed: a kill leaves none)."""
-        parts = []
-        for env, spec in demo_specs.items():
-            part = out.with_name(f".{out.stem}.{env}{out.suffix}")  # an env may check the suffix (.jsonl)
-            spec.write_demos(env_config(cfg, env), part)  # type: ignore[misc]
-            parts.append(part)
-        tmp = out.with_name(f".{out.name}.tmp")
-        with tmp.open("w") as joined:
-            for part in parts:
-                text = part.read_text()
-                joined.write(text if not text or text.endswith("\n") else text + "\n")
-                part.unlink()
-        os.replace(tmp, out)
-
-    return EnvSpec(
-        name=MIX, load_scenarios=lambda cfg: load(cfg, "train"), rollout=rollout,
-        default_max_steps=max(spec.default_max_steps for spec in specs.values()),
-        services=services if any(spec.services for spec in specs.values()) else None,
-        step_metrics=step_metrics, load_val=lambda cfg: load(cfg, "val"),
-        runs_model_code=any(spec.runs_model_code for spec in specs.values()),
-        write_demos=write_demos if demo_specs else None,
-        make_cursor=lambda saved: MixCursor.restore(saved, shares))
+        defaults = {key: value for key, value in load_spec(env).defaults.items() if key not in given}
+        _, options = resolve_env_options(env, {**values, **defaults}, given, mixed=tuple(shares))
+        envs[env] = MixedEnv(options, *(defaults.get(key, values[key]) for key in PER_ENV_FIELDS))
+    common, _ = resolve_env_options(next(iter(shares)), values, given, mixed=tuple(shares))
+    return common, MixOptions(envs)

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from envs.openspiel.flags import GameOptions, add_flags, validate
+from envs.openspiel.options import GameOptions
+from envs.options import add_option_flags, build_options, check_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +24,11 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--out", type=Path, required=True)
         command.add_argument("--split", default="all" if name == "tasks" else "train", help="train, val or all")
         command.add_argument("--seed", type=int, default=0, help="as train.py's --seed: the same tasks")
-        add_flags(command.add_argument_group("game"))
+        add_option_flags(command.add_argument_group("game"), GameOptions)
     args = parser.parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "out", "split", "seed")}
     try:
-        validate(options)
-        opts = GameOptions.from_options(options)
+        opts = build_options(GameOptions, vars(args))
+        check_options(opts)
         if args.command == "tasks":
             from envs.openspiel.export import write_tasks
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             from envs.openspiel.export import write_demos
 
             count = len(write_demos(args.out, opts, args.seed, args.split))
-    except ValueError as exc:
+    except ValueError as exc:  # a bad flag value (EnvFlagError) or case
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {count} {args.command} to {args.out}")

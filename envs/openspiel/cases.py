@@ -10,10 +10,9 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
-from envs.openspiel.flags import GameOptions
 from envs.scenario import DatasetError
 
 # Each checked with pyspiel.load_game against open-spiel 2.0.2 (tests/test_openspiel.py loads them all).
@@ -29,6 +28,16 @@ DEFAULT_CASES: tuple[str, ...] = (
 )
 
 INSTALL_HINT = "install it with `uv sync` (open-spiel==2.0.2 is a base dependency) or `pip install open-spiel==2.0.2`"
+
+
+class CaseChoice(Protocol):
+    """What picks a run's cases (the env's GameOptions): each a list of case strings as given, or None."""
+
+    @property
+    def game_cases(self) -> Sequence[str] | None: ...
+
+    @property
+    def game_types(self) -> Sequence[str] | None: ...
 
 
 class CaseError(DatasetError):
@@ -92,15 +101,34 @@ def check_case(case: str, flag: str) -> Any:
     return game
 
 
-def resolve_cases(options: GameOptions) -> list[str]:
+def split_cases(values: str | Sequence[str]) -> list[str]:
+    """Load strings hold commas (`dots_and_boxes(num_rows=3,num_cols=3)`), so a list is split only on the commas
+    outside parentheses; each item may itself be such a list. Whitespace is dropped, empty items too."""
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        depth, current = 0, ""
+        for char in item:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                out.append(current)
+                current = ""
+            else:
+                current += char
+        out.append(current)
+    return ["".join(c.split()) for c in out if c.strip()]
+
+
+def resolve_cases(options: CaseChoice) -> list[str]:
     """The cases this run uses, each checked. A type that is a short name selects every case of the list with
     that game (the game with its default parameters when the list has none); a full load string is that case.
     Order: the list's for each type, types in the order given; duplicates are dropped."""
-    listed = [normalize(c) for c in options.game_cases] or list(DEFAULT_CASES)
-    for case in options.game_cases:
+    given, types = split_cases(options.game_cases or ()), split_cases(options.game_types or ())
+    listed = [normalize(c) for c in given] or list(DEFAULT_CASES)
+    for case in given:
         check_case(normalize(case), "--game-cases")
     chosen: list[str] = []
-    for kind in (normalize(t) for t in options.game_types):
+    for kind in (normalize(t) for t in types):
         if "(" in kind:
             chosen.append(kind)
             continue
@@ -108,5 +136,5 @@ def resolve_cases(options: GameOptions) -> list[str]:
         chosen.extend(matches or [kind])
     chosen = list(dict.fromkeys(chosen or listed))
     for case in chosen:
-        check_case(case, "--game-types" if options.game_types else "--game-cases")
+        check_case(case, "--game-types" if types else "--game-cases")
     return chosen

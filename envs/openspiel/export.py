@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envs.openspiel.flags import GameOptions
 from envs.openspiel.moves import SYSTEM_PROMPT, answer
+from envs.openspiel.options import GameOptions
 from envs.openspiel.tasks import load_tasks, replay
 from envs.scenario import DatasetError, Scenario
 

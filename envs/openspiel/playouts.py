@@ -14,7 +14,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from envs.openspiel.flags import GameOptions
+from envs.openspiel.options import GameOptions
 from envs.openspiel.reward import Playout, next_move, play_out, warm_up
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from envs.openspiel.cases import load_game
 from envs.openspiel.export import demo_action
-from envs.openspiel.flags import GameOptions
 from envs.openspiel.moves import answer
+from envs.openspiel.options import GameOptions
 from envs.probes import RewardProbe
 from envs.scenario import Scenario
 

@@ -26,15 +26,15 @@ import openai
 
 from agent.budget import approx_tokens, trim_messages
 from envs.openspiel.cases import load_game
-from envs.openspiel.flags import GameOptions
 from envs.openspiel.moves import SYSTEM_PROMPT, ParsedMove, describe_state, legal_actions, parse_move, retry_prompt
+from envs.openspiel.options import GameOptions
 from envs.openspiel.playouts import PlayoutPool
 from envs.openspiel.reward import choose, game_reward, legal_reward, mapped_return, outcome_reward
 from envs.openspiel.tasks import replay
+from envs.options import options_for
 from envs.scenario import Scenario
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
-from rollouts.registry import env_options
 
 
 @dataclass
@@ -46,7 +46,7 @@ class GameRuntime:
 
 
 def options_of(cfg: Any) -> GameOptions:
-    return GameOptions.from_options(env_options(cfg, "openspiel"))
+    return options_for(cfg, GameOptions)
 
 
 @contextlib.asynccontextmanager

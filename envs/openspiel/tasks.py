@@ -16,8 +16,8 @@ import re
 from typing import Any
 
 from envs.openspiel.cases import load_game, resolve_cases
-from envs.openspiel.flags import GameOptions
 from envs.openspiel.moves import describe_state, legal_actions
+from envs.openspiel.options import GameOptions
 from envs.scenario import DatasetError, Scenario
 
 MAX_ATTEMPTS = 200

@@ -21,7 +21,8 @@ import art
 
 from agent.executor import Executor, ExecutorReply
 from agent.openai_executor import ExecutorOwner
-from envs.planner.flags import PlannerOptions
+from envs.options import options_for
+from envs.planner.options import PlannerOptions
 from envs.planner.plan import PLANNER_SYSTEM_PROMPT, MalformedPlan, Plan, combine_messages, parse_plan, solve_messages
 from envs.planner.problems import load
 from envs.planner.reward import (
@@ -37,11 +38,10 @@ from envs.planner.reward import (
 from envs.scenario import Scenario
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
-from rollouts.registry import env_options
 
 
 def options_of(cfg: Any) -> PlannerOptions:
-    return PlannerOptions.from_options(env_options(cfg, "planner"))
+    return options_for(cfg, PlannerOptions)
 
 
 @dataclass

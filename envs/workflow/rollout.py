@@ -23,20 +23,20 @@ import art
 
 from agent.executor import Executor, ExecutorError
 from agent.openai_executor import ExecutorOwner
+from envs.options import options_for
 from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks
-from envs.workflow.flags import WorkflowOptions
+from envs.workflow.options import WorkflowOptions
 from envs.workflow.prompts import DEMO_WORKFLOWS, WORKFLOW_SYSTEM_PROMPT, workflow_code, workflow_task
 from envs.workflow.reward import NONE, TIER_NAMES, Score, score_code, score_math, score_qa
 from envs.workflow.runner import WorkflowLimits, WorkflowRun, run_workflow
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
-from rollouts.registry import env_options
 
 
 def options_of(cfg: Any) -> WorkflowOptions:
-    return WorkflowOptions.from_options(env_options(cfg, "workflow"))
+    return options_for(cfg, WorkflowOptions)
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from envs.registry import get_env
 from envs.workflow.probes import CHEATS as WORKFLOW_CHEATS
 from rollouts.preflight import PreflightResult, run_preflight, sample_scenarios
-from rollouts.registry import get_env
 from trainer.cli import config_from_args
 
 CASES: dict[str, list[str]] = {
@@ -101,7 +101,7 @@ def test_a_cheat_scores_no_more_than_doing_nothing(results, case, cheat):
 
 async def test_a_code_answer_cannot_decide_its_own_verdict(tmp_path):
     """Before: the harness ran the tests in the answer's process, so rebinding `exec`, reading the nonce from the
-    harness's globals or returning an object equal to everything passed every test (measured: 1.0)."""
+    harness's globals or returning an object equal to everything passed every test: the full reward."""
     from envs.workflow.code_check import check_code
     from envs.workflow.reward import score_code
 
@@ -125,7 +125,7 @@ async def test_a_code_answer_cannot_decide_its_own_verdict(tmp_path):
 
 def test_planner_plans_that_game_a_term_are_malformed_and_the_generators_are_not():
     """Before: a plan dictating the answer, one with fake executor fields, and unrelated subproblems farming the
-    independence term all scored as well-formed plans (measured: 1.2-1.5 with an executor that copies)."""
+    independence term all scored as well-formed plans and earned reward with an executor that copies."""
     from envs.planner.plan import MalformedPlan, parse_plan
     from envs.planner.problems import generate
     from envs.planner.reward import plan_problem

@@ -6,9 +6,10 @@ import time
 
 import art
 import pytest
+from art.utils.network import find_free_tcp_port
 from fastapi import FastAPI
 
-from backends.openai_server import ServerThread, free_port
+from backends.openai_server import ServerThread
 from envs.gmsh.client import GmshClient, ServiceUnavailable
 from envs.gmsh.rollout import rollout as gmsh_rollout
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks
@@ -50,7 +51,7 @@ async def _gather(scenario, urls, token, reply, count=8):
 
 
 async def test_a_dead_node_is_skipped_and_every_rollout_completes(cylinder):
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{find_free_tcp_port()}"
     with ServiceProcess("envs.gmsh.service", "--workers", "2") as live:
         groups = await _gather(cylinder, [dead, live.url], live.token, _reply(cylinder))
     assert len(groups[0].trajectories) == 8 and not groups[0].exceptions

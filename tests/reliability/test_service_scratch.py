@@ -21,9 +21,10 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from envs.gmsh.options import GmshOptions
 from envs.r2e.cache import build_from_samples, read_index
+from envs.registry import get_env
 from monitor.health import HealthLimits, HealthMonitor, RunDir
-from rollouts.registry import get_env
 from sandbox.launch import PIDS_CGROUP_ROOT
 from services.owned_dir import ScratchDir
 from services.process import ROOT, ServiceProcess
@@ -89,9 +90,9 @@ def test_r2e_test_service_killed_mid_test_leaves_nothing_after_next_start(tmp_pa
 
 
 def test_trainer_started_service_keeps_its_scratch_in_the_rollout_root(tmp_path):
-    """The registry starts the local service with --scratch-root at the rollout root (the run's folder in
+    """The gmsh spec starts the local service with --scratch-root at the rollout root (the run's folder in
     training), so the trainer's sweep of a dead run covers the service's temp dirs too."""
-    cfg = SimpleNamespace(gmsh_url=[], max_concurrent=1, rollout_root=str(tmp_path / "run"))
+    cfg = SimpleNamespace(env_options=GmshOptions(gmsh_url=()), max_concurrent=1, rollout_root=str(tmp_path / "run"))
 
     async def go() -> list[Path]:
         async with get_env("gmsh").services(cfg):
