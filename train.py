@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     from backends.policy import CheckpointError
     from backends.smollm2 import EmbeddedModelError
     from backends.trainer_model import StateFileError
-    from envs.scenario import DatasetError
     from rollouts.gather import StepFailed
-    from rollouts.preflight import RewardCheckFailed
+    from rollouts.scenario import DatasetError
     from sandbox.run import SandboxUnavailable
+    from trainer.reward_check import RewardCheckFailed
     from trainer.sft_stage import SFTDataError
 
     try:

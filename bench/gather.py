@@ -47,10 +47,10 @@ import psutil  # noqa: E402
 from art.utils.network import find_free_tcp_port  # noqa: E402
 
 from bench.figures import figure  # noqa: E402
-from envs.scenario import Scenario  # noqa: E402
 from envs.toy.rollout import rollout  # noqa: E402
 from rollouts.context import RolloutContext, RolloutSettings  # noqa: E402
 from rollouts.gather import GatherLimits, freeze_startup_heap, gather_step  # noqa: E402
+from rollouts.scenario import Scenario  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {8: ">= 0.95", 32: ">= 0.95", 64: ">= 0.95", 256: ">= 0.90"}

@@ -8,21 +8,16 @@ gmsh) is imported here or at the top of a spec module; a spec's functions import
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
+from rollouts.scenario import RolloutFn, Scenario
 
-if TYPE_CHECKING:
-    import art
-
-    from rollouts.context import RolloutContext
-
-RolloutFn = Callable[["RolloutContext", Scenario], Awaitable["art.Trajectory"]]
+__all__ = ["EnvFlagError", "EnvSpec", "RolloutFn", "UnknownEnvError"]  # RolloutFn: the rollout kit's, re-exported
 
 
 class UnknownEnvError(ValueError):

@@ -290,7 +290,7 @@ def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
 
 
 def reward_check_text(record: Any) -> str:
-    """One line for state.json's `reward_check` (rollouts/preflight.py): skipped, failed with its reason, or each
+    """One line for state.json's `reward_check` (trainer/reward_check.py): skipped, failed with its reason, or each
     env's worst oracle, do-nothing and best cheat."""
     if not isinstance(record, dict) or not record:
         return '<span class="muted">not run</span>'

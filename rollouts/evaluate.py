@@ -7,11 +7,10 @@ from typing import Any
 
 import art
 
-from envs.scenario import Scenario
-from envs.spec import RolloutFn
 from rollouts.context import RolloutContext
 from rollouts.gather import GatherLimits, gather_step
 from rollouts.metrics import step_metrics
+from rollouts.scenario import RolloutFn, Scenario
 
 PASS_REWARD = 1.0  # full marks: every expected test for r2e, the whole target for toy, a perfect mesh for gmsh
 

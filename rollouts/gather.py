@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import art
 from asyncio_throttle import Throttler
 
-from envs.scenario import Scenario
-from envs.spec import RolloutFn
 from rollouts.context import RolloutContext
+from rollouts.scenario import RolloutFn, Scenario
 
 
 class StepFailed(RuntimeError):

@@ -29,8 +29,8 @@ from envs.r2e.demos import CELL_TIMEOUT_S, DEMO_LIMITS, build_demos
 from envs.r2e.rollout import R2ESettings
 from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import filter_split, sample_split_ids, scenarios_from_rows
-from envs.scenario import Scenario
 from rollouts.context import RolloutContext, RolloutSettings
+from rollouts.scenario import Scenario
 from services.process import ROOT, ServiceProcess
 from tests.fake_openai_server import start_scripted_server
 from tests.helpers import subprocess_env

@@ -122,6 +122,15 @@ def test_every_flag_has_help_and_help_shows_no_empty_defaults():
         assert empty not in text
 
 
+def test_train_py_help_is_what_a_user_sees_with_real_defaults():
+    """`train.py --help` itself (not the parser in isolation): exit 0, the real defaults, nothing internal."""
+    done = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "(default: .art)" in done.stdout and "--env toy:" in done.stdout.replace("\n", " ")
+    for internal in ("object at 0x", "(default: None)", "(default: [])", "Traceback"):
+        assert internal not in done.stdout + done.stderr
+
+
 def test_help_has_a_group_per_concern_and_per_env():
     from envs.registry import env_names, load_spec
 

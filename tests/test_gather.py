@@ -5,11 +5,11 @@ import asyncio
 import art
 import pytest
 
-from envs.scenario import Scenario
 from envs.toy.rollout import rollout as toy_rollout
 from rollouts.context import RolloutContext, RolloutSettings
 from rollouts.gather import GatherLimits, StepFailed, gather_step
 from rollouts.metrics import has_signal, step_metrics
+from rollouts.scenario import Scenario
 from tests.fake_openai_server import start_fake_server
 
 SCENARIOS = [Scenario(id=f"s{i}", prompt="Say a.", data={"target": "a"}) for i in range(4)]

@@ -19,9 +19,9 @@ from envs.gmsh.rollout import rollout as gmsh_rollout
 from envs.gmsh.rollout import validation_metrics
 from envs.gmsh.tasks import KINDS, ensure_default_tasks, load_tasks
 from envs.gmsh.wire import RunRequest
-from envs.scenario import DatasetError
 from rollouts.context import RolloutContext, RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
+from rollouts.scenario import DatasetError
 from services.process import ROOT, ServiceProcess
 from tests.fake_openai_server import start_fake_server
 from tests.gmsh_scripts import reference_script

@@ -21,8 +21,8 @@ from envs.mix.cursor import EnvPosition, MixCursor, deal
 from envs.mix.mix import env_config, mix_env
 from envs.openspiel.options import GameOptions
 from envs.registry import get_env
-from envs.scenario import Scenario
 from monitor.report import panels
+from rollouts.scenario import Scenario
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
 from trainer.cli import config_from_args
 from trainer.config import ConfigError

@@ -31,8 +31,8 @@ from envs.planner.reward import (
     planner_reward,
     tfidf_vectors,
 )
-from envs.scenario import DatasetError
 from rollouts.context import RolloutSettings
+from rollouts.scenario import DatasetError
 from tests.fake_openai_server import completion_body, start_scripted_server
 from tests.helpers import ROOT, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
 

@@ -18,9 +18,9 @@ from envs.r2e.reward import binary_test_reward, parse_pytest_output, partial_tes
 from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import scenarios_from_rows
 from envs.r2e.wire import TestRequest
-from envs.scenario import DatasetError
 from rollouts.context import RolloutSettings
 from rollouts.gather import GatherLimits, gather_step
+from rollouts.scenario import DatasetError
 from sandbox.run import SandboxLimits
 from tests.r2e_rollouts import fix_reply, r2e_context
 

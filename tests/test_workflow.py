@@ -13,12 +13,12 @@ import pytest
 from openai.types.chat.chat_completion import ChatCompletionMessage, Choice
 
 from agent.executor import ExecutorError, ExecutorReply
-from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks, math_scenarios, mix, read_dataset
 from envs.workflow.options import parse_ratios
 from envs.workflow.reward import CodeOutcome, final_number, score_code, score_math, score_qa
 from envs.workflow.runner import WorkflowLimits, run_workflow
+from rollouts.scenario import DatasetError, Scenario
 from sandbox.run import bwrap_available
 from tests.helpers import history_steps, read_state, run_train
 

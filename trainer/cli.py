@@ -167,6 +167,7 @@ def parse_command_line(argv: Sequence[str] | None = None) -> CommandLine:
     from_file = _config_file_values(parser, argv)
     if from_file.get("experiment_name") is not None:  # required on the command line only when no file holds it
         next(a for a in parser._actions if a.dest == "experiment_name").required = False
+    parser.parse_args(argv)  # --help (with the real defaults) and a bad flag end here, before the probe below
     typed = explicit_flags(parser, argv)
     parser.set_defaults(**{k: v for k, v in from_file.items() if k not in typed})  # a typed list replaces the file's
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from trainer.schedule import TemperatureSchedule
 if TYPE_CHECKING:  # heavy (ART): the loop imports them when it runs
     import art
 
-    from envs.scenario import Scenario
+    from rollouts.scenario import Scenario
 
 
 class StepFigures(Protocol):

@@ -160,8 +160,8 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
             figures = await the_run.evaluate(at, "only")
             print(json.dumps({"eval_step": at, "scenarios": len(the_run.val), **figures}, indent=2), flush=True)
             return model.read_state() or {}
-        if not config.sft_only:  # the reward preflight: before any training, SFT included (rollouts/preflight.py)
-            from rollouts.preflight import before_training
+        if not config.sft_only:  # the reward preflight: before any training, SFT included (trainer/reward_check.py)
+            from trainer.reward_check import before_training
 
             the_run.reward_check = await before_training(config, the_run.ctx.services, model,
                                                          model.read_state() or {})
@@ -242,7 +242,7 @@ async def _check_rewards(config: ExperimentConfig) -> dict[str, Any]:
     """Each env's services started as training starts them, its probes scored, a table printed; raises
     RewardCheckFailed (exit 1) when the reward does not separate them."""
     from envs.registry import get_env
-    from rollouts.preflight import check_standalone, report_results, state_record
+    from trainer.reward_check import check_standalone, report_results, state_record
 
     if get_env(config.env, config.mix).runs_model_code:
         _require_sandbox(config)

@@ -16,10 +16,10 @@ if TYPE_CHECKING:  # heavy (ART, torch): only the wiring imports them, once the 
     import art
 
     from backends.trainer_model import TrainerModel
-    from envs.scenario import Scenario
     from envs.spec import EnvSpec
     from rollouts.context import RolloutContext
     from rollouts.gather import GatherLimits
+    from rollouts.scenario import Scenario
 
 
 @dataclass

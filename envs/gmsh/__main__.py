@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "demos":
         from envs.gmsh.demos import write_demos
-        from envs.scenario import DatasetError
+        from rollouts.scenario import DatasetError
 
         try:
             written = write_demos(args.out, args.split, args.count, args.seed, args.tasks_dir, args.url, args.token,

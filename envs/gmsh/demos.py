@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.prompts import GMSH_SYSTEM_PROMPT
 from envs.gmsh.tasks import SPLIT_FILES, ensure_default_tasks, split_tasks
-from envs.scenario import DatasetError, Scenario
+from rollouts.scenario import DatasetError, Scenario
 
 __all__ = ["SPLIT_FILES", "build_demos", "conversation", "demo_script", "split_tasks", "write_demos"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
+from rollouts.scenario import Scenario
 
 DO_NOTHING = "print('nothing to do')\n"
 

@@ -17,9 +17,9 @@ from agent.prompts import GMSH_SYSTEM_PROMPT, gmsh_feedback
 from envs.gmsh.client import GmshClient, ServiceUnavailable
 from envs.gmsh.reward import LOW_END, gmsh_reward
 from envs.gmsh.wire import RunRequest
-from envs.scenario import Scenario
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
+from rollouts.scenario import Scenario
 
 SCRIPT_TIMEOUT_S = 30.0
 NO_CODE_NUDGE = "No code found. Reply with one ```python block."

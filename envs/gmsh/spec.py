@@ -14,8 +14,8 @@ from typing import Any
 from envs.gmsh.options import GmshOptions
 from envs.gmsh.probes import reward_probes
 from envs.options import options_for
-from envs.scenario import DatasetError, Scenario
 from envs.spec import EnvSpec
+from rollouts.scenario import DatasetError, Scenario
 
 
 def task_file(cfg: Any, split: str) -> Path:

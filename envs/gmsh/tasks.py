@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs.gmsh.reward import expected_elements
-from envs.scenario import DatasetError, Scenario
+from rollouts.scenario import DatasetError, Scenario
 
 COLUMNS = ["task_id", "kind", "prompt", "geometry_file", "requirements", "bbox", "characteristic_length"]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from envs.mix.cursor import ENV_KEY, MixCursor
-from envs.scenario import DatasetError, Scenario
 from envs.spec import EnvFlagError, EnvSpec
+from rollouts.scenario import DatasetError, Scenario
 
 MIX = "mix"  # the env name of a mixed run (also envs.registry.MIX)
 RATIO_TOLERANCE = 1e-6

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.scenario import Scenario
+from rollouts.scenario import Scenario
 
 ENV_KEY = "env"  # a mixed scenario's data names its env under this key
 

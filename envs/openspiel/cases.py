@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from envs.scenario import DatasetError
+from rollouts.scenario import DatasetError
 
 # Each checked with pyspiel.load_game against open-spiel 2.0.2 (tests/test_openspiel.py loads them all).
 DEFAULT_CASES: tuple[str, ...] = (

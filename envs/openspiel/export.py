@@ -16,7 +16,7 @@ from typing import Any
 from envs.openspiel.moves import SYSTEM_PROMPT, answer
 from envs.openspiel.options import GameOptions
 from envs.openspiel.tasks import load_tasks, replay
-from envs.scenario import DatasetError, Scenario
+from rollouts.scenario import DatasetError, Scenario
 
 SPLITS = ("train", "val", "all")
 

@@ -15,7 +15,7 @@ from envs.openspiel.export import demo_action
 from envs.openspiel.moves import answer
 from envs.openspiel.options import GameOptions
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
+from rollouts.scenario import Scenario
 
 
 def reward_probes(options: GameOptions, scenario: Scenario) -> list[RewardProbe]:

@@ -32,9 +32,9 @@ from envs.openspiel.playouts import PlayoutPool
 from envs.openspiel.reward import choose, game_reward, legal_reward, mapped_return, outcome_reward
 from envs.openspiel.tasks import replay
 from envs.options import options_for
-from envs.scenario import Scenario
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
+from rollouts.scenario import Scenario
 
 
 @dataclass

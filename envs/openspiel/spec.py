@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from envs.openspiel.options import GameOptions
-from envs.scenario import Scenario
 from envs.spec import EnvSpec
+from rollouts.scenario import Scenario
 
 
 def _load(cfg: Any) -> list[Scenario]:

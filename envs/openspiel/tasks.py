@@ -18,7 +18,7 @@ from typing import Any
 from envs.openspiel.cases import load_game, resolve_cases
 from envs.openspiel.moves import describe_state, legal_actions
 from envs.openspiel.options import GameOptions
-from envs.scenario import DatasetError, Scenario
+from rollouts.scenario import DatasetError, Scenario
 
 MAX_ATTEMPTS = 200
 

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
+from rollouts.scenario import Scenario
 
 PADDING = ("What colour is the sky on a clear day?", "How many legs does a spider have?",
            "Which ocean lies west of Portugal?", "What is the capital of Japan?", "What do bees make?")

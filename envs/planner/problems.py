@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from envs.scenario import DatasetError, Scenario
+from rollouts.scenario import DatasetError, Scenario
 
 GSM8K = "gsm8k"
 _NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Isla", "Jonas", "Kemi", "Liam")

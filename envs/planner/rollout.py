@@ -35,9 +35,9 @@ from envs.planner.reward import (
     plan_problem,
     planner_reward,
 )
-from envs.scenario import Scenario
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
+from rollouts.scenario import Scenario
 
 
 def options_of(cfg: Any) -> PlannerOptions:
@@ -159,7 +159,7 @@ def load_scenarios(cfg: Any, split: str = "train") -> list[Scenario]:
 
 def write_demos(cfg: Any, out: Any) -> None:
     from envs.planner.problems import write_demos as write
-    from envs.scenario import DatasetError
+    from rollouts.scenario import DatasetError
 
     if cfg.dataset:
         raise DatasetError("--sft-demos: planner demonstrations exist for the generated problems only; with "

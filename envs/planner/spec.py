@@ -12,8 +12,8 @@ from typing import Any
 
 from envs.planner.options import PlannerOptions
 from envs.planner.probes import reward_probes
-from envs.scenario import Scenario
 from envs.spec import EnvSpec
+from rollouts.scenario import Scenario
 
 
 def _load(cfg: Any) -> list[Scenario]:

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from envs.scenario import DatasetError
+from rollouts.scenario import DatasetError
 
 
 async def _score(args: argparse.Namespace, url: str, token: str) -> dict:

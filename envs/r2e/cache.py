@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.r2e.data import R2ERow, validate_rows
-from envs.scenario import DatasetError
+from rollouts.scenario import DatasetError
 
 SAMPLES = Path(__file__).with_name("samples")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from envs.scenario import DatasetError
+from rollouts.scenario import DatasetError
 
 HUB_DATASET = "R2E-Gym/R2E-Gym-Lite"
 SPLITS = ("train", "dev_10pr_v1", "dev_100pr_v1")

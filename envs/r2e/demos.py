@@ -27,7 +27,7 @@ from envs.r2e.data import R2ERow
 from envs.r2e.repl import Repl
 from envs.r2e.reward import binary_test_reward
 from envs.r2e.scenarios import HELDOUT_SAMPLE_REPOS, SAMPLE_SPLITS, check_split, filter_split, sample_split_ids
-from envs.scenario import DatasetError
+from rollouts.scenario import DatasetError
 from sandbox.run import SandboxLimits
 
 __all__ = ["HELDOUT_SAMPLE_REPOS", "SAMPLE_SPLITS", "build_demos", "demonstrate", "filter_split", "plan_turns",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
+from rollouts.scenario import Scenario
 
 DO_NOTHING = "Nothing to change.\n```repl\nfinish()\n```"
 

@@ -26,9 +26,9 @@ from envs.r2e.protected import HIDDEN_FROM_MODEL, split_changes
 from envs.r2e.repl import Repl
 from envs.r2e.reward import REWARDS
 from envs.r2e.wire import TestRequest
-from envs.scenario import Scenario
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
+from rollouts.scenario import Scenario
 from sandbox.run import SandboxLimits
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.r2e.data import R2ERow
-from envs.scenario import DatasetError, Scenario
+from rollouts.scenario import DatasetError, Scenario
 
 
 def scenarios_from_rows(rows: list[R2ERow], cache_dir: Path, index: dict[str, dict[str, Any]]) -> list[Scenario]:

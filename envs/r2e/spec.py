@@ -14,8 +14,8 @@ from typing import Any
 from envs.options import options_for
 from envs.r2e.options import R2EOptions
 from envs.r2e.probes import reward_probes
-from envs.scenario import DatasetError, Scenario
 from envs.spec import EnvSpec
+from rollouts.scenario import DatasetError, Scenario
 
 
 def cache_dir(cfg: Any) -> Path:

@@ -13,7 +13,7 @@ import unicodedata
 from typing import Any
 
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
+from rollouts.scenario import Scenario
 
 REPLY_CHARS = 16  # the embedded toy budget: 16 tokens, and a target character is at least one token
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import art
 
 from agent.prompts import TOY_SYSTEM_PROMPT
-from envs.scenario import Scenario
 from envs.toy.reward import target_share
 from rollouts.context import RolloutContext
+from rollouts.scenario import Scenario
 
 
 async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:

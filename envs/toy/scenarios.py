@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from envs.scenario import DatasetError, Scenario
+from rollouts.scenario import DatasetError, Scenario
 
 PHRASINGS = [
     "Reply with the character '{c}' and nothing else.",

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from envs.options import options_for
-from envs.scenario import Scenario
 from envs.spec import EnvSpec
 from envs.toy.options import ToyOptions
 from envs.toy.probes import reward_probes
 from envs.toy.scenarios import load_scenarios
+from rollouts.scenario import Scenario
 
 
 def _load(cfg: Any) -> list[Scenario]:

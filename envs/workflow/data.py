@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from envs.scenario import DatasetError, Scenario
 from envs.workflow.reward import parse_number
+from rollouts.scenario import DatasetError, Scenario
 
 DOMAINS = ("math", "qa", "code")
 GSM8K = "gsm8k"

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
 from envs.workflow.prompts import DEMO_WORKFLOWS
+from rollouts.scenario import Scenario
 
 
 def _workflow(body: str) -> str:

@@ -24,7 +24,6 @@ import art
 from agent.executor import Executor, ExecutorError
 from agent.openai_executor import ExecutorOwner
 from envs.options import options_for
-from envs.scenario import DatasetError, Scenario
 from envs.workflow.code_check import check_code
 from envs.workflow.data import load_tasks
 from envs.workflow.options import WorkflowOptions
@@ -33,6 +32,7 @@ from envs.workflow.reward import NONE, TIER_NAMES, Score, score_code, score_math
 from envs.workflow.runner import WorkflowLimits, WorkflowRun, run_workflow
 from rollouts.context import RolloutContext
 from rollouts.logs import attach_turns, code_block
+from rollouts.scenario import DatasetError, Scenario
 
 
 def options_of(cfg: Any) -> WorkflowOptions:

@@ -10,10 +10,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from envs.scenario import Scenario
 from envs.spec import EnvSpec
 from envs.workflow.options import WorkflowOptions
 from envs.workflow.probes import reward_probes
+from rollouts.scenario import Scenario
 
 
 def _load(cfg: Any) -> list[Scenario]:

@@ -1,7 +1,7 @@
 """Cheats on toy, openspiel, planner and workflow score no more than doing nothing, and the oracle passes.
 
 Every probe of the envs' own lists (envs/toy/probes.py, envs/*/probes.py) goes through the env's real rollout and
-services, scripted in place of the model, by the reward preflight's own runner (rollouts/preflight.py). A cheat
+services, scripted in place of the model, by the reward preflight's own runner (trainer/reward_check.py). A cheat
 that finds the answer or forges a verdict would score above do-nothing here; so would one the reward credits by
 mistake. The workflow cheats read answers from the project tree, the environment and /proc: they score 0 because
 the sandbox shows model code none of it, and the code-task cheat because the harness cannot decide its verdict.
@@ -17,8 +17,8 @@ import pytest
 
 from envs.registry import get_env
 from envs.workflow.probes import CHEATS as WORKFLOW_CHEATS
-from rollouts.preflight import PreflightResult, run_preflight, sample_scenarios
 from trainer.cli import config_from_args
+from trainer.reward_check import PreflightResult, run_preflight, sample_scenarios
 
 CASES: dict[str, list[str]] = {
     "toy": ["--env", "toy"],

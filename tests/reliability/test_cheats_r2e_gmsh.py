@@ -32,8 +32,8 @@ from envs.r2e.rollout import R2ESettings
 from envs.r2e.rollout import rollout as r2e_rollout
 from envs.r2e.scenarios import scenarios_from_rows
 from envs.registry import get_env
-from envs.scenario import Scenario
 from rollouts.context import RolloutContext, RolloutSettings
+from rollouts.scenario import Scenario
 from services.process import ROOT, ServiceProcess
 from tests.fake_openai_server import start_scripted_server
 from tests.helpers import subprocess_env

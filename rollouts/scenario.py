@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import art
+
+    from rollouts.context import RolloutContext
 
 
 @dataclass(frozen=True)
@@ -15,3 +21,7 @@ class Scenario:
 
 class DatasetError(ValueError):
     """A dataset row is unusable; raised before training starts, naming the row and the field."""
+
+
+# How an env runs one rollout of a scenario: the agent loop, ending in a scored trajectory.
+RolloutFn = Callable[["RolloutContext", Scenario], Awaitable["art.Trajectory"]]

@@ -31,8 +31,8 @@ from openai.types.chat.chat_completion_message import ChatCompletionMessage
 
 from agent.executor import ExecutorReply
 from envs.probes import RewardProbe
-from envs.scenario import Scenario
 from rollouts.context import RolloutContext, RolloutSettings
+from rollouts.scenario import Scenario
 
 DEFAULT_SCENARIOS = 3
 STATE_KEY = "reward_check"  # state.json's record of the check (trainer/run.py skips a passed one on resume)
