@@ -6,7 +6,7 @@ rollouts: a gather's slot workers, one per slot it may fill (at most `max_concur
 run-wide semaphore and runs the gather's rollouts one after another until none is left, so a rollout that ends hands
 its slot to the next one within the same task: no second task has to be woken and scheduled (an event-loop pass
 later, behind everything else that is ready) before the next request goes out, and no task per rollout is made up
-front (2,560 of them took ~23 ms before the first request at 256 in flight). A gather that starts while another
+front (thousands of them delay the first request; bench/gather.py). A gather that starts while another
 holds the slots waits for them, as a gather's queued rollouts did before: the earlier gather (the step that trains
 next) keeps its priority. Each rollout's outcome reaches ART as a future of its group.
 """

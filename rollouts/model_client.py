@@ -2,12 +2,11 @@
 OpenAI SDK's own types, errors as its own exceptions, retries as it does them.
 
 Why not `AsyncOpenAI.chat.completions.create`: every rollout turn is one call, and all of them share one event loop
-on one core. Measured on this project's 2-core machine (64 in flight, fake server in its own process), client CPU
-per call is ~2.0-2.5 ms through the SDK (a recursive TypedDict transform of every message, then httpx), ~1.2 ms
-with a bare httpx post, and ~0.2 ms with aiohttp. With model latency L and N rollouts finishing together, the loop
-adds about N x cost before the last of them can send again, so at 64 in flight that cost decides whether gather
-keeps up with the model server (bench/gather.py). What a rollout sees is unchanged: a `Choice` with token logprobs,
-`openai.BadRequestError` when the context is full, the SDK's retry policy.
+on one core. The SDK spends the most client CPU per call (a recursive TypedDict transform of every message, then
+httpx), a bare httpx post less, aiohttp least (the figures: `_GATHER_WHY` in bench/run_all.py). With N rollouts
+finishing together, the loop adds about N x that cost before the last of them can send again, so at many in flight
+it decides whether gather keeps up with the model server. What a rollout sees is unchanged: a `Choice` with token
+logprobs, `openai.BadRequestError` when the context is full, the SDK's retry policy.
 """
 
 from __future__ import annotations
@@ -69,8 +68,8 @@ def _stale(exc: aiohttp.ClientError) -> bool:
 
 
 def _parse(data: dict[str, Any]) -> ChatCompletion:
-    """Validation runs in pydantic-core (0.016 ms for a 16-token answer against 0.09 ms for the SDK's recursive
-    construct, which grows with the logprobs); a server that strays from the schema gets the SDK's lenient parse."""
+    """Validation runs in pydantic-core (cheaper than the SDK's recursive construct, whose cost grows with the
+    logprobs); a server that strays from the schema gets the SDK's lenient parse."""
     try:
         return ChatCompletion.model_validate(data)
     except pydantic.ValidationError:

@@ -14,9 +14,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from trainer.active_run import Run
 from trainer.pipeline import PolicyClock, StepPipeline, check_staleness, versioned
 from trainer.resume import load_cursor
-from trainer.run_parts import Run
 from trainer.schedule import TemperatureSchedule
 
 if TYPE_CHECKING:  # heavy (ART): the loop imports them when it runs

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.active_run import Run
 from trainer.checks import wants_demos
 from trainer.config import PRETRAINED_MODEL, TINY_RANDOM_MODEL, ConfigError, ExperimentConfig
 from trainer.resume import RUN_ID, ExperimentLock, check_outputs, check_resume, claim_outputs, load_cursor
-from trainer.run_parts import Run
 
 if TYPE_CHECKING:  # heavy (ART, torch): imported by the wiring below once the config is checked
     import art
