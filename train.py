@@ -17,8 +17,8 @@ import signal
 import sys
 import threading
 
-# Set before anything imports ART/LiteLLM/HF: no network at import, no hub downloads at run time.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# No hub downloads at run time (a run's models are local; HF_HUB_OFFLINE=0 allows the hub); imports stay off the
+# network through entry_point.py, which the trainer package imports first.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -7,6 +7,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
+import entry_point  # noqa: F401 - first: keeps ART's import of LiteLLM off the network (entry_point.py)
 from backends.remote import REMOTE_KINDS, RemoteSettings, requirements_problem, train_keywords
 
 BACKEND_KINDS = ("auto", "local", "cpu", *REMOTE_KINDS)

@@ -55,6 +55,12 @@ class _Pending:
     base: bool = False  # sample the base model, the adapter off
 
 
+# How long closing the server waits for the batch in flight. A thread still inside torch when the interpreter exits
+# aborts the process ("terminate called without an active exception", exit 134), so closing waits for the decode
+# to end, which it does within its longest row's max_tokens; the bound only keeps a wedged decode from hanging exit.
+CLOSE_WAIT_S = 600.0
+
+
 class MicroBatcher:
     """One worker thread drains queued requests into batches: the policy is never sampled from two threads."""
 
@@ -64,24 +70,39 @@ class MicroBatcher:
         self.wait_s = wait_s
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="policy-sampler", daemon=True)
         self._thread.start()
 
     def submit(self, request: SampleRequest, *, base: bool = False) -> Future[list[Sample]]:
         future: Future[list[Sample]] = Future()
-        self._queue.put(_Pending(request, future, base))
+        if self._closed:
+            future.set_exception(RuntimeError("the policy server is closing"))
+        else:
+            self._queue.put(_Pending(request, future, base))
         return future
 
     def close(self) -> None:
+        """Stop taking work and wait until the sampler thread is out of torch (see CLOSE_WAIT_S): the batch in
+        flight ends, queued requests fail instead of decoding."""
+        self._closed = True
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=CLOSE_WAIT_S)
+
+    def _wanted(self, pending: _Pending) -> bool:
+        """Decode a request only while the server is open and its client still waits for it."""
+        if self._closed:
+            with contextlib.suppress(InvalidStateError):
+                pending.future.set_exception(RuntimeError("the policy server is closing"))
+            return False
+        return not pending.future.cancelled()
 
     def _run(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
                 return
-            collected = self._collect(first)
+            collected = [p for p in self._collect(first) if self._wanted(p)]
             # The adapter is on or off for a whole forward pass: base-model requests decode as a batch of their own.
             for base in (False, True):
                 batch = [p for p in collected if p.base == base]
@@ -236,7 +257,10 @@ class ServerThread:
         # ART's helper probes 127.0.0.1, the one host the CPU backend serves on (ART is imported here already).
         self.port = port or find_free_tcp_port()
         self.app = app
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", access_log=False)
+        # Requests still open this long after stop() are cancelled, so shutting down waits only for the decode
+        # already running (MicroBatcher.close).
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="policy-server", daemon=True)
 
@@ -253,8 +277,9 @@ class ServerThread:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        """Returns once uvicorn has shut down, its app's sampler thread included (see CLOSE_WAIT_S)."""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=CLOSE_WAIT_S + 30)
 
 
 def new_api_key() -> str:

@@ -7,7 +7,8 @@ damaged can fall back to an older one with the state (data cursor, SFT epochs) t
 files are guarded so that a full disk raises `DiskFull` naming the file: the trajectories parquet and
 `history.jsonl` (which ART appends in place; a row cut by a kill or a full disk is dropped at resume, see
 trainer/resume.py). ART logs to W&B only when `WANDB_API_KEY` is set; without it this model still records the run
-offline (under the art path) unless `WANDB_MODE=disabled`.
+offline (under the art path) unless `WANDB_MODE=disabled`. `wandb_run()` hands that same run to the trainer's own
+W&B logging (rollout tables, the report artifact: monitor/wandb_log.py), so a run never has two.
 """
 
 from __future__ import annotations
@@ -78,13 +79,26 @@ class TrainerModel(art.TrainableModel):
         committed. Provenance is metadata on a W&B server artifact, which an offline run never has: so every caller
         outside `art.model` (where `log` writes metrics) gets ART's None, and so does any caller in offline mode.
         """
-        mode = os.environ.get("WANDB_MODE")
-        if mode == "disabled":
+        if os.environ.get("WANDB_MODE") == "disabled":
             return None
-        if mode != "offline" and "WANDB_API_KEY" in os.environ:
+        if _arts_run_mode():
             return super()._get_wandb_run()
         if _caller_module() != "art.model":
             return None
+        return self._offline_run()
+
+    def wandb_run(self):  # noqa: ANN201 - wandb's Run, imported only when W&B is on
+        """The one W&B run this model logs to, for the trainer's own tables and artifacts (monitor/wandb_log.py);
+        None when W&B is off (`--wandb disabled`: no metrics go to W&B, so nothing else does either).
+
+        With a key it is ART's run, the one `log` and ART's backends use; without one, the offline run `log`
+        records to: either way the same run, created here if nothing has logged yet, never a second one."""
+        on = ("wandb" in self.report_metrics if self.report_metrics is not None else "WANDB_API_KEY" in os.environ)
+        if not on or os.environ.get("WANDB_MODE") == "disabled":
+            return None
+        return super()._get_wandb_run() if _arts_run_mode() else self._offline_run()
+
+    def _offline_run(self):  # noqa: ANN202 - wandb's Run
         if self._wandb_run is None or self._wandb_run._is_finished:
             import wandb
 
@@ -97,3 +111,8 @@ class TrainerModel(art.TrainableModel):
             self._wandb_run.define_metric("training_step")
             self._wandb_run.define_metric("*", step_metric="training_step")
         return self._wandb_run
+
+
+def _arts_run_mode() -> bool:
+    """ART makes and owns the run when it has a key and W&B is not told to stay offline."""
+    return os.environ.get("WANDB_MODE") != "offline" and "WANDB_API_KEY" in os.environ

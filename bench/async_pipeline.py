@@ -16,7 +16,6 @@ REPL cells and tests) overlaps training.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import io
@@ -28,17 +27,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["WANDB_MODE"] = "disabled"
 
-from art.types import LocalTrainResult  # noqa: E402
-
 from bench.figures import figure  # noqa: E402
 from bench.gather import fake_server_process  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
+
+if TYPE_CHECKING:  # ART is imported where it is used, once the flags are parsed: --help is instant
+    from art.types import LocalTrainResult
 
 GROUPS, PER_GROUP = 2, 4
 
@@ -63,6 +63,8 @@ class FixedTimeBackend:
         return self.step
 
     async def train(self, model: Any, groups: Any, **_: Any) -> LocalTrainResult:
+        from art.types import LocalTrainResult
+
         await asyncio.sleep(self.seconds)
         self.step += 1
         return LocalTrainResult(step=self.step, metrics={}, checkpoint_path=None)
@@ -165,16 +167,13 @@ def cpu_r2e(steps: int, base_model: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=["fake", "cpu-r2e"], default=["fake"])
-    parser.add_argument("--steps", type=int, default=8, help="fake: steps per run (at least 3)")
-    parser.add_argument("--r2e-steps", type=int, default=5, help="cpu-r2e: steps per run (at least 3)")
+    parser.add_argument("--steps", type=at_least(3), default=8, help="fake: steps per run (at least 3)")
+    parser.add_argument("--r2e-steps", type=at_least(3), default=5, help="cpu-r2e: steps per run (at least 3)")
     parser.add_argument("--r2e-models", nargs="+", default=["tiny-random"],
                         help="cpu-r2e: --base-model of each measured pair (smollm2-135m: minutes a step)")
-    args = parser.parse_args()
-    for flag, value in (("--steps", args.steps), ("--r2e-steps", args.r2e_steps)):
-        if value < 3:  # the first two steps' gathers start together with K=1: step time is read from step 3 on
-            parser.error(f"{flag} must be at least 3 (got {value})")
+    args = parser.parse_args()  # at least 3 steps: with K=1 steps 1 and 2 gather together, step time is read from 3
     if "fake" in args.parts:
         asyncio.run(regimes(args.steps, [(1.0, 0.5), (0.5, 0.5), (0.25, 0.5)]))
     if "cpu-r2e" in args.parts:

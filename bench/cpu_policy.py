@@ -15,7 +15,6 @@ One core (`torch.set_num_threads(1)`) except in the threads row. `--quick`: fewe
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -30,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from backends.decoding import categorical, grouped_decode_attention  # noqa: E402
-from backends.policy import default_sample_threads  # noqa: E402
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 
 LAYERS, HEADS, KV_HEADS, HEAD_DIM, HIDDEN, MLP, VOCAB = 30, 9, 3, 64, 576, 1536, 49_152
 
@@ -138,10 +137,10 @@ def logits_gb(rows: int, tokens: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=32, help="sampled rows in the batch (default 32)")
-    parser.add_argument("--context", type=int, default=512, help="cache positions at the measured token (512)")
-    parser.add_argument("--busy", type=int, default=1, help="other processes spinning in the threads row (1)")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=at_least(1), default=32, help="sampled rows in the batch (default 32)")
+    parser.add_argument("--context", type=at_least(1), default=512, help="cache positions at the measured token (512)")
+    parser.add_argument("--busy", type=at_least(0), default=1, help="other processes spinning in the threads row (1)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats: a check that the bench runs")
     args = parser.parse_args()
     if args.rows < 1 or args.context < 1 or args.busy < 0:
@@ -165,6 +164,8 @@ def main() -> None:
         ratio = linear_layout(rows, repeats)
         print(f"frozen linears of one layer, rows={rows}: (out, in) weights / (in, out) weights = {ratio:.2f}")
         figure(f"frozen linears, rows={rows}: usual / transposed layout", ratio)
+
+    from backends.policy import default_sample_threads  # heavier than the rows above need: imported here
 
     cores, chosen = os.cpu_count() or 1, default_sample_threads()
     if cores > chosen:

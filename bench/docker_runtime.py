@@ -10,7 +10,6 @@ and builds the sample images when they are missing (`python -m envs.r2e images`)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 from envs.r2e.cache import SAMPLES, build_from_samples, sample_rows  # noqa: E402
 from envs.r2e.client import TestServiceClient, tar_b64  # noqa: E402
 from envs.r2e.docker_runtime import docker, engine_problem  # noqa: E402
@@ -73,8 +73,8 @@ async def measure(tmp: Path, runs: int) -> dict[str, list[float]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=12)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=at_least(1), default=12)
     args = parser.parse_args()
     problem = engine_problem()
     if problem:

@@ -26,21 +26,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import art  # noqa: E402
-import httpx  # noqa: E402
-
-from agent.openai_executor import ExecutorOwner  # noqa: E402
-from backends.cpu import CPUBackend, CPUBackendSettings  # noqa: E402
 from backends.named_models import SMOLLM2, TINY_RANDOM, embedded_model  # noqa: E402
-from backends.policy import LoraSettings  # noqa: E402
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 from envs.planner.plan import solve_messages  # noqa: E402
 from envs.planner.problems import generate  # noqa: E402
+
+if TYPE_CHECKING:  # heavy (ART, torch): `measure` imports them once the flags are parsed, so --help is instant
+    import httpx
 
 Messages = list[dict[str, str]]
 
@@ -87,6 +86,13 @@ def rate(waves: list[Wave]) -> tuple[float, float]:
 
 
 async def measure(args: argparse.Namespace, tmp: str) -> None:
+    import art
+    import httpx
+
+    from agent.openai_executor import ExecutorOwner
+    from backends.cpu import CPUBackend, CPUBackendSettings
+    from backends.policy import LoraSettings
+
     folder, targets = embedded_model(args.base_model, args.art_path)
     backend = CPUBackend(path=tmp, settings=CPUBackendSettings(lora=LoraSettings(target_modules=targets),
                                                                 base_model=folder))
@@ -136,17 +142,15 @@ async def measure(args: argparse.Namespace, tmp: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-model", choices=[SMOLLM2, TINY_RANDOM], default=SMOLLM2,
                         help="the embedded model the endpoint serves (tiny-random: a quick check of the bench)")
     parser.add_argument("--art-path", default=".art", help="where the embedded model is kept (as train.py)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="calls per wave = rounds x concurrency")
-    parser.add_argument("--repeats", type=int, default=2, help="waves each way = 2 x repeats")
+    parser.add_argument("--concurrency", type=at_least(1), nargs="+", default=[8, 32])
+    parser.add_argument("--max-tokens", type=at_least(1), default=32)
+    parser.add_argument("--rounds", type=at_least(1), default=2, help="calls per wave = rounds x concurrency")
+    parser.add_argument("--repeats", type=at_least(1), default=2, help="waves each way = 2 x repeats")
     args = parser.parse_args()
-    if min(args.concurrency) < 1 or min(args.max_tokens, args.rounds, args.repeats) < 1:
-        parser.error("--concurrency, --max-tokens, --rounds and --repeats must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(measure(args, tmp))
 

@@ -28,7 +28,6 @@ thresholds did not move it beyond the spread between runs. The figures of each f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -38,19 +37,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import art  # noqa: E402
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-from art.utils.network import find_free_tcp_port  # noqa: E402
-
 from bench.figures import figure  # noqa: E402
-from envs.toy.rollout import rollout  # noqa: E402
-from rollouts.context import RolloutContext, RolloutSettings  # noqa: E402
-from rollouts.gather import GatherLimits, freeze_startup_heap, gather_step  # noqa: E402
-from rollouts.scenario import Scenario  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
+
+# ART, httpx and the rollout kit are imported where they are used, once the flags are parsed: --help is instant.
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {8: ">= 0.95", 32: ">= 0.95", 64: ">= 0.95", 256: ">= 0.90"}
@@ -73,6 +65,9 @@ def split_cores() -> tuple[set[int], set[int]] | None:
 def fake_server(latency: float, cores: set[int] | None = None):
     """The model server runs in its own process (on `cores` when given), as vLLM does on its own machine: the
     trainer's event loop is measured alone."""
+    import httpx
+    from art.utils.network import find_free_tcp_port
+
     port = find_free_tcp_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.fake_openai_server", str(port), str(latency)], cwd=ROOT)
     if cores:
@@ -94,6 +89,15 @@ def fake_server(latency: float, cores: set[int] | None = None):
 
 
 async def measure(base_url: str, server_pid: int, concurrency: int, latency: float, waves: int, per_group: int = 8):
+    import art
+    import httpx
+    import psutil
+
+    from envs.toy.rollout import rollout
+    from rollouts.context import RolloutContext, RolloutSettings
+    from rollouts.gather import GatherLimits, freeze_startup_heap, gather_step
+    from rollouts.scenario import Scenario
+
     model = art.Model(name="fake", project="bench", inference_base_url=base_url, inference_api_key="k")
     ctx = RolloutContext(model=model, settings=RolloutSettings(), max_connections=concurrency)
     groups = concurrency * waves // per_group
@@ -118,10 +122,10 @@ async def measure(base_url: str, server_pid: int, concurrency: int, latency: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--waves", type=int, default=10)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64, 128, 256])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency", type=at_least(0.0, float), default=0.2)
+    parser.add_argument("--waves", type=at_least(1), default=10)
+    parser.add_argument("--concurrency", type=at_least(1), nargs="+", default=[8, 32, 64, 128, 256])
     parser.add_argument("--no-pin", action="store_true", help="leave the trainer and the fake server unpinned")
     args = parser.parse_args()
     print(f"latency {args.latency}s, {args.waves} waves per concurrency")

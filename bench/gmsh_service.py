@@ -7,7 +7,6 @@ in a 2-process pool (`python script.py` in a temp dir, no sandbox, no analysis).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import statistics
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 from envs.gmsh.client import GmshClient  # noqa: E402
 from envs.gmsh.tasks import ensure_default_tasks, load_tasks  # noqa: E402
 from envs.gmsh.wire import RunRequest  # noqa: E402
@@ -58,8 +58,8 @@ async def through_service(jobs, url: str, token: str) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scripts", type=int, default=24)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scripts", type=at_least(1), default=24)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tasks = load_tasks(ensure_default_tasks(Path(tmp), seed=0, n_train=5, n_val=1) / "train.parquet")

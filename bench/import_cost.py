@@ -10,7 +10,6 @@ services/process.py and sandbox/launch.py keep their own few lines instead (thei
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -22,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 
 OURS = ("sandbox.launch", "services.process", "envs.gmsh.service", "envs.r2e.test_service")
 ARTS = ("art.utils.network", "art.utils.managed_process")
@@ -44,8 +44,8 @@ def import_once(module: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="fresh interpreters per module (default 3)")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="fresh interpreters per module (default 3)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")

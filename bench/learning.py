@@ -10,7 +10,6 @@ Prints the figures, the steps and the wall time (model conversion and set-up inc
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser  # noqa: E402
 from monitor.report import learning_summary  # noqa: E402
 
 # The commands of the READMEs (gmsh: the README's first one, with nothing but the experiment name).
@@ -51,6 +51,9 @@ def run_train(art: str, name: str, flags: list[str]) -> tuple[list[dict], float,
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, TQDM_DISABLE="1", WANDB_MODE="disabled"))
     wall = time.perf_counter() - started
+    if done.returncode == 2:  # a flag passed through to train.py that it refuses: its one line, its exit code
+        print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
+        sys.exit(2)
     if done.returncode != 0:
         sys.exit(f"train.py failed ({done.returncode}): {done.stderr[-2000:]}")
     history = Path(art) / "art-agent-trainer" / "models" / name / "history.jsonl"
@@ -102,7 +105,7 @@ def held_out_figures(env: str, rows: list[dict], wall: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", choices=sorted(PRESETS), default="toy")
     parser.add_argument("--art-path", default=None, help="reuse a folder (keeps the converted model); default: temp")
     args, extra = parser.parse_known_args()

@@ -9,7 +9,6 @@ shows here as a ratio that keeps rising with --steps.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -21,6 +20,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,10 +36,10 @@ def rss_mb(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--groups-per-step", type=int, default=2)
-    parser.add_argument("--rollouts-per-group", type=int, default=5)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=at_least(1), default=100)
+    parser.add_argument("--groups-per-step", type=at_least(1), default=2)
+    parser.add_argument("--rollouts-per-group", type=at_least(2), default=5)
     args = parser.parse_args()
     per_step = args.groups_per_step * args.rollouts_per_group
     early = max(1, 100 // per_step)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
 from bench.learning import run_train  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 from envs.openspiel.options import GameOptions  # noqa: E402
 from envs.openspiel.playouts import PlayoutPool  # noqa: E402
 from envs.openspiel.reward import Playout, play_out, warm_up  # noqa: E402
@@ -125,9 +125,9 @@ def learning_figures() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--playouts", type=int, default=64)
-    parser.add_argument("--simulations", type=int, default=16, help="MCTS simulations per opponent move")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--playouts", type=at_least(1), default=64)
+    parser.add_argument("--simulations", type=at_least(1), default=16, help="MCTS simulations per opponent move")
     parser.add_argument("--learning", action="store_true",
                         help="also the learning row (SmolLM2 SFT and RL on the CPU: slow)")
     args = parser.parse_args()

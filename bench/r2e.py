@@ -19,13 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 from envs.r2e.cache import SAMPLES, build_from_samples, sample_rows  # noqa: E402
 from envs.r2e.client import TestServiceClient, tar_b64  # noqa: E402
 from envs.r2e.repl import Repl  # noqa: E402
 from envs.r2e.wire import TestRequest  # noqa: E402
 from sandbox.run import SandboxLimits  # noqa: E402
 from services.process import ServiceProcess  # noqa: E402
-from train import default_rollout_root  # noqa: E402
+from trainer.config import default_rollout_root  # noqa: E402
 
 
 def make_repo(root: Path, megabytes: float = 5.0) -> Path:
@@ -105,10 +106,16 @@ async def bench_repl(tmp: Path, runs: int = 50) -> None:
 
 
 def main() -> None:
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--copy-runs", type=at_least(1), default=20, help="repo copies timed (default 20)")
+    parser.add_argument("--test-runs", type=at_least(1), default=12,
+                        help="/test round trips timed, and as many direct runs (default 12)")
+    parser.add_argument("--cell-runs", type=at_least(1), default=50, help="trivial REPL cells timed (default 50)")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        bench_copy(Path(tmp))
-        asyncio.run(bench_test_service(Path(tmp)))
-        asyncio.run(bench_repl(Path(tmp)))
+        bench_copy(Path(tmp), args.copy_runs)
+        asyncio.run(bench_test_service(Path(tmp), args.test_runs))
+        asyncio.run(bench_repl(Path(tmp), args.cell_runs))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from the new results plus the kept ones (each section says when it was measured)
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.figures import PREFIX as FIGURE_PREFIX  # noqa: E402
 from bench.figures import meets, parse  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -250,11 +250,11 @@ def render(results: list[tuple[Bench, str, float, int]], dates: dict[str, str] |
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", choices=[b.name for b in BENCHES],
                         help="run only these (none: run nothing, render the doc from the kept results)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds per bench")
+    parser.add_argument("--timeout", type=at_least(1.0, float), default=1200, help="seconds per bench")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "performance_results.json",
                         help="every bench's last output (kept between runs; --only updates some of them)")
     parser.add_argument("--import-doc", type=Path, default=None,

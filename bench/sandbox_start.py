@@ -10,7 +10,6 @@ sandbox of each and the ratio allowlist / old.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 from envs.workflow.runner import WorkflowLimits, run_workflow  # noqa: E402
 from sandbox import launch as sandbox_launch  # noqa: E402
 from sandbox.launch import PROJECT, STAGE, _closed_ancestor  # noqa: E402
@@ -109,8 +109,8 @@ def report(title: str, times: dict[str, list[float]]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=20, help="sandboxes of each kind (default 20)")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=at_least(1), default=20, help="sandboxes of each kind (default 20)")
     args = parser.parse_args()
     print(check_sandbox().describe())
     times = asyncio.run(measure(args.n, python_pass))

@@ -14,7 +14,6 @@ kept (goal: near (N-1)/N of the run before the kill).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
 from services.client import ServiceClient, ServiceUnavailable  # noqa: E402
 from services.process import free_port  # noqa: E402
 
@@ -45,11 +45,11 @@ def node_main(argv: list[str]) -> None:
 
     from services.idempotency import RecentResults
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser = OneLineParser(prog="bench/scale_sim.py node")
+    parser.add_argument("--port", type=at_least(1), required=True)
+    parser.add_argument("--latency", type=at_least(0.0, float), default=0.2)
+    parser.add_argument("--workers", type=at_least(1), default=2)
+    parser.add_argument("--fail-rate", type=at_least(0.0, float), default=0.0)
     args = parser.parse_args(argv)
     app, recent = FastAPI(), RecentResults()
     slots = asyncio.Semaphore(args.workers)
@@ -160,14 +160,16 @@ def main() -> None:
     if sys.argv[1:2] == ["node"]:
         node_main(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per node count")
-    parser.add_argument("--latency", type=float, default=0.2, help="a service call's mean work time (s)")
-    parser.add_argument("--workers", type=int, default=2, help="slots per node")
-    parser.add_argument("--fail-rate", type=float, default=0.01, help="injected HTTP 500 share per call")
-    parser.add_argument("--model-latency", type=float, default=0.05, help="the fake model's reply time (s)")
-    parser.add_argument("--turns", type=int, default=3, help="service calls per rollout")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=at_least(1), nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--seconds", type=at_least(0.1, float), default=8.0, help="measured time per node count")
+    parser.add_argument("--latency", type=at_least(0.0, float), default=0.2, help="a service call's mean work time (s)")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="slots per node")
+    parser.add_argument("--fail-rate", type=at_least(0.0, float), default=0.01,
+                        help="injected HTTP 500 share per call")
+    parser.add_argument("--model-latency", type=at_least(0.0, float), default=0.05,
+                        help="the fake model's reply time (s)")
+    parser.add_argument("--turns", type=at_least(1), default=3, help="service calls per rollout")
     args = parser.parse_args()
     most = max(args.nodes)
     nodes = start_nodes(most, args.latency, args.workers, args.fail_rate)

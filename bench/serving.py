@@ -10,25 +10,24 @@ bare base model (no LoRA, no logprobs: the floor a hand-written server would sta
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
-
-from backends.openai_server import ServerThread, build_app  # noqa: E402
-from backends.policy import LoraPolicy, LoraSettings, SampleRequest  # noqa: E402
 from backends.smollm2 import ensure_pretrained  # noqa: E402
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
+
+if TYPE_CHECKING:  # heavy (torch, ART): imported where used, once the flags are parsed, so --help is instant
+    from backends.policy import LoraPolicy
 
 SYSTEM = "You are a careful Python engineer. Explain the bug in one or two sentences, then give the fixed function."
 TASK = """Task {i}: `running_median_{i}` below should return, after each new value, the median of all values seen so \
@@ -57,6 +56,8 @@ def messages(i: int) -> list[dict[str, str]]:
 
 async def http_wave(base_url: str, key: str, concurrency: int, max_tokens: int) -> tuple[int, float, list[float]]:
     """C requests at once; returns generated tokens, wall seconds and each request's latency."""
+    import httpx
+
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
                                  timeout=httpx.Timeout(None)) as client:
@@ -86,6 +87,8 @@ def prompt_ids(tokenizer, i: int) -> list[int]:
 
 
 def direct(policy: LoraPolicy, prompts: list[list[int]], max_tokens: int) -> float:
+    from backends.policy import SampleRequest
+
     started = time.perf_counter()
     results = policy.sample([SampleRequest(p, max_tokens, 1.0) for p in prompts])
     return sum(len(s.token_ids) for group in results for s in group) / (time.perf_counter() - started)
@@ -93,6 +96,8 @@ def direct(policy: LoraPolicy, prompts: list[list[int]], max_tokens: int) -> flo
 
 def hf_generate(model, tokenizer, prompts: list[list[int]], max_tokens: int, threads: int) -> float:
     """Stock `generate` (sampling at temperature 1, no top-k/top-p), left-padded; tokens up to each row's end."""
+    import torch
+
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -115,14 +120,18 @@ def hf_generate(model, tokenizer, prompts: list[list[int]], max_tokens: int, thr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--art-path", default=".art", help="where the converted base model is kept (as train.py)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=at_least(1), nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-tokens", type=at_least(1), default=128)
     parser.add_argument("--no-baselines", action="store_true", help="HTTP only: skip direct and stock generate")
     args = parser.parse_args()
 
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from backends.openai_server import ServerThread, build_app
+    from backends.policy import LoraPolicy, LoraSettings
 
     path = ensure_pretrained("smollm2-135m", args.art_path)
     policy = LoraPolicy(path, LoraSettings(rank=8, target_modules="all-linear"))

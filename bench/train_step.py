@@ -9,7 +9,6 @@ packed rows in the same micro-batches. Ratio = plain / ours (goal >= 0.8).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -18,18 +17,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import art  # noqa: E402
-import torch  # noqa: E402
-
-from backends.cpu import CPUBackend, CPUBackendSettings  # noqa: E402
-from backends.policy import LoraPolicy, LoraSettings, TrainSettings  # noqa: E402
 from backends.tiny_random_model import LORA_TARGETS, TinyModelSpec, ensure_tiny_model  # noqa: E402
 from bench.figures import figure  # noqa: E402
+from entry_point import OneLineParser, at_least  # noqa: E402
+
+if TYPE_CHECKING:  # heavy (ART, torch): imported where used, once the flags are parsed, so --help is instant
+    import art
+    import torch
+
+    from backends.policy import LoraPolicy
 
 SIZES = {
     "tiny": TinyModelSpec(),
@@ -38,6 +39,8 @@ SIZES = {
 
 
 async def sample_groups(model: art.TrainableModel, groups: int, per_group: int, max_tokens: int, seed: int):
+    import art
+
     rng = random.Random(seed)
     client = model.openai_client()
 
@@ -53,6 +56,8 @@ async def sample_groups(model: art.TrainableModel, groups: int, per_group: int, 
 
 def plain_step(policy: LoraPolicy, tensors: dict[str, torch.Tensor], rows_per_step: int) -> None:
     """The floor: forward, gather, loss, backward; no ART, no clipping, no optimizer, no checkpoint."""
+    import torch
+
     policy.model.train()
     for start in range(0, tensors["tokens"].shape[0], rows_per_step):
         tokens = tensors["tokens"][start:start + rows_per_step]
@@ -68,6 +73,7 @@ def plain_step(policy: LoraPolicy, tensors: dict[str, torch.Tensor], rows_per_st
 
 
 def packed_batch(policy: LoraPolicy, groups: list[art.TrajectoryGroup]) -> dict[str, torch.Tensor]:
+    import torch
     from art.preprocessing.pack import packed_tensors_from_tokenized_results
     from art.preprocessing.tokenize import tokenize_trajectory_groups
 
@@ -81,6 +87,11 @@ def packed_batch(policy: LoraPolicy, groups: list[art.TrajectoryGroup]) -> dict[
 
 
 async def measure(size: str, groups: int, per_group: int, max_tokens: int, repeats: int) -> dict[str, float]:
+    import art
+
+    from backends.cpu import CPUBackend, CPUBackendSettings
+    from backends.policy import LoraSettings, TrainSettings
+
     with tempfile.TemporaryDirectory() as tmp:
         base = ensure_tiny_model(tmp, SIZES[size])
         backend = CPUBackend(path=tmp, settings=CPUBackendSettings(
@@ -112,13 +123,15 @@ async def measure(size: str, groups: int, per_group: int, max_tokens: int, repea
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--rollouts-per-group", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--groups", type=at_least(1), default=4)
+    parser.add_argument("--rollouts-per-group", type=at_least(2), default=8)
+    parser.add_argument("--max-tokens", type=at_least(1), default=256)
+    parser.add_argument("--repeats", type=at_least(1), default=5)
     args = parser.parse_args()
+    import torch
+
     torch.set_num_threads(os.cpu_count() or 1)
     for size in args.sizes:
         r = asyncio.run(measure(size, args.groups, args.rollouts_per_group, args.max_tokens, args.repeats))

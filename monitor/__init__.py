@@ -1,1 +1,2 @@
-"""Watching a run: the health monitor thread and the HTML report."""
+"""Watching a run: the health monitor thread, the HTML report and its panels, W&B rollout tables and the report
+artifact."""

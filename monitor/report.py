@@ -2,11 +2,11 @@
 
 It reads at a glance: a headline block first (what ran, how the reward moved, where it was best), then one chart
 per question, each holding figures of one unit only (a reward beside a count hides both), on a whole-step axis,
-then every logged rollout turn by turn. Charts come from ART's `history.jsonl` (plotly, with plotly.js inlined so
-the file opens without a network); run facts from ART's `state.json` and checkpoint folder; the run's resolved
-settings from the `config.toml` beside it (collapsed); rollouts from the RLM-format logs. Written at the end of
-every `train.py` run too.
-"""
+lines named in words: whether the run learned first, health, disk and service nodes last and collapsed (the
+panels and their names: monitor/panels.py); then every logged rollout turn by turn. Charts come from ART's
+`history.jsonl` (plotly, with plotly.js inlined so the file opens without a network); run facts from ART's
+`state.json` and checkpoint folder; the run's resolved settings from the `config.toml` beside it (collapsed);
+rollouts from the RLM-format logs. Written at the end of every `train.py` run too."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from typing import Any
 import plotly.graph_objects as go
 from jinja2 import Environment
 
-from backends.atomic import atomic_write_text
+from backends.atomic import DiskFull, atomic_write_text
 from backends.checkpoints import best_val_step
+from monitor.panels import UNIT_LABELS, Panel, label_of, panels, series
 
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\t\n\r"}
 
@@ -38,123 +39,22 @@ PAGE = _JINJA.from_string((Path(__file__).with_name("report.html.j2")).read_text
 
 RESOLVED_CONFIG = "config.toml"  # beside state.json; written by train.py at start (trainer/config_file.py)
 
-UNIT_LABELS = {"reward": "reward", "rate": "rate, 0-1", "count": "count", "seconds": "seconds", "mb": "MB",
-               "gb": "GB", "ratio": "ratio", "loss": "loss", "norm": "gradient norm", "corr": "correlation, -1 to 1",
-               "value": "value"}
-
-
-@dataclass
-class Panel:
-    title: str
-    unit: str
-    keys: list[str]
-
-
-# The questions a person asks of a run, in reading order; env-specific figures are slotted in after "outcomes".
-FIXED = [
-    Panel("Reward per step", "reward", ["train/reward_mean", "train/reward_min", "train/reward_max",
-                                        "val/reward_mean"]),
-    Panel("Rollout outcomes", "rate", ["train/finished_mean", "train/zero_variance_group_share",
-                                       "train/exception_rate", "val/pass_rate"]),
-    Panel("Agent turns per rollout", "count", ["train/agent_steps_mean", "val/agent_steps_mean"]),
-    Panel("Completion tokens per rollout", "count", ["train/completion_tokens_mean"]),
-    Panel("Time per step", "seconds", ["train/rollout_seconds_mean", "train/gather_seconds", "train/step_seconds",
-                                       "train/batch_wait_seconds", "train/train_seconds"]),
-    Panel("Off-policy data (--max-steps-off-policy)", "count", ["train/off_policy_steps_mean",
-                                                                "train/off_policy_steps_max",
-                                                                "train/stale_groups_dropped"]),
-    Panel("Rollouts and what was trained", "count", ["train/rollouts", "train/failed_rollouts",
-                                                     "train/trained_groups", "train/trained_sequences",
-                                                     "train/num_gradient_steps", "train/dropped_too_long"]),
-    Panel("Trained tokens per step", "count", ["train/trained_tokens"]),
-    Panel("RL policy loss", "loss", ["train/loss"]),
-    Panel("SFT loss (per epoch)", "loss", ["loss/train"]),
-    Panel("Gradient norm", "norm", ["train/grad_norm", "loss/grad_norm"]),
-    Panel("Sampler/trainer probability agreement", "corr", ["train/probs_corr"]),
-    Panel("Trainer memory", "mb", ["train/health/trainer_rss_mb"]),
-    Panel("Disk", "gb", ["train/health/disk_free_gb", "train/health/rollout_root_gb"]),
-    Panel("Health events", "count", ["train/health/child_processes", "train/health/stale_dirs_removed",
-                                     "train/health/warnings"]),
-]
-# The reward preflight's figures ride on one step's row: the headline shows them (`reward_check_text`), no chart.
-REWARD_CHECK = "train/reward_check/"
-# ART's own averages of what the panels above already show, and bookkeeping nobody plots.
-DUPLICATES = {"train/reward", "train/reward_std", "train/reward_std_dev", "train/agent_steps", "train/finished",
-              "train/rollout_seconds", "train/completion_tokens", "train/epoch"}
-COUNT_WORDS = {"chars", "tokens", "files", "steps", "queries", "restarts", "messages", "tests", "elements", "nodes",
-               "groups", "rollouts", "sequences", "processes", "warnings", "removed", "missing", "found", "expected",
-               "matching", "required", "calls", "cells", "lines", "errors", "requests", "failovers", "retries",
-               "attempts", "failures", "moves", "answers"}
-GROUPS = {"health": "Health", "nodes": "Service nodes"}  # train/<prefix>/...: figures about the run, not the env
-
-
-def unit_of(key: str, values: list[float]) -> str:
-    """The unit of a figure from its name (`*_seconds`, `*_mb`, `*_rate`, `*_chars`, ...), else from its values."""
-    name = key.rsplit("/", 1)[-1]
-    words = set(name.split("_"))
-    if "reward" in name or name == "weighted_sum":
-        return "reward"
-    if words & {"seconds", "s"}:
-        return "seconds"
-    if name.endswith("_mb"):
-        return "mb"
-    if name.endswith("_gb"):
-        return "gb"
-    if words & {"rate", "share"}:
-        return "rate"
-    if words & COUNT_WORDS:
-        return "count"
-    if "ratio" in words or name.startswith("ratio"):
-        return "ratio"
-    if values and all(0.0 <= v <= 1.0 for v in values):
-        return "rate"
-    return "value"
-
 
 def read_history(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(int(r["step"]), float(r[key])) for r in rows if isinstance(r.get(key), int | float)]
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def panels(rows: list[dict[str, Any]]) -> list[Panel]:
-    """The panels with data: the fixed ones, plus the env's own figures grouped by unit (one panel per unit)."""
-    keys = sorted({k for r in rows for k in r})
-    fixed = {k for p in FIXED for k in p.keys}
-    extra: dict[tuple[str, str], list[str]] = {}
-    for key in keys:
-        if not key.startswith("train/") or key in fixed or key in DUPLICATES or key.startswith(REWARD_CHECK):
-            continue
-        unit = unit_of(key, _series(rows, key)[1])
-        part = key.split("/")[1]
-        mixed = key.count("/") > 1 and f"train/{part}/groups" in keys  # an env of a --mix run (envs/mix/mix.py)
-        group = f"Mixed env {part}" if mixed else GROUPS.get(part, "Reward breakdown and env figures")
-        if mixed and unit == "reward":  # one reward panel per env: its train figures beside its held-out mean
-            held_out = [k for k in [f"val/{part}/reward_mean"] if k in keys]  # kept last
-            panel = extra.setdefault((group, unit), held_out)
-            panel.insert(0 if key.endswith("/reward_mean") else len(panel) - len(held_out), key)
-            continue
-        # figures without a known unit each get a panel of their own, so no two of them share an axis
-        extra.setdefault((group, unit if unit != "value" else key), []).append(key)
-    found = [Panel(group if unit in UNIT_LABELS else f"{group}: {unit.removeprefix('train/')}",
-                   unit if unit in UNIT_LABELS else "value", keys) for (group, unit), keys in extra.items()]
-    run_groups = tuple(GROUPS.values())
-    env_panels = [p for p in found if not p.title.startswith(run_groups)]
-    ordered = FIXED[:2] + env_panels + FIXED[2:] + [p for p in found if p.title.startswith(run_groups)]
-    return [p for p in ordered if any(_series(rows, k)[0] for k in p.keys)]
-
-
 def _figure(rows: list[dict[str, Any]], panel: Panel, index: int) -> str:
     fig = go.Figure()
     steps: set[int] = set()
-    for key in panel.keys:
-        x, y = _series(rows, key)
-        if x:
-            steps |= set(x)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=key))
+    drawn = [key for key in panel.keys if series(rows, key)[0]]
+    labels = [label_of(key) for key in drawn]
+    for key, label in zip(drawn, labels, strict=True):
+        x, y = series(rows, key)
+        steps |= set(x)
+        # two keys a legend would name alike keep their keys; the hover box names the key history.jsonl holds
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label if labels.count(label) == 1 else key,
+                                 hovertemplate=f"step %{{x}}: %{{y:.4g}}<extra>{key}</extra>"))
     low, high = min(steps), max(steps)
     # whole steps only: integer ticks at a spacing of 1, 2, 5, 10, ... that keeps about ten labels
     dtick = next(d for d in (m * 10**e for e in range(8) for m in (1, 2, 5)) if (high - low) / d <= 10)
@@ -170,8 +70,8 @@ def _figure(rows: list[dict[str, Any]], panel: Panel, index: int) -> str:
 
 def charts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One chart per panel with data; plotly.js is inlined once, in the first."""
-    return [{"title": p.title, "unit": p.unit, "unit_label": UNIT_LABELS[p.unit], "html": _figure(rows, p, i)}
-            for i, p in enumerate(panels(rows))]
+    return [{"title": p.title, "unit": p.unit, "unit_label": UNIT_LABELS[p.unit], "section": p.section,
+             "html": _figure(rows, p, i)} for i, p in enumerate(panels(rows))]
 
 
 def learning_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -360,19 +260,34 @@ def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
     return out
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but bad input is one line on stderr naming the argument (the usage text buries the reason)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m monitor.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("log_dir", type=Path, help="logs/<experiment>")
+    parser = OneLineParser(prog="python -m monitor.report", description=__doc__.split("\n\n")[0],
+                           epilog="exit status: 0 the report was written; 1 the disk is full; 2 bad input (no "
+                                  "history for LOG_DIR, an --out that cannot be written)")
+    parser.add_argument("log_dir", type=Path, metavar="LOG_DIR", help="logs/<experiment>")
     parser.add_argument("--art-path", default=".art")
     parser.add_argument("--project", default="art-agent-trainer")
     parser.add_argument("--model-name", default=None, help="default: the log folder's name (the experiment)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="default: LOG_DIR/report.html")
     args = parser.parse_args(argv)
     history = Path(args.art_path) / args.project / "models" / (args.model_name or args.log_dir.name) / "history.jsonl"
     if not history.exists():
-        print(f"error: no history at {history} (check --art-path / --project / --model-name)")
-        return 2
-    print(f"wrote {write_report(args.log_dir, history, args.out)}")
+        parser.error(f"LOG_DIR {args.log_dir}: no history at {history} (check --art-path / --project / --model-name)")
+    try:
+        written = write_report(args.log_dir, history, args.out)
+    except DiskFull as exc:  # not bad input, but still one line
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    except OSError as exc:  # a folder that cannot be written: one line, not a traceback
+        where = f"--out {args.out}" if args.out else f"LOG_DIR {args.log_dir}"
+        parser.error(f"{where}: cannot write the report ({exc.strerror or exc})")
+    print(f"wrote {written}")
     return 0
 
 

@@ -9,7 +9,6 @@ the allowlist from inside: the top of `/` holds nothing else, and the project di
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import secrets
@@ -21,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from entry_point import OneLineParser
 from sandbox.run import (
     ENV_ALLOW,
     PROJECT,
@@ -125,7 +125,7 @@ async def probe(memory_mb: int = MEMORY_MB) -> list[Line]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m sandbox", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["check"])
     parser.add_argument("--allow-unsandboxed", action="store_true",
                         help=f"check the weak fallback where no bwrap runs (same as {ENV_ALLOW}=1)")

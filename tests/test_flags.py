@@ -201,3 +201,43 @@ def test_print_config_is_a_command_line_flag_only():
     command = parse_command_line(["--experiment-name", "x", "--env", "toy", "--print-config"])
     assert command.print_config and command.config.env == "toy"
     assert not parse_command_line(["--experiment-name", "x", "--env", "toy"]).print_config
+
+
+# ---- step budgets: --max-training-steps counts RL steps, --sft-epochs the SFT epochs ---------------------------------
+
+
+@pytest.mark.parametrize(("step", "sft", "budget", "last", "line"), [
+    (3, 3, 3, 6, "rl: RL steps 1-3 of --max-training-steps 3 are steps 4-6 after 3 SFT epoch(s)"),  # after SFT
+    (5, 3, 3, 6, "rl: RL steps 3-3 of --max-training-steps 3 are steps 6-6 after 3 SFT epoch(s)"),  # resumed
+    (0, 0, 2, 2, "rl: RL steps 1-2 of --max-training-steps 2 are steps 1-2"),  # no SFT stage
+    (6, 3, 3, 6, "rl: the 3 RL step(s) of --max-training-steps are done (step 6 after 3 SFT epoch(s))"),
+])
+def test_max_training_steps_counts_rl_steps_after_the_sft_epochs(capsys, step, sft, budget, last, line):
+    from trainer.rl import rl_budget
+
+    assert rl_budget(step, sft, budget) == last
+    assert capsys.readouterr().out.strip() == line
+
+
+def test_no_rl_budget_runs_the_epochs_and_says_nothing(capsys):
+    from trainer.rl import rl_budget
+
+    assert rl_budget(3, 3, None) == sys.maxsize and capsys.readouterr().out == ""
+
+
+def test_help_says_what_each_step_budget_counts():
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert actions["max_training_steps"].help.startswith("RL (GRPO) steps to train")
+    assert "--sft-epochs" in actions["max_training_steps"].help
+    assert actions["sft_epochs"].help.startswith("passes over the SFT conversations")
+
+
+def test_env_defaults_keep_the_default_runs_shape():
+    """RL steps per env, after its SFT epochs: the same steps the defaults trained when the budget counted both."""
+    from envs.mix.mix import MIX_DEFAULTS
+    from envs.registry import load_spec
+
+    shapes = {env: (load_spec(env).defaults["sft_epochs"], load_spec(env).defaults["max_training_steps"])
+              for env in ("gmsh", "r2e", "openspiel", "planner", "workflow")}
+    assert shapes == {"gmsh": (3, 3), "r2e": (3, 3), "openspiel": (2, 6), "planner": (2, 4), "workflow": (2, 4)}
+    assert (MIX_DEFAULTS["sft_epochs"], MIX_DEFAULTS["max_training_steps"]) == (2, 4)

@@ -44,7 +44,7 @@ def test_eval_retention_logs_and_export_of_a_short_run(tmp_path):
     lines[1] = lines[1][:-5]
     first.write_text("\n".join(lines) + "\n")
     broken = validate(logs)
-    assert broken.returncode == 1 and f"{first}:2: not JSON" in broken.stdout
+    assert broken.returncode == 1 and f"{first}:2: not JSON" in broken.stderr  # problems go to stderr
 
     def resume_point() -> dict:
         return {k: read_state(tmp_path, "see")[k] for k in ("step", "epoch", "cursor", "config_hash")}

@@ -70,7 +70,7 @@ def test_validator_rejects_a_metadata_line_without_the_turn_count(tmp_path):
 def test_validator_rejects_an_observation_that_is_not_text(tmp_path):
     lines = rlm_lines(two_turns(), {"env": "toy"})
     lines[1]["observation"] = {"stdout": "x"}
-    assert validate_file(write(tmp_path / "obs.jsonl", lines)) == "2: 'observation' must be a string or null"
+    assert validate_file(write(tmp_path / "obs.jsonl", lines)) == "2: 'observation' must be a string or null, is dict"
 
 
 def turn_of(messages: list[dict]) -> int:

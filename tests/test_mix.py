@@ -24,6 +24,7 @@ from envs.registry import get_env
 from monitor.report import panels
 from rollouts.scenario import Scenario
 from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
+from tests.test_train_e2e import assert_clean_exit
 from trainer.cli import config_from_args
 from trainer.config import ConfigError
 from trainer.resume import Cursor, load_cursor
@@ -110,7 +111,7 @@ def test_mix_is_in_the_config_hash_only_when_set():
 
 def test_run_wide_settings_have_mix_defaults_and_turn_limits_stay_per_env():
     config = parse("--mix", "openspiel=0.5,planner=0.25,r2e=0.25")
-    assert (config.groups_per_step, config.rollouts_per_group, config.max_training_steps) == (4, 4, 6)
+    assert (config.groups_per_step, config.rollouts_per_group, config.max_training_steps) == (4, 4, 4)  # RL steps
     views = {env: env_config(config, env) for env in ("openspiel", "planner", "r2e")}
     assert {env: v.max_tokens for env, v in views.items()} == {"openspiel": 16, "planner": 256, "r2e": 256}
     assert views["r2e"].max_steps == 6 and views["openspiel"].max_steps is None  # None: the env's default turns
@@ -280,7 +281,7 @@ def test_two_step_mixed_run_logs_every_env_and_evaluates_each(tmp_path):
     started = time.monotonic()
     result = run_train(tmp_path, "mixed", *flags, "--eval-before-after")
     wall = time.monotonic() - started
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert_clean_exit(result)
     assert history_steps(tmp_path, "mixed") == [0, 1, 2, 2]  # eval before, two steps, eval after
     rows = history_rows(tmp_path, "mixed")
     train, evals = [r for r in rows if "train/reward" in r], [r for r in rows if "val/reward" in r]

@@ -308,12 +308,12 @@ async def test_demonstrations_replay_through_the_real_env_at_full_score(tmp_path
 
 @pytest.mark.slow
 def test_two_step_cpu_run_on_tic_tac_toe_writes_state_logs_and_report(tmp_path):
-    from tests.test_train_e2e import validate_logs
+    from tests.test_train_e2e import assert_clean_exit, validate_logs
 
     result = run_train(tmp_path, "ttt", "--env", "openspiel", "--game-types", "tic_tac_toe", "--max-training-steps",
                        "2", "--groups-per-step", "2", "--rollouts-per-group", "2", "--num-tasks-per-case", "4",
                        "--max-tokens", "8", "--log-sample-rate", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert_clean_exit(result)
     assert history_steps(tmp_path, "ttt") == [1, 2] and read_state(tmp_path, "ttt")["step"] == 2
     logged = sorted((tmp_path / "logs" / "ttt").glob("step_*/openspiel_*.jsonl"))
     assert len(logged) == 2 * 2 * 2

@@ -376,10 +376,11 @@ def test_two_step_cpu_run_with_an_executor_server_writes_state_logs_and_report(t
 @pytest.mark.slow
 def test_two_step_cpu_run_with_the_default_executor_after_sft_on_demonstrations(tmp_path, tiny_flags):
     """Step 1 is SFT on the generator's plans, step 2 GRPO; the executor is the base model, adapter off."""
-    from tests.test_train_e2e import validate_logs
+    from tests.test_train_e2e import assert_clean_exit, validate_logs
 
-    result = run_train(tmp_path, "base", "--env", "planner", "--sft-demos", "on", "--sft-epochs", "1", *tiny_flags)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_train(tmp_path, "base", "--env", "planner", "--sft-demos", "on", "--sft-epochs", "1", *tiny_flags,
+                       "--max-training-steps", "1")  # 1 SFT epoch (step 1), then 1 RL step (step 2)
+    assert_clean_exit(result)
     assert "sft: 4 demonstration(s) of the planner train split" in result.stdout
     _check_run(tmp_path, "base", validate_logs, logged_steps=1)
 

@@ -9,7 +9,7 @@ Conventions the manuals follow so this can check them (no training, no model loa
   `none` is None.
 - The README's env table has one row per registered env, a column per backticked flag, and links the env's manual.
 - Prose that quotes the SFT/GRPO split ("3 SFT epochs", "GRPO steps 4-6", "step 4 .. 6") matches the env's
-  `--sft-epochs` and `--max-training-steps`.
+  `--sft-epochs` and `--max-training-steps` (RL steps, numbered after the SFT epochs).
 Also checked: `scripts/uv`, the bootstrap the two commands use, picks the right pip flags for a PEP 668 system
 Python, a plain one and a venv (with a stand-in interpreter, so nothing is installed).
 """
@@ -241,8 +241,8 @@ def stage_claims(text: str) -> Iterator[tuple[str, int, str]]:
 @pytest.mark.parametrize("page", [README, *env_readmes()], ids=lambda p: str(p.relative_to(ROOT)))
 def test_quoted_sft_and_rl_steps_match_the_code(page: Path, resolve):
     env = "gmsh" if page == README else page.parent.name  # the README's first command runs the default env
-    sft, last = resolve(env, "--sft-epochs"), resolve(env, "--max-training-steps")
-    expected = {"sft": sft, "first_rl": sft + 1, "last": last, "rl": last - sft if last else None,
+    sft, rl = resolve(env, "--sft-epochs"), resolve(env, "--max-training-steps")  # RL steps follow the SFT epochs
+    expected = {"sft": sft, "first_rl": sft + 1, "last": sft + rl if rl else None, "rl": rl,
                 "groups": resolve(env, "--groups-per-step"), "rollouts": resolve(env, "--rollouts-per-group")}
     text = prose(page.read_text())
     if page == README:

@@ -6,12 +6,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from monitor.report import UNIT_LABELS, panels, unit_of, wall_seconds, write_report
-from tests.helpers import model_dir, run_train
+from monitor.panels import UNIT_LABELS, label_of, panels, unit_of
+from monitor.report import wall_seconds, write_report
+from tests.helpers import ROOT, model_dir, run_train, subprocess_env
 
 # What a reader knows each generic figure to be (env figures the test does not name are checked by their values).
 UNIT = {
@@ -61,11 +63,15 @@ def panel_sections(page: str) -> list[tuple[str, str]]:
 
 
 def check_units(sections: list[tuple[str, str]], names_of, rows: list[dict]) -> None:
-    """No panel mixes units: every line in a panel is of the panel's declared unit, and each line is drawn once."""
+    """No panel mixes units: every line in a panel is of the panel's declared unit, and each line is drawn once.
+    Legends name lines readably (`label_of`), never by their raw keys; the names are mapped back to keys here."""
+    key_of = {label_of(k): k for r in rows for k in r}
     seen: list[str] = []
     for unit, body in sections:
-        names = names_of(body)
-        assert names, f"an empty {unit} panel"
+        legends = names_of(body)
+        assert legends, f"an empty {unit} panel"
+        assert not [n for n in legends if n in key_of.values()], f"raw metric keys in a legend: {legends}"
+        names = [key_of[n] for n in legends]
         seen += names
         for name in names:
             values = [float(r[name]) for r in rows if name in r]
@@ -137,7 +143,7 @@ def test_wall_time_adds_up_the_stretches_of_a_resumed_run():
 def test_report_of_a_gmsh_run_with_sft_and_evaluation_reads_right_in_a_browser(tmp_path):
     """gmsh, not r2e: its demonstrations fit the tiny model's 2048 positions, so the run has an SFT stage too."""
     run = run_train(tmp_path, "rep", "--env", "gmsh", "--sft-demos", "on", "--sft-epochs", "1", "--eval-before-after",
-                    "--max-context-tokens", "3072", "--max-training-steps", "3", "--groups-per-step", "2",
+                    "--max-context-tokens", "3072", "--max-training-steps", "2", "--groups-per-step", "2",
                     "--rollouts-per-group", "2", "--max-steps", "2", "--max-tokens", "48", "--log-sample-rate", "1",
                     "--keep-checkpoints", "1")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -191,3 +197,41 @@ def test_report_of_a_gmsh_run_with_sft_and_evaluation_reads_right_in_a_browser(t
         assert f"{had} turn(s)" in body and body.count("Reply:") == had
         assert body.count("No code block in this reply.") + body.count("Code:") >= had
         assert "Observation (what the agent got back)" in body
+
+
+def test_learning_panels_come_first_and_health_disk_and_services_are_collapsed(tmp_path):
+    """The report is read for whether the run learned: those panels lead; health, disk and service-node panels
+    sit under one collapsed section; legends name each line in words, with the raw key in the hover box."""
+    rows = [{"step": s, "train/health/trainer_rss_mb": 900.0, "train/nodes/gmsh/node0/calls": 4.0,
+             "train/gather_seconds": 4.0, "train/loss": 0.5, "loss/train": 0.7, "val/pass_rate": 0.25,
+             "val/reward_mean": 0.5, "train/reward_mean": 0.1 * s, "train/gmsh/success_rate": 0.5,
+             "train/health/disk_free_gb": 60.0} for s in range(1, 4)]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = write_report(tmp_path / "logs" / "x", tmp_path / "history.jsonl").read_text()
+    titles = re.findall(r'<section class="panel" data-unit="[^"]+"><h3>(.*?) <span', page)
+    assert titles == ["Train reward per step", "Held-out evaluation: reward", "Held-out evaluation: pass rate",
+                      "RL policy loss", "SFT loss (per epoch)", "Reward breakdown and env figures", "Time per step",
+                      "Trainer memory", "Disk", "Service nodes"]
+    health = re.search(r'<details id="run-health">(.*?)</details>', page, re.S)
+    assert health, "the health section is a collapsed <details> (no `open`)"
+    assert re.findall(r"<h3>(.*?) <span", health.group(1)) == ["Trainer memory", "Disk", "Service nodes"]
+    legends = [json.loads(f'"{n}"') for n in re.findall(r'"name":"([^"]+)"', page)]
+    assert {"train reward (mean)", "held-out reward (mean)", "held-out pass rate", "RL policy loss", "SFT loss",
+            "gathering rollouts", "gmsh: success rate", "trainer memory (RSS)", "disk free",
+            "gmsh node0: calls"} == set(legends)
+    hovers = [json.loads(f'"{h}"') for h in re.findall(r'"hovertemplate":"([^"]+)"', page)]
+    assert "step %{x}: %{y:.4g}<extra>train/reward_mean</extra>" in hovers  # on hover, the key history.jsonl holds
+
+
+def test_label_of_names_keys_in_words():
+    assert label_of("train/reward_mean") == "train reward (mean)"
+    assert label_of("val/toy/reward_mean") == "held-out toy: reward (mean)"
+    assert label_of("train/nodes/gmsh/node0/latency_p95_s") == "gmsh node0: latency p95 (s)"
+    assert label_of("train/health/open_files") == "open files" and label_of("train/no_code") == "no code"
+
+
+def test_a_log_folder_without_history_is_one_line_on_stderr(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "monitor.report", "/nonexistent", "--art-path", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, env=subprocess_env(), timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "LOG_DIR /nonexistent: no history at" in done.stderr, done.stderr

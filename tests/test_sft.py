@@ -106,8 +106,8 @@ def test_sft_stage_trains_through_art_and_is_never_repeated(tmp_path, demos):
 def test_kill_during_sft_resumes_without_losing_or_repeating_an_epoch(tmp_path):
     many = write_jsonl(tmp_path / "many.jsonl", [{"messages": CHAT}] * 64)
     flags = ("--env", "toy", "--sft-data", str(many), "--sft-epochs", "4", "--sft-batch-size", "1",
-             "--max-training-steps", "5", "--rollouts-per-group", "2", "--groups-per-step", "2", "--wandb",
-             "disabled")
+             "--max-training-steps", "1", "--rollouts-per-group", "2", "--groups-per-step", "2", "--wandb",
+             "disabled")  # 4 SFT epochs, then 1 RL step
     proc = subprocess.Popen(train_cmd(tmp_path, "kill", *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=subprocess_env(), cwd=Path(__file__).resolve().parents[1],
                             start_new_session=True)

@@ -387,7 +387,7 @@ async def test_each_demonstration_is_a_workflow_that_scores_with_a_right_executo
 @pytest.mark.slow
 def test_two_step_cpu_run_of_the_workflow_env_writes_state_logs_and_report(tmp_path):
     from tests.fake_openai_server import start_fake_server
-    from tests.test_train_e2e import validate_logs
+    from tests.test_train_e2e import assert_clean_exit, validate_logs
 
     server, _ = start_fake_server(latency_s=0.0, reply="Answer: 42")
     try:
@@ -397,7 +397,7 @@ def test_two_step_cpu_run_of_the_workflow_env_writes_state_logs_and_report(tmp_p
                            "--log-sample-rate", "1", "--domain-ratios", "math=0.5,qa=0.5", timeout=300)
     finally:
         server.stop()
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert_clean_exit(result)
     assert history_steps(tmp_path, "wf") == [1, 2] and read_state(tmp_path, "wf")["step"] == 2
     logged = sorted((tmp_path / "logs" / "wf").glob("step_*/workflow_*.jsonl"))
     assert len(logged) == 2 * 2 * 2

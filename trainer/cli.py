@@ -15,14 +15,8 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass
 from typing import Any
 
+from entry_point import OneLineParser
 from trainer.config import GROUPS, ConfigError, ExperimentConfig
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it (the usage text buries the reason)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def meaningful(default: Any) -> bool:

@@ -81,9 +81,13 @@ class ExperimentConfig:
     log_sample_rate: float = setting("run", "share of each step's rollouts written to the step logs", 0.1,
                                      hashed=False)
     seed: int = setting("run", "seeds the data order, the scenarios and the adapter's initialisation", 0)
-    num_epochs: int = setting("run", "passes over the train scenarios", 3, hashed=False)
-    max_training_steps: int | None = setting("run", "stop once the model's step reaches N", None, hashed=False,
-                                             metavar="N")
+    num_epochs: int = setting("run", "RL passes over the train scenarios", 3, hashed=False)
+    # RL steps only, as a user reads the flag. It once counted the model's step, SFT epochs included; it was never
+    # hashed, so runs made then resume under the same hash and count RL steps from then on (docs/TRAINING.md).
+    max_training_steps: int | None = setting(
+        "run", "RL (GRPO) steps to train, after the SFT epochs (--sft-epochs), which it does not count; a resumed "
+               "run counts the RL steps it already trained, so the same command continues up to N", None,
+        hashed=False, metavar="N")
     allow_config_change: bool = setting("run", "resume even if the config hash changed", False, hashed=False)
     wandb: str = setting("run", "auto: online when WANDB_API_KEY is set, else offline", "auto", hashed=False,
                          choices=("auto", "online", "offline", "disabled"))
@@ -102,7 +106,8 @@ class ExperimentConfig:
                 "to 1), e.g. gmsh=0.3,r2e=0.4,openspiel=0.3; metrics per env (envs/mix/mix.py)", None,
         metavar="ENV=RATIO,...")
     dataset: str | None = setting("data", "the env's own dataset file (gmsh: task parquet; r2e: rows "
-                                          ".jsonl/.parquet)", None, metavar="FILE")
+                                          ".jsonl/.parquet), or verl's parquet layout for every env (`python -m "
+                                          "envs.<env> tasks`)", None, metavar="FILE")
     dataset_size: int | None = setting("data", "scenarios to load (default: the env's)", None, metavar="N")
     cache_dir: str | None = setting("data", "the env's cache folder (r2e: a built repo cache, read only; gmsh: "
                                             "where generated tasks are stored)", None, metavar="DIR")
@@ -163,8 +168,8 @@ class ExperimentConfig:
                f"{DEFAULT_SFT_LR[TINY_RANDOM_MODEL]} for {TINY_RANDOM_MODEL})", None)
     sft_batch_size: int = setting("sft", "conversations per SFT gradient step", 2)
     # eval
-    eval_every: int = setting("eval", "evaluate on the held-out split every N steps (0: never)", 0, hashed=False,
-                              metavar="N")
+    eval_every: int = setting("eval", "evaluate on the held-out split every N steps of the model, SFT epochs "
+                                      "included (0: never)", 0, hashed=False, metavar="N")
     eval_before_after: bool = setting(
         "eval", "evaluate on the held-out split before any training, after SFT and after the last step", True,
         hashed=False)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.cli import OneLineParser
+from entry_point import OneLineParser
 from trainer.config import ExperimentConfig
 
 

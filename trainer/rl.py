@@ -4,7 +4,8 @@ Each step: `gather_step` (one semaphore + start-rate throttle) -> `backend.train
 signal -> `model.log()` (history.jsonl, W&B) -> RLM-format logs -> `state.json` (the commit point, with the data
 cursor). Zero-variance groups are counted and left out, as ART's own loop does. With `--max-steps-off-policy K`
 the gathers of the next K steps run while a step trains (trainer/pipeline.py: the gate, staleness, resume); K = 0
-is the synchronous loop. Every rollout records the policy step it was sampled from.
+is the synchronous loop. Every rollout records the policy step it was sampled from. `--max-training-steps` counts
+these steps only; the step numbers are the model's, which the SFT epochs before them also took (`rl_budget`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class StepFigures(Protocol):
 async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures) -> None:
     from backends.checkpoints import best_val_step, steps_to_keep
     from backends.remote import train_keywords
+    from monitor.wandb_log import log_rollouts
     from rollouts.gather import freeze_startup_heap, gather_step
     from rollouts.logs import write_step
     from rollouts.metrics import has_signal, step_metrics
@@ -63,8 +65,9 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
         return await gather_step(batch, rollout, ctx, config.rollouts_per_group, limits,
                                  config.max_failed_share, desc=f"step {at}")
 
+    last_step = rl_budget(step, sft_steps, config.max_training_steps)
     pipeline = StepPipeline(load_cursor(env, state), lambda c: c.take(scenarios, config.groups_per_step, config.seed),
-                            gather, committed=step, last_step=config.max_training_steps or sys.maxsize,
+                            gather, committed=step, last_step=last_step,
                             num_epochs=config.num_epochs, max_off_policy=config.max_steps_off_policy)
     ready_at = time.monotonic()  # when the trainer was free for the next step
     try:
@@ -103,7 +106,10 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
                              rate=config.log_sample_rate, meta={"env": config.env, "model": config.model_name,
                                                                 "experiment": config.experiment_name,
                                                                 "config_hash": config.config_hash(),
+                                                                "base_model": config.base_model,
                                                                 "max_steps": the_run.max_steps})
+            # the same sampled rollouts as a W&B table (a no-op with W&B off)
+            log_rollouts(model, step, groups, seed=config.seed, rate=config.log_sample_rate, env=config.env)
             the_run.commit(step, epoch=planned.next_cursor.epoch, cursor=dataclasses.asdict(planned.next_cursor))
             ready_at = time.monotonic()
             print(summary_line(step, metrics, pipelined=config.max_steps_off_policy > 0), flush=True)
@@ -119,6 +125,22 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
         print(f"done: {config.num_epochs} epoch(s) completed at step {step}", flush=True)
     if the_run.val and config.eval_before_after and evaluated_at != step and step > first_step:
         await the_run.evaluate(step, "after training")
+
+
+def rl_budget(step: int, sft_steps: int, max_rl_steps: int | None) -> int:
+    """The model's step the RL loop stops at: `--max-training-steps` counts RL steps, and the SFT epochs took the
+    model's first steps, so the budget ends SFT epochs + N steps in (a resumed run counts the RL steps done). Says
+    so in one line, since the step numbers a run prints are the model's."""
+    if max_rl_steps is None:
+        return sys.maxsize
+    last, done = sft_steps + max_rl_steps, max(step - sft_steps, 0)
+    after = f" after {sft_steps} SFT epoch(s)" if sft_steps else ""
+    if done >= max_rl_steps:
+        print(f"rl: the {max_rl_steps} RL step(s) of --max-training-steps are done (step {step}{after})", flush=True)
+    else:
+        print(f"rl: RL steps {done + 1}-{max_rl_steps} of --max-training-steps {max_rl_steps} are steps "
+              f"{step + 1}-{last}{after}", flush=True)
+    return last
 
 
 def summary_line(step: int, m: dict[str, float], pipelined: bool = False) -> str:

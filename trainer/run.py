@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -48,7 +49,8 @@ def resolve_base_model(config: ExperimentConfig) -> tuple[str, str | list[str]]:
 
 
 async def run(config: ExperimentConfig) -> dict[str, Any]:
-    """Train until the step reaches --max-training-steps or the epochs run out; returns the final state.
+    """SFT for --sft-epochs, then RL until --max-training-steps RL steps or --num-epochs passes are done; returns
+    the final state.
 
     The experiment's lock comes first: a second live run of the same experiment stops here, having touched nothing.
     """
@@ -173,17 +175,30 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
             from trainer.rl import rl_loop
 
             await rl_loop(the_run, scenarios, monitor)
-        _write_report(config, model_dir)
+        if (report := _write_report(config, model_dir)) is not None:
+            from monitor.wandb_log import log_report
+
+            log_report(model, report, config.experiment_name, (model.read_state() or {}).get("step"))  # W&B on
         return model.read_state() or {}
-    finally:
-        await services.aclose()
-        if the_run.ctx is not None:
-            await the_run.ctx.aclose()
-        monitor.stop()
-        await backend.close()
-        if model._wandb_run is not None:
-            model._wandb_run.finish()
-        run_dir.release()
+    finally:  # the backend after what uses its server: its close waits for the sampler thread to leave torch
+        await close_all([services.aclose, lambda: the_run.ctx and the_run.ctx.aclose(), monitor.stop, backend.close,
+                         lambda: model._wandb_run and model._wandb_run.finish(), run_dir.release])
+
+
+async def close_all(closers: list[Callable[[], Any]]) -> None:
+    """Call each in turn, awaiting what it returns when that is awaitable, and raise the first failure once all have
+    run: one close that fails (a service that will not stop) must not leave the policy server's threads running at
+    interpreter exit, where a thread still in torch aborts the process."""
+    failure: BaseException | None = None
+    for close in closers:
+        try:
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+        except BaseException as exc:  # a cancellation too: the rest still close, then it propagates
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 async def _sft_stage(the_run: Run, conversations: list[dict[str, Any]]) -> None:
@@ -261,9 +276,9 @@ def _require_sandbox(config: ExperimentConfig) -> None:
     print(status.describe(), flush=True)
 
 
-def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
+def _write_report(config: ExperimentConfig, model_dir: Path) -> Path | None:
     """The HTML report is a convenience: a failure to draw it is logged, never a failed run; a full disk is the
-    run's one line (train.py), as anywhere else."""
+    run's one line (train.py), as anywhere else. Returns its path, None when it could not be drawn."""
     from backends.atomic import is_disk_full
 
     try:
@@ -271,10 +286,12 @@ def _write_report(config: ExperimentConfig, model_dir: Path) -> None:
 
         path = write_report(Path(config.log_dir) / config.experiment_name, model_dir / "history.jsonl")
         print(f"report: {path}", flush=True)
+        return path
     except Exception as exc:
         if is_disk_full(exc):
             raise
         log.exception("could not write the HTML report")
+        return None
 
 
 async def _load_checkpoint(backend: art.Backend, model: TrainerModel, model_dir: Path, step: int) -> None:
@@ -306,5 +323,7 @@ def _configure_wandb(model: TrainerModel, config: ExperimentConfig) -> None:
     elif mode == "online" and "WANDB_API_KEY" not in os.environ:
         raise ConfigError("--wandb online needs WANDB_API_KEY in the environment")
     else:
+        if config.wandb != "auto":  # the flag wins over the environment: --wandb offline with a key stays offline
+            os.environ["WANDB_MODE"] = mode
         model.report_metrics = ["wandb"]
 

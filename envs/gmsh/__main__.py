@@ -1,6 +1,8 @@
 """`python -m envs.gmsh generate --out DIR [--seed S]`,
 `python -m envs.gmsh score --geometry G --requirements R.json --script S.py [--url URL --token T]` and
-`python -m envs.gmsh demos --out F.jsonl [--split train|heldout|all] [--count N] [--seed S] [--tasks-dir D]`.
+`python -m envs.gmsh demos --out F.jsonl [--split train|heldout|all] [--count N] [--seed S] [--tasks-dir D]` and
+`python -m envs.gmsh tasks --out F.parquet [--split train|val] [--seed S] [--dataset FILE]` (verl's layout; the
+geometry files go to `geometry/` beside F).
 
 `score` prints one JSON object {reward, breakdown, stats}; with no --url it starts and stops its own service.
 """
@@ -16,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from entry_point import OneLineParser
 from services.process import ServiceProcess
 
 
@@ -42,7 +45,7 @@ async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m envs.gmsh", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m envs.gmsh", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write a deterministic task set")
     gen.add_argument("--out", type=Path, required=True)
@@ -66,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     demos.add_argument("--url", default=None, help="a running gmsh service to check the scripts (default: start one)")
     demos.add_argument("--token", default=os.environ.get("GMSH_SERVICE_TOKEN"))
     demos.add_argument("--no-verify", action="store_true", help="write every script without scoring it")
+    from envs.verl_layout import add_tasks_command, run_tasks
+
+    add_tasks_command(sub, None, cache_help="the generated task store to reuse, as train.py's --cache-dir "
+                                            "(default: a temporary one)")
     args = parser.parse_args(argv)
+    if args.command == "tasks":
+        from envs.gmsh.tasks import verl_rows
+
+        return run_tasks("gmsh", args, verl_rows)
     if args.command == "generate":
         from envs.gmsh.tasks import generate
 

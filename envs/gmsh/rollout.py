@@ -50,10 +50,11 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     turns = 0
     turn_log: list[dict] = []
     for turns in range(1, ctx.settings.max_steps + 1):  # noqa: B007 - turns is reported below
-        choice = await ctx.complete(trajectory.messages(), ctx.settings.max_tokens_per_turn)
+        sent = trajectory.messages()
+        choice = await ctx.complete(sent, ctx.settings.max_tokens_per_turn)
         trajectory.messages_and_choices.append(choice)
         script = extract_code(choice.message.content or "")
-        turn = {"prompt": str(trajectory.messages()[-2].get("content")), "response": choice.message.content or "",
+        turn = {"prompt": sent, "response": choice.message.content or "",
                 "code_blocks": [], "final_answer": None, "iteration_time": 0.0, "observation": None}
         turn_log.append(turn)  # every turn is logged, a reply without code too
         if script is None:

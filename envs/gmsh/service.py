@@ -13,7 +13,6 @@ The per-script temp dirs live in a locked scratch folder of this service under `
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
@@ -28,6 +27,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException
 
+from entry_point import OneLineParser
 from envs.gmsh.wire import RunRequest, RunResult
 from sandbox.run import ALLOW_UNSANDBOXED_HELP, SandboxLimits, run_sandboxed, sandbox_or_exit
 from services.idempotency import RecentResults
@@ -147,7 +147,7 @@ def build_app(token: str, task_store: Path | None = None, workers: int = 2, queu
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--token", default=os.environ.get("SERVICE_TOKEN"),

@@ -19,10 +19,15 @@ from rollouts.scenario import DatasetError, Scenario
 
 
 def task_file(cfg: Any, split: str) -> Path:
-    """The task parquet of a split: --dataset's (its val file beside it), else the generated tasks of the seed."""
+    """The task parquet of a split: --dataset's (its val file beside it; a verl file with none evaluates on
+    itself), else the generated tasks of the seed."""
     if cfg.dataset:
+        from envs.verl_layout import is_verl, val_file
+
         path = Path(cfg.dataset)
-        return path if split == "train" else path.with_name(path.name.replace("train", split))
+        if split == "train":
+            return path
+        return val_file(path) if is_verl(path) else path.with_name(path.name.replace("train", split))
     from envs.gmsh.tasks import ensure_default_tasks
 
     store = Path(cfg.cache_dir or cfg.art_path) / "gmsh_tasks" / f"seed{cfg.seed}"
@@ -83,5 +88,5 @@ SPEC = EnvSpec(
     # (steps 1-3, a high LoRA step size: the model learns the few demonstrations by heart), then GRPO (4-6).
     defaults={"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 640, "max_context_tokens": 1536,
               "temperature": 0.7, "lora_rank": 16, "sft_epochs": 3, "sft_learning_rate": 1e-3,
-              "max_training_steps": 6},
+              "max_training_steps": 3},
 )

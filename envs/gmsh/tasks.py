@@ -1,14 +1,19 @@
 """Meshing tasks: parametric geometries built with gmsh's OCC kernel, a prompt, machine-readable requirements.
 
 `generate(out_dir, seed)` is deterministic for a seed: it writes one geometry file per task (STEP for solids,
-BREP for the 2-D profile) and `train.parquet` / `val.parquet`. `load_tasks(path)` reads a parquet back and
-rejects a bad row before training starts, naming the row and the field.
+BREP for the 2-D profile) and `train.parquet` / `val.parquet`. `load_tasks(path)` reads a parquet back, in this
+layout or verl's (envs/verl_layout.py), and rejects a bad row before training starts, naming the row and the field.
+
+In verl's layout a geometry file cannot ride in a cell, so it travels as a path plus a folder: `extra_info`'s
+`geometry_file` is a path relative to the parquet's folder (`geometry/<task id>.step`; an absolute path works too)
+and `verl_rows` copies each file into the `geometry/` folder beside the parquet. Move the parquet with that folder.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +26,8 @@ from envs.gmsh.reward import expected_elements
 from rollouts.scenario import DatasetError, Scenario
 
 COLUMNS = ["task_id", "kind", "prompt", "geometry_file", "requirements", "bbox", "characteristic_length"]
+REQUIRED = ("dimension", "physical_groups", "characteristic_length")  # what the reward reads of the requirements
+GEOMETRY_DIR = "geometry"  # beside a verl parquet: the geometry files its rows name
 
 
 @dataclass
@@ -168,8 +175,12 @@ def ensure_default_tasks(out_dir: Path, seed: int, n_train: int = 20, n_val: int
 
 def load_tasks(path: Path) -> list[Scenario]:
     """Read a task parquet; geometry files are looked up beside it."""
+    from envs.verl_layout import is_verl
+
     if not path.is_file():
         raise DatasetError(f"--dataset {path}: no such file")
+    if is_verl(path):
+        return verl_tasks(path)
     table = pq.read_table(path)
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
@@ -181,7 +192,7 @@ def load_tasks(path: Path) -> list[Scenario]:
             requirements = json.loads(row["requirements"])
         except (TypeError, json.JSONDecodeError) as exc:
             raise DatasetError(f"{where}: field 'requirements' is not JSON ({exc})") from exc
-        for key in ("dimension", "physical_groups", "characteristic_length"):
+        for key in REQUIRED:
             if key not in requirements:
                 raise DatasetError(f"{where}: field 'requirements' lacks {key!r}")
         geometry = path.parent / str(row["geometry_file"])
@@ -206,3 +217,73 @@ def split_tasks(store: Path, split: str) -> list[Scenario]:
     if split not in SPLIT_FILES:
         raise DatasetError(f"--split {split!r}: choose from {', '.join(SPLIT_FILES)}")
     return [s for name in SPLIT_FILES[split] for s in load_tasks(store / name)]
+
+
+# ---- verl's layout -----------------------------------------------------------------------------------------------
+
+
+def _copy_geometry(source: Path, dest: Path) -> None:
+    if dest.exists() and dest.resolve() == source.resolve():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(dest)
+
+
+def verl_rows(items: list[tuple[Scenario, str]], out: Path, cfg: Any = None) -> list[dict[str, Any]]:
+    """The tasks as verl rows: the rollout's two messages as `prompt`, requirements and bbox as the ground truth
+    (JSON) and in `extra_info`, each geometry file copied into `geometry/` beside `out`."""
+    from agent.prompts import GMSH_SYSTEM_PROMPT
+    from envs.verl_layout import row
+
+    rows, copied = [], {}
+    for index, (scenario, split) in enumerate(items):
+        data = scenario.data
+        source = Path(data["task_store"]) / data["geometry_file"]
+        name = f"{GEOMETRY_DIR}/{Path(data['geometry_file']).name}"
+        if copied.setdefault(name, source) != source:
+            raise DatasetError(f"task {scenario.id}: its geometry file {source.name} has the name of another "
+                               f"task's ({copied[name]}); rename one")
+        _copy_geometry(source, out.parent / name)
+        requirements, bbox = data["requirements"], [float(v) for v in data["bbox"]]
+        rows.append(row(
+            f"gmsh/{data['kind']}", [{"role": "system", "content": GMSH_SYSTEM_PROMPT},
+                                     {"role": "user", "content": scenario.prompt}], "meshing",
+            json.dumps({"requirements": requirements, "bbox": bbox}, sort_keys=True),
+            {"env": "gmsh", "task_id": scenario.id, "index": index, "split": split, "kind": data["kind"],
+             "geometry_file": name, "requirements": json.dumps(requirements, sort_keys=True), "bbox": bbox}))
+    return rows
+
+
+def verl_tasks(path: Path) -> list[Scenario]:
+    """A verl parquet's tasks: requirements, bbox and geometry_file from `extra_info`, the task text from the last
+    user message; every row checked (geometry file present) before any work."""
+    from envs.verl_layout import read
+
+    scenarios = []
+    for row in read(path):
+        requirements = row.extra_info.get("requirements")
+        if isinstance(requirements, str):
+            try:
+                requirements = json.loads(requirements)
+            except json.JSONDecodeError as exc:
+                raise row.fail("extra_info.requirements", f"is not JSON ({exc.msg})") from None
+        if not isinstance(requirements, dict):
+            raise row.fail("extra_info.requirements", "must be the task's requirements (a JSON object)")
+        if missing := [key for key in REQUIRED if key not in requirements]:
+            raise row.fail("extra_info.requirements", f"lacks {', '.join(map(repr, missing))}")
+        bbox = row.extra_info.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 6 or not all(isinstance(v, int | float) for v in bbox):
+            raise row.fail("extra_info.bbox", "must be 6 numbers (xmin, ymin, zmin, xmax, ymax, zmax)")
+        geometry_file = row.text("geometry_file")
+        if geometry_file is None:
+            raise row.fail("extra_info.geometry_file", f"is missing (a path relative to {path.parent})")
+        if not (path.parent / geometry_file).is_file():
+            raise row.fail("extra_info.geometry_file", f"names {path.parent / geometry_file}, which does not exist "
+                           f"(the {GEOMETRY_DIR}/ folder travels beside the parquet)")
+        kind = row.text("kind") or row.data_source.rsplit("/", 1)[-1]
+        scenarios.append(Scenario(id=row.task_id("gmsh"), prompt=row.user_text(), data={
+            "kind": kind, "geometry_file": geometry_file, "task_store": str(path.parent),
+            "requirements": requirements, "bbox": [float(v) for v in bbox]}))
+    return scenarios

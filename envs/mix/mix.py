@@ -28,7 +28,7 @@ __all__ = ["MIX", "MIX_DEFAULTS", "PER_ENV_FIELDS", "MixError", "MixOptions", "M
 # A mixed run's run-wide defaults for the flags a user leaves out (one LoRA, one optimiser, one temperature for
 # every env), sized like the single envs' own (their specs' `defaults`).
 MIX_DEFAULTS: dict[str, Any] = {"groups_per_step": 4, "rollouts_per_group": 4, "temperature": 0.7, "lora_rank": 16,
-                                "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6}
+                                "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 4}
 # Config fields each mixed env keeps its own value of (its spec's default, else the run's) unless the flag is given.
 PER_ENV_FIELDS = ("max_tokens", "max_steps")
 

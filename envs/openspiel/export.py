@@ -1,9 +1,10 @@
 """Taking the tasks elsewhere and teaching the format: the verl-layout parquet, and SFT demonstrations.
 
-The parquet has verl's columns: `prompt` (the chat messages a rollout sends), `data_source`, `ability`,
-`reward_model` ({style: rule, ground_truth: JSON of the legal action ids and strings}) and `extra_info` (env,
-case, task id, seed, split, history, player), so a verl reward function can rebuild the state with
-`pyspiel.load_game(case)` and the history. A demonstration is exactly a move-mode rollout's conversation with a
+The parquet has verl's columns (envs/verl_layout.py): `prompt` (the chat messages a rollout sends), `data_source`,
+`ability`, `reward_model` ({style: rule, ground_truth: JSON of the reward mode and the legal action ids and
+strings}) and `extra_info` (env, case, task id, index, seed, split, history, player), so a verl reward function can
+rebuild the state with `pyspiel.load_game(case)` and the history; `--dataset` reads it back
+(envs/openspiel/tasks.py `verl_tasks`). A demonstration is exactly a move-mode rollout's conversation with a
 well-formed answer: a seeded legal move, or OpenSpiel's MCTS bot's move (`--demo-policy`).
 """
 
@@ -34,34 +35,24 @@ def messages(scenario: Scenario) -> list[dict[str, str]]:
 
 
 def verl_row(scenario: Scenario, index: int, reward_mode: str) -> dict[str, Any]:
+    from envs.verl_layout import row
+
     data = scenario.data
     state = replay(data["case"], data["history"])
     legal = {str(a): state.action_to_string(data["player"], a) for a in data["legal_actions"]}
-    return {
-        "data_source": f"openspiel/{data['game']}",
-        "prompt": messages(scenario),
-        "ability": "game",
-        "reward_model": {"style": "rule", "ground_truth": json.dumps({"reward_mode": reward_mode,
-                                                                      "legal_actions": legal})},
-        "extra_info": {"env": "openspiel", "case": data["case"], "task_id": scenario.id, "index": index,
-                       "seed": int(data["seed"]), "split": data["split"], "history": list(data["history"]),
-                       "player": int(data["player"])},
-    }
+    return row(f"openspiel/{data['game']}", messages(scenario), "game",
+               json.dumps({"reward_mode": reward_mode, "legal_actions": legal}),
+               {"env": "openspiel", "case": data["case"], "task_id": scenario.id, "index": index,
+                "seed": int(data["seed"]), "split": data["split"], "history": list(data["history"]),
+                "player": int(data["player"])})
 
 
-def write_tasks(out: Path, options: GameOptions, seed: int, split: str = "all") -> int:
-    """Writes the task set as a verl parquet; returns the row count."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def verl_rows(items: list[tuple[Scenario, str]], out: Path, cfg: Any) -> list[dict[str, Any]]:
+    """`python -m envs.openspiel tasks`: the rows, the ground truth under the run's `--reward-mode`."""
+    from envs.options import options_for
 
-    if out.suffix != ".parquet":
-        raise DatasetError(f"--out {out}: must end with .parquet")
-    rows = [verl_row(s, i, options.reward_mode) for i, s in enumerate(scenarios_of(options, seed, split))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(out)
-    return len(rows)
+    reward_mode = options_for(cfg, GameOptions).reward_mode
+    return [verl_row(s, index, reward_mode) for index, (s, _) in enumerate(items)]
 
 
 def demo_action(scenario: Scenario, policy: str, simulations: int) -> int:
@@ -78,12 +69,14 @@ def conversation(scenario: Scenario, action: int) -> dict[str, Any]:
             "metadata": {"env": "openspiel", "scenario_id": scenario.id, "split": scenario.data["split"]}}
 
 
-def write_demos(out: Path, options: GameOptions, seed: int, split: str = "train") -> list[dict[str, Any]]:
-    """Demonstrations of the `split` tasks (`--num-demos` of them, in task order; 0: all) as OpenAI-messages
-    JSONL, the format `--sft-data` and art.utils.sft read."""
+def write_demos(out: Path, options: GameOptions, seed: int, split: str = "train",
+                scenarios: list[Scenario] | None = None) -> list[dict[str, Any]]:
+    """Demonstrations of the `split` tasks, or of `scenarios` (a --dataset's), `--num-demos` of them in task
+    order (0: all), as OpenAI-messages JSONL, the format `--sft-data` and art.utils.sft read."""
     if out.suffix != ".jsonl":
         raise DatasetError(f"--out {out}: must end with .jsonl (the format art.utils.sft reads)")
-    scenarios = scenarios_of(options, seed, split)
+    if scenarios is None:
+        scenarios = scenarios_of(options, seed, split)
     if options.num_demos:
         scenarios = scenarios[: options.num_demos]
     demos = [conversation(s, demo_action(s, options.demo_policy, options.mcts_simulations)) for s in scenarios]

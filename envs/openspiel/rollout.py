@@ -66,7 +66,8 @@ def _position_seed(case: str, history: list[int]) -> int:
     return zlib.crc32(f"{case}|{','.join(map(str, history))}".encode())
 
 
-def _turn(prompt: Any, reply: str, parsed: ParsedMove, observation: str, seconds: float) -> dict[str, Any]:
+def _turn(prompt: list[dict[str, Any]], reply: str, parsed: ParsedMove, observation: str, seconds: float
+          ) -> dict[str, Any]:
     """One model turn in the RLM visualizer's shape: the answer as the 'code', what it did as the result."""
     return {"prompt": prompt, "response": reply, "iteration_time": seconds, "observation": observation,
             "final_answer": parsed.text if parsed.legal else None,
@@ -163,12 +164,12 @@ async def _game(ctx: RolloutContext, scenario: Scenario, runtime: GameRuntime) -
             parsed = parse_move(reply, legal)
             if parsed.legal:
                 answers_legal += 1
-                turn_log.append(_turn(messages[-1]["content"], reply, parsed,
+                turn_log.append(_turn(messages, reply, parsed,
                                       f"played {legal[parsed.action or 0]}", time.monotonic() - started))
                 break
             illegal_total += 1
             note = retry_prompt(parsed, legal)
-            turn_log.append(_turn(messages[-1]["content"], reply, parsed, note, time.monotonic() - started))
+            turn_log.append(_turn(messages, reply, parsed, note, time.monotonic() - started))
             trajectory.messages_and_choices.append({"role": "user", "content": note})
         else:
             forfeit = True

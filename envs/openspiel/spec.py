@@ -15,15 +15,15 @@ from rollouts.scenario import Scenario
 
 
 def _load(cfg: Any) -> list[Scenario]:
-    from envs.openspiel.rollout import load_scenarios
+    from envs.openspiel.tasks import scenarios_for
 
-    return load_scenarios(cfg)
+    return scenarios_for(cfg)
 
 
 def _load_val(cfg: Any) -> list[Scenario]:
-    from envs.openspiel.rollout import load_scenarios
+    from envs.openspiel.tasks import scenarios_for
 
-    return load_scenarios(cfg, "val")
+    return scenarios_for(cfg, "val")
 
 
 async def _rollout(ctx: Any, scenario: Scenario) -> Any:
@@ -45,6 +45,12 @@ def _metrics(groups: list[Any]) -> dict[str, float]:
 
 
 def _write_demos(cfg: Any, out: Path) -> None:
+    if cfg.dataset:  # demonstrations of the file's own tasks
+        from envs.openspiel.export import write_demos as write
+        from envs.options import options_for
+
+        write(out, options_for(cfg, GameOptions), cfg.seed, scenarios=_load(cfg))
+        return
     from envs.openspiel.rollout import write_demos
 
     write_demos(cfg, out)
@@ -63,10 +69,10 @@ def _probes(cfg: Any, scenario: Scenario) -> list[Any]:
 SPEC = EnvSpec(
     name="openspiel", load_scenarios=_load, rollout=_rollout, default_max_steps=64, services=_services,
     step_metrics=_metrics, load_val=_load_val, write_demos=_write_demos, reward_probes=_probes, pass_threshold=1.0,
-    options=GameOptions,
+    options=GameOptions, dataset_suffixes=(".parquet",),
     # An answer is a few tokens (`move: 4`). 48 demonstrations (task order mixes the cases) keep the SFT stage to a
     # few minutes whatever --game-types selects; then GRPO at a step size that keeps the legal-move rate it learnt.
     defaults={"groups_per_step": 4, "rollouts_per_group": 4, "max_tokens": 16, "temperature": 0.7,
               "learning_rate": 1e-4, "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3,
-              "max_training_steps": 8, "num_demos": 48},
+              "max_training_steps": 6, "num_demos": 48},
 )

@@ -7,15 +7,19 @@ probabilities with the same generator, so no terminal or chance state is ever sh
 
 Held-out (val) tasks take the seeds after the train ones and skip any state a train task of the case already
 shows, so evaluation never scores a position the policy was trained on.
+
+`verl_tasks` reads the tasks back from verl's layout (envs/openspiel/export.py writes it): the state is replayed
+from `extra_info`'s case and history, so the prompt and legal moves are always the game's own.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from typing import Any
 
-from envs.openspiel.cases import load_game, resolve_cases
+from envs.openspiel.cases import CaseError, check_case, load_game, resolve_cases
 from envs.openspiel.moves import describe_state, legal_actions
 from envs.openspiel.options import GameOptions
 from rollouts.scenario import DatasetError, Scenario
@@ -59,10 +63,13 @@ def slug(case: str) -> str:
 
 
 def task(case: str, seed: int, max_random_steps: int, split: str = "train") -> Scenario:
-    state = walk(case, seed, max_random_steps)
+    return _scenario(case, walk(case, seed, max_random_steps), f"openspiel-{slug(case)}-s{seed}", seed, split)
+
+
+def _scenario(case: str, state: Any, task_id: str, seed: int, split: str) -> Scenario:
     game = load_game(case)
     return Scenario(
-        id=f"openspiel-{slug(case)}-s{seed}", prompt=describe_state(case, game, state),
+        id=task_id, prompt=describe_state(case, game, state),
         data={"case": case, "game": game.get_type().short_name, "seed": seed, "split": split,
               "history": [int(a) for a in state.history()], "player": int(state.current_player()),
               "legal_actions": sorted(legal_actions(state))})
@@ -80,6 +87,20 @@ def load_tasks(options: GameOptions, base_seed: int, split: str = "train") -> li
     return [tasks[i] for i in range(max(map(len, per_case), default=0)) for tasks in per_case if i < len(tasks)]
 
 
+def scenarios_for(cfg: Any, split: str = "train") -> list[Scenario]:
+    """A run's tasks (`split` train or val) from its config: a verl --dataset's (its val file beside it for val,
+    else itself), or the fixed set of the game flags and seed; light: the spec and `tasks` call it without art."""
+    from envs.options import options_for
+
+    if cfg.dataset:
+        from envs.verl_layout import val_file
+
+        scenarios = verl_tasks(Path(cfg.dataset) if split == "train" else val_file(Path(cfg.dataset)))
+    else:
+        scenarios = load_tasks(options_for(cfg, GameOptions), cfg.seed, split)
+    return scenarios[: cfg.dataset_size] if cfg.dataset_size and split == "train" else scenarios
+
+
 def _held_out(case: str, train: list[Scenario], base_seed: int, options: GameOptions) -> list[Scenario]:
     seen = {tuple(t.data["history"]) for t in train}
     found: list[Scenario] = []
@@ -93,3 +114,38 @@ def _held_out(case: str, train: list[Scenario], base_seed: int, options: GameOpt
             seen.add(key)
             found.append(candidate)
     return found
+
+
+def verl_tasks(path: Path) -> list[Scenario]:
+    """A verl file's tasks, each replayed and checked (the case loads, the history is legal and ends where
+    `extra_info.player` is to move) before any work; one line naming the row and field otherwise."""
+    from envs.verl_layout import read
+
+    scenarios = []
+    for row in read(path):
+        case = row.text("case")
+        if case is None:
+            raise row.fail("extra_info.case", "is missing (an OpenSpiel load string, e.g. tic_tac_toe)")
+        try:
+            check_case(case, "case")
+        except CaseError as exc:
+            raise row.fail("extra_info.case", f"cannot be loaded: {exc}") from None
+        history, player = row.extra_info.get("history"), row.extra_info.get("player")
+        if not isinstance(history, list) or not all(isinstance(a, int) and not isinstance(a, bool) for a in history):
+            raise row.fail("extra_info.history", "must be a list of action ids")
+        state = load_game(case).new_initial_state()
+        for number, action in enumerate(history):  # checked here: not every game refuses an illegal action
+            legal = [o for o, _ in state.chance_outcomes()] if state.is_chance_node() else state.legal_actions()
+            if state.is_terminal() or action not in legal:
+                raise row.fail(f"extra_info.history[{number}]", f"is {action}, not a legal action there in {case}")
+            state.apply_action(action)
+        if state.is_terminal() or state.is_chance_node() or state.current_player() < 0:
+            raise row.fail("extra_info.history", "ends where no player is to move (terminal or chance)")
+        if player is not None and player != state.current_player():
+            raise row.fail("extra_info.player", f"is {player}, but player {state.current_player()} is to move")
+        seed = row.extra_info.get("seed", row.index)
+        if not isinstance(seed, int):
+            raise row.fail("extra_info.seed", "must be an integer")
+        split = row.text("split") or "train"
+        scenarios.append(_scenario(case, state, row.task_id(f"openspiel-{slug(case)}"), seed, split))
+    return scenarios

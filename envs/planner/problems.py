@@ -1,6 +1,7 @@
 """The planner env's problems: a bundled seeded generator of GSM8K-style multi-step word problems with exact
 integer answers (the default, offline), GSM8K itself (`--dataset gsm8k`, needs the hub), or a `--dataset FILE`
-(.jsonl or .parquet with `question` and `answer`).
+(.jsonl or .parquet with `question` and `answer`, or a parquet in verl's layout: envs/verl_layout.py, the answer
+as `reward_model.ground_truth`, the question as `extra_info.question` or the last user message).
 
 Every row is checked before any work; a bad one stops the run with one line naming the row and the field. An
 answer may be GSM8K's own form (reasoning, then `#### 42`): only the number after `####` (else the last number)
@@ -173,10 +174,21 @@ def load_gsm8k(split: str) -> list[Scenario]:
 
         rows = list(load_dataset("openai/gsm8k", "main", split=split))
     except Exception as exc:  # offline, hub errors: all the same to the user
-        raise DatasetError(f"--dataset gsm8k: the hub is not reachable ({exc.__class__.__name__}); give "
-                           "--dataset FILE (.jsonl/.parquet with question, answer) or leave --dataset out for the "
-                           "bundled generator") from None
+        from envs.r2e.data import hub_problem
+
+        raise DatasetError(f"--dataset gsm8k: the hub is not reachable: {hub_problem(exc)}; or give --dataset FILE "
+                           "(.jsonl/.parquet with question, answer) or leave --dataset out for the bundled "
+                           "generator") from None
     return rows_to_scenarios(rows, f"gsm8k/{split}")
+
+
+def scenarios_for(cfg: Any, split: str = "train") -> list[Scenario]:
+    """A run's problems (`split` train or val) from its config; light: the spec and `tasks` call it without art."""
+    from envs.options import options_for
+    from envs.planner.options import PlannerOptions
+
+    scenarios = load(cfg.dataset, options_for(cfg, PlannerOptions).num_problems, cfg.seed, split)
+    return scenarios[: cfg.dataset_size] if cfg.dataset_size and split == "train" else scenarios
 
 
 def load(dataset: str | None, count: int, seed: int, split: str = "train") -> list[Scenario]:
@@ -185,8 +197,54 @@ def load(dataset: str | None, count: int, seed: int, split: str = "train") -> li
         return generate(count if split == "train" else max(1, count // 4), seed, split)
     if dataset == GSM8K:
         return load_gsm8k("train" if split == "train" else "test")
+    from envs.verl_layout import is_verl, val_file
+
+    if is_verl(dataset):  # one file, one split, as verl keeps them
+        return verl_scenarios(Path(dataset) if split == "train" else val_file(Path(dataset)))
     scenarios = rows_to_scenarios(read_file(Path(dataset)), dataset)
     held = max(1, len(scenarios) // 8) if len(scenarios) > 1 else 0
     if split == "train":
         return scenarios[: len(scenarios) - held] if held else scenarios
     return scenarios[len(scenarios) - held:] if held else scenarios
+
+
+# ---- verl's layout -----------------------------------------------------------------------------------------------
+
+
+def verl_rows(items: list[tuple[Scenario, str]], out: Path, cfg: Any = None) -> list[dict[str, Any]]:
+    """The problems as verl rows: the planner's two messages, the exact answer as the ground truth, the question
+    (and a generated problem's plan) in `extra_info`."""
+    from envs.planner.plan import PLANNER_SYSTEM_PROMPT
+    from envs.verl_layout import row
+
+    rows = []
+    for index, (scenario, split) in enumerate(items):
+        extra = {"env": "planner", "task_id": scenario.id, "index": index, "split": split,
+                 "question": scenario.prompt}
+        if scenario.data.get("plan"):
+            extra["plan"] = scenario.data["plan"]
+        rows.append(row("planner", [{"role": "system", "content": PLANNER_SYSTEM_PROMPT},
+                                    {"role": "user", "content": scenario.prompt}], "math",
+                        scenario.data["answer"], extra))
+    return rows
+
+
+def verl_scenarios(path: Path) -> list[Scenario]:
+    """A verl file's problems, each checked: the answer is the number in the ground truth (GSM8K's `#### 42` form
+    and a one-item list, as verl's own GSM8K file holds, both read)."""
+    from envs.verl_layout import read
+
+    scenarios = []
+    for row in read(path):
+        truth = row.ground_truth
+        if isinstance(truth, list) and len(truth) == 1:
+            truth = truth[0]
+        answer = clean_answer(truth) if isinstance(truth, str | int | float) else None
+        if answer is None:
+            raise row.fail("reward_model.ground_truth", f"has no number, got {str(truth)[:60]!r}")
+        question = row.text("question") or row.user_text()
+        data: dict[str, Any] = {"answer": answer}
+        if plan := row.text("plan"):
+            data["plan"] = plan
+        scenarios.append(Scenario(id=row.task_id("planner"), prompt=question.strip(), data=data))
+    return scenarios

@@ -125,7 +125,11 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         breakdown["subproblems"] = float(len(plan.subproblems))
         breakdown["atomic"] = float(plan.atomic)
         observation = f"final answer {final_text.strip()[-80:]!r}; expected {scenario.data['answer']}"
-        blocks = [code_block(prompt, reply_.text, "", {"completion_tokens": str(reply_.completion_tokens)})
+        # One block per executor call, the call itself as its sub-call (the visualizer's token badges).
+        model = str(getattr(executor, "model", "executor"))
+        blocks = [code_block(prompt, reply_.text, "", {"completion_tokens": str(reply_.completion_tokens)},
+                             calls=[{"prompt": prompt, "response": reply_.text, "prompt_tokens": reply_.prompt_tokens,
+                                     "completion_tokens": reply_.completion_tokens}], model=model)
                   for prompt, reply_ in calls]
     trajectory.metrics.update(breakdown | {
         "planner_tokens": float(planner_tokens), "executor_calls": float(len(calls)),

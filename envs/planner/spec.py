@@ -17,15 +17,15 @@ from rollouts.scenario import Scenario
 
 
 def _load(cfg: Any) -> list[Scenario]:
-    from envs.planner.rollout import load_scenarios
+    from envs.planner.problems import scenarios_for
 
-    return load_scenarios(cfg)
+    return scenarios_for(cfg)
 
 
 def _load_val(cfg: Any) -> list[Scenario]:
-    from envs.planner.rollout import load_scenarios
+    from envs.planner.problems import scenarios_for
 
-    return load_scenarios(cfg, "val")
+    return scenarios_for(cfg, "val")
 
 
 async def _rollout(ctx: Any, scenario: Scenario) -> Any:
@@ -61,5 +61,5 @@ SPEC = EnvSpec(
     # One JSON plan per rollout; the token term's budget is the env's own --token-budget (planner + executor).
     # SmolLM2 answers in prose, not plans, so SFT on the generator's own plans comes first.
     defaults={"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 256, "temperature": 0.7,
-              "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6},
+              "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 4},
 )

@@ -6,6 +6,7 @@ cache: --cache-dir D (--from-samples | --split S [--dataset FILE] --max-entries 
 score: --cache-dir D --dataset FILE --instance-id ID --files DIR  -> {reward, partial, tests, ignored_files}
 demos: --out F.jsonl [--split train|heldout|all] [--cache-dir D] [--system-prompt P]
 images: [--image-cache D] [--rows-out F.jsonl] [--mirror URL]  -> rows whose docker_image are the built images
+tasks: --out F.parquet [--split train|val] [--dataset FILE] [--system-prompt P]  -> the tasks in verl's layout
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from entry_point import OneLineParser
 from rollouts.scenario import DatasetError
 
+if TYPE_CHECKING:
+    from envs.r2e.data import R2ERow
 
-async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
-    from envs.r2e.cache import repo_path
+
+async def _score(args: argparse.Namespace, row: R2ERow, url: str, token: str) -> dict:
     from envs.r2e.client import TestServiceClient, tar_b64
-    from envs.r2e.data import load_rows
     from envs.r2e.reward import binary_test_reward, match_expected, parse_pytest_output, partial_test_reward
     from envs.r2e.wire import TestRequest
 
-    rows = {r.instance_id: r for r in load_rows(args.dataset)}
-    if args.instance_id not in rows:
-        raise DatasetError(f"--instance-id {args.instance_id} is not in {args.dataset}")
-    row = rows[args.instance_id]
-    repo_path(args.cache_dir, row.instance_id)  # fails clearly when the cache lacks it
     files = Path(args.files)
     changed = sorted(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file())
     if not changed:
@@ -47,6 +46,25 @@ async def _score(args: argparse.Namespace, url: str, token: str) -> dict:
     partial, _ = partial_test_reward(row.expected_output_json, result.test_output)
     found = match_expected(row.expected_output_json, parse_pytest_output(result.test_output))
     return {"reward": reward, "partial": partial, "tests": found, "ignored_files": result.ignored_files}
+
+
+def _score_row(args: argparse.Namespace) -> R2ERow:
+    """The task's row, every input checked before a service starts: one DatasetError line naming the flag."""
+    from envs.r2e.cache import repo_path
+    from envs.r2e.data import load_rows
+
+    if not args.cache_dir.is_dir() or not (args.cache_dir / "index.json").is_file():
+        raise DatasetError(f"--cache-dir {args.cache_dir}: not a repo cache (no index.json there); build one with "
+                           "`python -m envs.r2e cache`")
+    if not Path(args.dataset).is_file():
+        raise DatasetError(f"--dataset {args.dataset}: no such file")
+    if not Path(args.files).is_dir():
+        raise DatasetError(f"--files {args.files}: not a directory")
+    rows = {r.instance_id: r for r in load_rows(args.dataset)}
+    if args.instance_id not in rows:
+        raise DatasetError(f"--instance-id {args.instance_id} is not in {args.dataset}")
+    repo_path(args.cache_dir, args.instance_id)  # fails clearly when the cache lacks it
+    return rows[args.instance_id]
 
 
 def _images(args: argparse.Namespace) -> int:
@@ -69,7 +87,7 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m envs.r2e", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m envs.r2e", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cache = sub.add_parser("cache", help="build the repo cache")
     cache.add_argument("--cache-dir", type=Path, required=True)
@@ -100,7 +118,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the sample rows (docker_image = the built images) here (default: "
                              "<image-cache>/sample_rows.jsonl), for `cache --dataset` and train.py --dataset")
     images.add_argument("--mirror", default=None, help="Debian mirror for debootstrap (default: deb.debian.org)")
+    from envs.r2e.options import R2EOptions
+    from envs.verl_layout import add_tasks_command, run_tasks
+
+    add_tasks_command(sub, R2EOptions, only=("system_prompt",))
     args = parser.parse_args(argv)
+    if args.command == "tasks":
+        from envs.r2e.scenarios import task_scenarios, verl_rows
+
+        return run_tasks("r2e", args, verl_rows, load=task_scenarios)
     try:
         if args.command == "images":
             return _images(args)
@@ -123,14 +149,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from services.process import ServiceProcess
 
+        row = _score_row(args)  # bad input is refused before a service starts
         with contextlib.ExitStack() as stack:
             if args.url:
                 url, token = args.url, args.token or ""
             else:
-                service = stack.enter_context(ServiceProcess("envs.r2e.test_service", "--runtime", "process",
-                                                             "--cache-dir", str(args.cache_dir)))
+                try:
+                    service = stack.enter_context(ServiceProcess("envs.r2e.test_service", "--runtime", "process",
+                                                                 "--cache-dir", str(args.cache_dir)))
+                except RuntimeError as exc:  # the service's own words are its log's last line
+                    last = next((line for line in reversed(str(exc).splitlines()) if line.strip()), str(exc))
+                    print(f"error: the test service did not start: {last.strip()}", file=sys.stderr)
+                    return 1
                 url, token = service.url, service.token
-            print(json.dumps(asyncio.run(_score(args, url, token)), indent=2))
+            print(json.dumps(asyncio.run(_score(args, row, url, token)), indent=2))
         return 0
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)

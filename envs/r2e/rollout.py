@@ -27,7 +27,7 @@ from envs.r2e.repl import Repl
 from envs.r2e.reward import REWARDS
 from envs.r2e.wire import TestRequest
 from rollouts.context import RolloutContext
-from rollouts.logs import attach_turns, code_block
+from rollouts.logs import attach_turns, choice_tokens, code_block
 from rollouts.scenario import Scenario
 from sandbox.run import SandboxLimits
 
@@ -55,12 +55,15 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                               {"role": "user", "content": r2e_task(scenario.prompt)}],
         metadata={"scenario_id": scenario.id, "env": "r2e"})
     queries = {"n": 0}
+    query_tokens: list[tuple[int, int]] = []  # (prompt, completion) per llm_query, in the order the REPL asked
 
     async def llm_query(prompt: str) -> str:
         if queries["n"] >= settings.max_llm_queries:
+            query_tokens.append((0, 0))
             return f"[llm_query limit of {settings.max_llm_queries} per rollout reached]"
         queries["n"] += 1
         choice = await ctx.complete([{"role": "user", "content": prompt}], settings.llm_query_max_tokens)
+        query_tokens.append(choice_tokens(choice, prompt, ctx.count_tokens))
         return choice.message.content or ""
 
     repl = Repl(workdir, settings.limits, settings.cell_timeout_s, llm_query)
@@ -85,7 +88,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
             trajectory.messages_and_choices.append(choice)
             code = extract_code(choice.message.content or "")
             # Every turn is logged, a reply without code too: a reader needs to see what the agent was told.
-            turn: dict[str, Any] = {"prompt": messages if turns == 1 else str(messages[-1].get("content")),
+            turn: dict[str, Any] = {"prompt": messages,
                                     "response": choice.message.content or "", "code_blocks": [],
                                     "final_answer": None, "observation": None}
             turn_log.append(turn)
@@ -93,10 +96,13 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                 turn |= {"observation": R2E_NO_CODE_NUDGE, "iteration_time": time.monotonic() - started}
                 trajectory.messages_and_choices.append({"role": "user", "content": R2E_NO_CODE_NUDGE})
                 continue
+            asked = len(query_tokens)
             cell = await repl.run_cell(code)
+            calls = [c | {"prompt_tokens": p, "completion_tokens": n}
+                     for c, (p, n) in zip(cell.llm_calls, query_tokens[asked:], strict=False)]
             turn |= {"code_blocks": [code_block(code, cell.stdout,
                                                 cell.stderr + (f"\n{cell.error}" if cell.error else ""),
-                                                cell.locals, cell.execution_time, cell.llm_calls, ctx.model.name)],
+                                                cell.locals, cell.execution_time, calls, ctx.model.name)],
                      "final_answer": cell.final, "iteration_time": time.monotonic() - started}
             if cell.final is not None:
                 finished = True

@@ -28,28 +28,28 @@ def _bundled(cfg: Any) -> bool:
 
 
 def _load(cfg: Any) -> list[Scenario]:
-    from envs.r2e.cache import build_from_samples, read_index, sample_rows
-    from envs.r2e.data import load_rows
-    from envs.r2e.scenarios import scenarios_from_rows
+    from envs.r2e.cache import build_from_samples, read_index
+    from envs.r2e.scenarios import scenarios_from_rows, task_rows
 
     directory = cache_dir(cfg)
     if cfg.cache_dir is None:  # the embedded default: the bundled sample tasks
         build_from_samples(directory)
-    rows = sample_rows() if _bundled(cfg) else load_rows(cfg.dataset, options_for(cfg, R2EOptions).split)
+    rows = task_rows(cfg.dataset, "train", options_for(cfg, R2EOptions).split, _bundled(cfg))
     scenarios = scenarios_from_rows(rows, directory, read_index(directory))
     return scenarios[: cfg.dataset_size] if cfg.dataset_size else scenarios
 
 
 def _load_val(cfg: Any) -> list[Scenario]:
     """On the bundled samples evaluation reruns all six and reports the held-out one (never demonstrated to SFT)
-    apart from the five with demonstrations; hub data evaluates on dev_10pr_v1."""
+    apart from the five with demonstrations; a verl file evaluates on its val file beside it (else itself), other
+    data on the hub's dev_10pr_v1."""
     if _bundled(cfg):
         return _load(cfg)
     from envs.r2e.cache import read_index
-    from envs.r2e.data import load_rows
-    from envs.r2e.scenarios import scenarios_from_rows
+    from envs.r2e.scenarios import scenarios_from_rows, task_rows
 
-    return scenarios_from_rows(load_rows(None, "dev_10pr_v1"), cache_dir(cfg), read_index(cache_dir(cfg)))
+    rows = task_rows(cfg.dataset, "val", options_for(cfg, R2EOptions).split, False)
+    return scenarios_from_rows(rows, cache_dir(cfg), read_index(cache_dir(cfg)))
 
 
 async def _rollout(ctx: Any, scenario: Scenario) -> Any:
@@ -108,5 +108,5 @@ SPEC = EnvSpec(
     # room for one slip.
     defaults={"groups_per_step": 2, "rollouts_per_group": 4, "max_steps": 6, "max_tokens": 256,
               "max_context_tokens": 2048, "temperature": 0.7, "lora_rank": 16, "sft_epochs": 3,
-              "sft_learning_rate": 1e-3, "max_training_steps": 6},
+              "sft_learning_rate": 1e-3, "max_training_steps": 3},
 )

@@ -16,7 +16,6 @@ after a kill -9, by the next start (or, inside a run's folder, the trainer's swe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
@@ -35,6 +34,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
+from entry_point import OneLineParser
 from envs.r2e.cache import read_index
 from envs.r2e.docker_runtime import ContainerLimits, DockerRuntime, engine_problem, remove_stale_containers
 from envs.r2e.protected import protected_reason
@@ -166,7 +166,7 @@ def _default_scratch_root() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", choices=["docker", "process"], default="process")
     parser.add_argument("--cache-dir", type=Path, required=False)
     parser.add_argument("--host", default="127.0.0.1")

@@ -4,7 +4,10 @@ hub) or a user's `--dataset FILE.jsonl`, mixed by domain ratio.
 
 A row is `{"domain": "math"|"qa"|"code", "question": str, "answer": ..., "id"?: str}`; qa rows may add
 `"aliases": [str]`, code rows need `"entry_point": str` and `"tests": [str]` (assert lines) instead of an answer.
-A bad row is one `DatasetError` line naming the row and the field, raised before any work.
+A file is .jsonl, or .parquet with these columns or in verl's layout (envs/verl_layout.py): the domain as
+`extra_info.domain` (else `ability`), the answer as `reward_model.ground_truth` (a code row's: JSON of entry_point
+and tests), aliases and the question in `extra_info`. A bad row is one `DatasetError` line naming the row and the
+field, raised before any work.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from envs.workflow.options import DOMAINS, WorkflowOptions
 from envs.workflow.reward import parse_number
 from rollouts.scenario import DatasetError, Scenario
 
-DOMAINS = ("math", "qa", "code")
 GSM8K = "gsm8k"
 HERE = Path(__file__).parent
 
@@ -86,10 +89,21 @@ def scenario_from_row(row: Any, where: str) -> Scenario:
 
 
 def read_dataset(path: str | Path) -> list[Scenario]:
-    """A jsonl file, every row checked before any work."""
+    """A jsonl (or parquet) file of rows, every row checked before any work."""
     file = Path(path)
     if not file.is_file():
         raise DatasetError(f"--dataset: no such file {str(file)!r}")
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(file)
+        except Exception as exc:  # a text file named .parquet, a cut download
+            raise DatasetError(f"--dataset {file}: not a readable parquet file ({exc.__class__.__name__})") from None
+        rows = [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
+        if not rows:
+            raise DatasetError(f"--dataset: {file.name} holds no rows")
+        return [scenario_from_row(row, f"{file.name} row {number}") for number, row in enumerate(rows, 1)]
     scenarios = []
     for number, line in enumerate(file.read_text().splitlines(), 1):
         if not line.strip():
@@ -126,11 +140,28 @@ def mix(pools: dict[str, list[Scenario]], ratios: dict[str, float], count: int, 
     return chosen
 
 
+def scenarios_for(cfg: Any, split: str = "train") -> list[Scenario]:
+    """A run's tasks (`split` train or val) from its config: `--dataset-size` of them (default 64; a quarter, at
+    least 4, for val), or a verl file's first `--dataset-size`; light: the spec and `tasks` call it without art."""
+    from envs.options import options_for
+    from envs.verl_layout import is_verl
+
+    count = cfg.dataset_size or 64
+    ratios = options_for(cfg, WorkflowOptions).ratios()
+    scenarios = load_tasks(ratios, count if split == "train" else max(4, count // 4), cfg.seed, split, cfg.dataset)
+    return scenarios[:count] if is_verl(cfg.dataset) and cfg.dataset_size and split == "train" else scenarios
+
+
 def load_tasks(ratios: dict[str, float], count: int, seed: int, split: str, dataset: str | None) -> list[Scenario]:
     """The split's scenarios: from a `dataset` file (the same rows for every split: hold out data with a file of
     your own) or the bundled sets, mixed by `ratios`; `dataset='gsm8k'` takes the math tasks from GSM8K (its
     test split for val). The bundled val split uses the generator's val problems and the last quarter of the QA
-    and code sets, so the train split never holds a val task."""
+    and code sets, so the train split never holds a val task. A verl file is its tasks, whole and in order (its
+    val file beside it for val, else itself): nothing mixed or redrawn."""
+    from envs.verl_layout import is_verl, val_file
+
+    if is_verl(dataset):
+        return verl_scenarios(Path(dataset) if split == "train" else val_file(Path(dataset)))
     if dataset and dataset != GSM8K:
         rows = read_dataset(dataset)
         pools = {d: [s for s in rows if s.data["domain"] == d] for d in DOMAINS}
@@ -141,3 +172,69 @@ def load_tasks(ratios: dict[str, float], count: int, seed: int, split: str, data
             rows_ = every[: len(every) * 3 // 4] if split == "train" else every[len(every) * 3 // 4:]
             pools[domain] = [scenario_from_row(row, f"bundled {row['id']}") for row in rows_]
     return mix(pools, ratios, count, seed if split == "train" else seed + 1)
+
+
+# ---- verl's layout -----------------------------------------------------------------------------------------------
+
+
+def verl_rows(items: list[tuple[Scenario, str]], out: Path, cfg: Any) -> list[dict[str, Any]]:
+    """The tasks as verl rows: the rollout's two messages (at the run's call and time limits), the answer as the
+    ground truth (a code task's: JSON of its entry point and tests), the question and aliases in `extra_info`."""
+    from envs.options import options_for
+    from envs.verl_layout import row
+    from envs.workflow.prompts import WORKFLOW_SYSTEM_PROMPT, workflow_task
+
+    options = options_for(cfg, WorkflowOptions)
+    rows = []
+    for index, (scenario, split) in enumerate(items):
+        data, domain = scenario.data, scenario.data["domain"]
+        extra: dict[str, Any] = {"env": "workflow", "task_id": scenario.id, "index": index, "split": split,
+                                 "domain": domain, "question": scenario.prompt, "aliases": []}
+        if domain == "code":
+            truth = json.dumps({"entry_point": data["entry_point"], "tests": data["tests"]})
+        else:
+            truth, extra["aliases"] = data["answers"][0], list(data["answers"][1:])
+        task = workflow_task(scenario.prompt, domain, options.max_executor_calls, options.workflow_time_limit)
+        rows.append(row(f"workflow/{domain}", [{"role": "system", "content": WORKFLOW_SYSTEM_PROMPT},
+                                               {"role": "user", "content": task}], domain, truth, extra))
+    return rows
+
+
+def verl_scenarios(path: Path) -> list[Scenario]:
+    """A verl file's tasks, each checked with the field named as the file holds it; the file's rows whole."""
+    from envs.verl_layout import read
+
+    scenarios = []
+    for row in read(path):
+        domain = row.extra_info.get("domain", row.ability)
+        if domain not in DOMAINS:
+            raise row.fail("extra_info.domain", f"(or ability) must be one of {', '.join(DOMAINS)}, got {domain!r}")
+        own: dict[str, Any] = {"domain": domain, "question": row.text("question") or row.user_text(),
+                               "id": row.task_id("workflow")}
+        truth = row.ground_truth
+        if domain == "code":
+            try:
+                spec = json.loads(truth) if isinstance(truth, str) else None
+            except json.JSONDecodeError:
+                spec = None
+            if not isinstance(spec, dict):
+                raise row.fail("reward_model.ground_truth", "must be JSON {entry_point, tests} for a code task")
+            tests = spec.get("tests")
+            if not isinstance(spec.get("entry_point"), str) or not spec["entry_point"].strip():
+                raise row.fail("reward_model.ground_truth", "lacks entry_point (the function's name)")
+            if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
+                raise row.fail("reward_model.ground_truth", "lacks tests (a non-empty list of assert lines)")
+            own.update(entry_point=spec["entry_point"], tests=tests)
+        else:
+            if isinstance(truth, int | float) and not isinstance(truth, bool):
+                truth = str(truth)
+            if not isinstance(truth, str) or not truth.strip():
+                raise row.fail("reward_model.ground_truth", "must be the answer (a non-empty string or number)")
+            if domain == "math" and parse_number(truth) is None:
+                raise row.fail("reward_model.ground_truth", f"must be a number for a math task, got {truth!r}")
+            aliases = row.extra_info.get("aliases", [])
+            if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+                raise row.fail("extra_info.aliases", "must be a list of strings")
+            own.update(answer=truth, aliases=aliases)
+        scenarios.append(scenario_from_row(own, f"{row.source}, row {row.index}"))
+    return scenarios

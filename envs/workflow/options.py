@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.executor import ExecutorOptions
-from envs.workflow.data import DOMAINS
+
+DOMAINS = ("math", "qa", "code")  # the task domains a workflow run draws from
 
 DEFAULT_RATIOS = "math=0.4,qa=0.3,code=0.3"
 

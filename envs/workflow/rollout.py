@@ -101,12 +101,15 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     reply = choice.message.content or ""
     code = workflow_code(reply)
     run: WorkflowRun | None = None
+    model = ""  # the executor's, named on the log's sub-calls
     workdir = runtime.root / f"{scenario.id}-{uuid.uuid4().hex[:8]}"
     try:
         if code is None:
             score = Score(NONE, TIER_NAMES[NONE], "no workflow code")
         else:
-            run = await run_workflow(code, scenario.prompt, domain, workdir / "run", runtime.executor_for(ctx), limits)
+            executor = runtime.executor_for(ctx)
+            model = str(getattr(executor, "model", "executor"))
+            run = await run_workflow(code, scenario.prompt, domain, workdir / "run", executor, limits)
             if run.executor_errors:
                 failed = next(c["response"] for c in run.calls if c["response"].startswith("[executor"))
                 raise ExecutorError(f"workflow {scenario.id}: {run.executor_errors} executor call(s) failed: {failed}")
@@ -132,7 +135,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
     )
     block = code_block(code or "", run.stdout if run else "", run.stderr[-2000:] if run else "",
                        {"answer": repr(run.answer) if run else "None", "tier": score.tier},
-                       run.elapsed if run else 0.0, run.calls if run else [])
+                       run.elapsed if run else 0.0, run.calls if run else [], model)
     attach_turns(trajectory, [{"prompt": messages, "response": reply, "observation": observation,
                                "final_answer": run.answer if run else None,
                                "iteration_time": run.elapsed if run else 0.0,

@@ -74,7 +74,8 @@ async def _answer(executor: Executor, request: CallRequest, limits: WorkflowLimi
         return {"error": f"executor: {exc}"}
     run.prompt_tokens += reply.prompt_tokens
     run.completion_tokens += reply.completion_tokens
-    run.calls.append({"prompt": prompt, "response": reply.text, "execution_time": time.monotonic() - started})
+    run.calls.append({"prompt": prompt, "response": reply.text, "execution_time": time.monotonic() - started,
+                      "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens})
     return {"text": reply.text}
 
 

@@ -17,15 +17,15 @@ from rollouts.scenario import Scenario
 
 
 def _load(cfg: Any) -> list[Scenario]:
-    from envs.workflow.rollout import load_scenarios
+    from envs.workflow.data import scenarios_for
 
-    return load_scenarios(cfg)
+    return scenarios_for(cfg)
 
 
 def _load_val(cfg: Any) -> list[Scenario]:
-    from envs.workflow.rollout import load_scenarios
+    from envs.workflow.data import scenarios_for
 
-    return load_scenarios(cfg, "val")
+    return scenarios_for(cfg, "val")
 
 
 async def _rollout(ctx: Any, scenario: Scenario) -> Any:
@@ -57,9 +57,9 @@ def _write_demos(cfg: Any, out: Path) -> None:
 SPEC = EnvSpec(
     name="workflow", load_scenarios=_load, rollout=_rollout, services=_services, step_metrics=_metrics,
     load_val=_load_val, runs_model_code=True, write_demos=_write_demos, reward_probes=reward_probes,
-    pass_threshold=1.0, options=WorkflowOptions,
+    pass_threshold=1.0, options=WorkflowOptions, dataset_suffixes=(".jsonl", ".parquet"),
     # One workflow per rollout; a short solve() fits in 384 tokens. SFT on the demo workflows first (steps 1-2),
     # then GRPO.
     defaults={"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 384, "temperature": 0.7,
-              "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 6},
+              "lora_rank": 16, "sft_epochs": 2, "sft_learning_rate": 1e-3, "max_training_steps": 4},
 )
