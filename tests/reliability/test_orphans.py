@@ -108,7 +108,9 @@ def test_kill_9_mid_r2e_step_leaves_no_process_and_the_next_start_removes_its_di
         while time.monotonic() < deadline and proc.poll() is None:  # mid-step: REPLs live in their sandboxes
             descendants = trainer.children(recursive=True)
             lines = _cmdlines(descendants)
-            if any("repl_server.py" in c for c in lines) and any("envs.r2e.test_service" in c for c in lines):
+            # A REPL counts once its sandbox has started the interpreter too (bwrap and the python inside it both
+            # name repl_server.py): a snapshot between the two would miss the process this test is about.
+            if sum("repl_server.py" in c for c in lines) >= 2 and any("envs.r2e.test_service" in c for c in lines):
                 break
             time.sleep(0.2)
         else:
