@@ -8,6 +8,7 @@ gmsh) is imported here or at the top of a spec module; a spec's functions import
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,3 +68,15 @@ class EnvSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))  # a spec is shared: read-only
+
+
+def lazy(target: str) -> Callable[..., Any]:
+    """`"module:function"` as a callable that imports the module on its first call, so a spec module can name its
+    env's heavy functions (rollout, services, metrics, loaders) and stay light to import."""
+    module, _, name = target.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = name
+    return call
