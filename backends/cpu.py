@@ -40,6 +40,7 @@ class CPUBackendSettings:
     default_max_tokens: int = 256
     rows_per_gradient_step: int = 8
     init_adapter: str | None = None  # a PEFT adapter directory to start from instead of a fresh LoRA
+    dtype: str = "auto"  # the frozen base's float type: auto, bf16 or fp32 (backends/cpu_dtype.py)
     # A local model folder served for every registered model, whatever base model it names: ART code written for a
     # GPU names a hub model (e.g. Qwen/Qwen2.5-0.5B-Instruct) that this offline CPU machine swaps for an embedded one.
     base_model: str | None = None
@@ -98,6 +99,7 @@ class CPUBackend:
             seed=self.settings.seed,
             max_seq_length=self.settings.max_seq_length,
             init_adapter=self.settings.init_adapter,
+            dtype=self.settings.dtype,
         )
         step = get_step_from_dir(str(output_dir))
         latest = Path(get_step_checkpoint_dir(str(output_dir), step))

@@ -1,4 +1,4 @@
-"""Batched sampling with a KV cache for the CPU policy server: what `LoraPolicy.sample` runs under its lock.
+"""The pieces of batched sampling with a KV cache that backends/batch_decoder.py puts together.
 
 Decoding on a CPU is many small operations per token, so each choice below removes work that grew with the batch,
 the cache or the vocabulary; each one keeps the sampled distribution and the returned logprobs what they were
@@ -17,9 +17,9 @@ the cache or the vocabulary; each one keeps the sampled distribution and the ret
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +134,7 @@ def store_frozen_linears_transposed(model: torch.nn.Module) -> None:
 
 
 @functools.cache
-def _buffered_layer() -> type:
+def buffered_layer() -> type:
     """Built on first use so that importing this module does not import transformers."""
     from transformers.cache_utils import DynamicLayer
 
@@ -166,6 +166,23 @@ def _buffered_layer() -> type:
             self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
             return self.keys, self.values
 
+        def join(self, rows: int, capacity: int, length: int, old_length: int, keys: torch.Tensor,
+                 values: torch.Tensor) -> None:
+            """New buffers of `rows` x `capacity` columns: the rows held now, then the new rows' `keys`/`values`,
+            each right-aligned to end at column `length` (columns before a row's start are zeros, never attended)."""
+            held = self._keys.shape[0] if self.is_initialized else 0
+            width = keys.shape[-2]
+            new_keys = keys.new_zeros((rows, keys.shape[1], capacity, keys.shape[3]))
+            new_values = torch.zeros_like(new_keys)
+            if held:
+                new_keys[:held, :, length - old_length : length] = self._keys[:, :, :old_length]
+                new_values[:held, :, length - old_length : length] = self._values[:, :, :old_length]
+            new_keys[held:, :, length - width : length] = keys
+            new_values[held:, :, length - width : length] = values
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+            self._keys, self._values, self.capacity, self.length = new_keys, new_values, capacity, length
+            self.keys, self.values = new_keys[:, :, :length], new_values[:, :, :length]
+
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             self._keys, self._values = self._keys[indices], self._values[indices]
             self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
@@ -173,80 +190,52 @@ def _buffered_layer() -> type:
     return BufferedLayer
 
 
-def decode(model: torch.nn.Module, requests: list[SampleRequest], *, pad_id: int, eos_ids: Iterable[int],
-           generator: torch.Generator, on_done: Callable[[int, list[Sample]], None] | None = None,
-           ) -> list[list[Sample]]:
-    """Sample every request in one left-padded batch; per-row temperature and length, stop on any of `eos_ids`.
+def _base_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)
 
-    `on_done(i, samples)` is called as soon as every row of request `i` has ended, so its caller need not wait for
-    the longest row of the batch. The only per-token host syncs are "did a row end, are all rows done?".
+
+def _lora_linear(weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor, scaled_b_t: torch.Tensor,
+                 x: torch.Tensor) -> torch.Tensor:
+    """x W^T + (x A^T)(s B)^T in three kernels: the base linear, the rank-r projection, and one fused add-multiply
+    into the base output (peft's forward takes seven: two casts, two matmuls, a scale, an add, a cast back)."""
+    y = torch.nn.functional.linear(x.to(weight.dtype), weight, bias)  # a cast only for an fp32 head on bf16 input
+    y.view(-1, y.shape[-1]).addmm_(torch.nn.functional.linear(x.to(lora_a.dtype), lora_a).view(
+        -1, lora_a.shape[0]), scaled_b_t)
+    return y
+
+
+@contextlib.contextmanager
+def lean_lora_layers(model: torch.nn.Module) -> Iterator[None]:
+    """While sampling (no grad, eval mode), peft's LoRA linears answer through `_lora_linear`, or the bare base
+    linear where the adapter is off.
+
+    At one token per row a decode step is thousands of tiny kernels, and each costs its dispatch whatever its size;
+    the LoRA's share of them, seven per linear in peft's forward, made it a third of a step (bench/serving.py
+    prints tokens/s). Here it is two per linear, with A and s*B copied once per `sample` call into the base's float
+    type: in bf16 that rounds the adapter's small correction, not the weights it corrects, a rounding below the
+    bf16 rounding of the layer's own output. Training keeps peft's forward and the fp32 adapter. A layer with
+    several active adapters, a variant (DoRA) or merged weights keeps peft's forward.
     """
-    from transformers.cache_utils import Cache
+    from peft.tuners.lora.layer import Linear as LoraLinear
 
-    rows = [i for i, r in enumerate(requests) for _ in range(r.n)]
-    if not rows:
-        return []
-    width = max(len(r.prompt_ids) for r in requests)
-    ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(requests), width + max(r.max_tokens for r in requests)), dtype=torch.long)
-    for i, r in enumerate(requests):
-        ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-        mask[i, width - len(r.prompt_ids) :] = 1  # the prompt and every generated position are attended
-    temps = torch.tensor([max(requests[i].temperature, 0.0) for i in rows])
-    limits = torch.tensor([requests[i].max_tokens for i in rows])
-    steps = int(limits.max())
-    tokens = torch.zeros((len(rows), steps), dtype=torch.long)
-    logprobs = torch.zeros((len(rows), steps))
-    lengths = limits.clone()  # lowered to t + 1 where a row stops on an end-of-turn token at step t
-    stopped = torch.zeros(len(rows), dtype=torch.bool)
-    eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
-    first_row = list(itertools.accumulate((r.n for r in requests), initial=0))  # a request's rows are contiguous
-    by_row: list[Sample | None] = [None] * len(rows)
-    grouped: list[list[Sample]] = [[] for _ in requests]
-    rows_left = [r.n for r in requests]
-
-    def finish(row: int) -> None:
-        n, request = int(lengths[row]), rows[row]
-        reason = "stop" if bool(stopped[row]) else "length"
-        by_row[row] = Sample(tokens[row, :n].tolist(), logprobs[row, :n].tolist(), reason)
-        rows_left[request] -= 1
-        if rows_left[request] == 0:
-            grouped[request] = by_row[first_row[request] : first_row[request + 1]]  # type: ignore[assignment]
-            if on_done is not None:
-                on_done(request, grouped[request])
-
-    layer = _buffered_layer()
-    cache = Cache(layers=[layer(width + steps) for _ in range(model.config.num_hidden_layers)])
-    positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    live = torch.tensor(rows)  # batch position -> request here, -> sample row from the first step on
-    logits = out.logits[:, -1][live]
-    if len(rows) > len(requests):  # n > 1: the rows of a request copy its prompt's cache
-        cache.batch_select_indices(live)
-    mask, positions = mask[live], positions[live, -1:]
-    live = torch.arange(len(rows))
-    ended = torch.zeros(len(rows), dtype=torch.bool)
-    for t in range(steps):
-        token, token_logprob = draw(logits, temps[live], generator)
-        tokens[live, t], logprobs[live, t] = token, token_logprob
-        eos_now = torch.isin(token, eos) & ~ended
-        now = eos_now | ((limits[live] <= t + 1) & ~ended)
-        if bool(now.any()):
-            stopped[live[eos_now]] = True
-            lengths[live[eos_now]] = t + 1
-            ended |= now
-            for row in live[now].tolist():
-                finish(row)
-            finished = int(ended.sum())
-            if finished == len(live):
-                break
-            if finished * 4 >= len(live):  # dropping rows copies the cache, so it waits for a quarter of them
-                keep = (~ended).nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
-                live, token, mask, positions, ended = (x[keep] for x in (live, token, mask, positions, ended))
-        positions = positions + 1
-        out = model(input_ids=token.unsqueeze(-1), attention_mask=mask[:, : width + t + 1], position_ids=positions,
-                    past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]
-    return grouped
+    patched = []
+    for module in model.modules():
+        if type(module) is not LoraLinear or module.merged or type(module.base_layer) is not torch.nn.Linear:
+            continue
+        base = module.base_layer
+        if module.disable_adapters:
+            module.forward = functools.partial(_base_linear, base.weight, base.bias)
+        else:
+            active = [name for name in module.active_adapters if name in module.lora_A]
+            if len(active) != 1 or active[0] in module.lora_variant:
+                continue
+            name, dtype = active[0], base.weight.dtype
+            lora_a = module.lora_A[name].weight.detach().to(dtype)
+            scaled_b_t = (module.lora_B[name].weight.detach() * module.scaling[name]).t().contiguous().to(dtype)
+            module.forward = functools.partial(_lora_linear, base.weight, base.bias, lora_a, scaled_b_t)
+        patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import secrets
 import threading
@@ -71,6 +72,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closed = False
+        self._deferred: list[_Pending] = []  # taken off the queue while another batch decoded, not yet sampled
         self._thread = threading.Thread(target=self._run, name="policy-sampler", daemon=True)
         self._thread.start()
 
@@ -99,7 +101,7 @@ class MicroBatcher:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._deferred.pop(0) if self._deferred else self._queue.get()
             if first is None:
                 return
             collected = [p for p in self._collect(first) if self._wanted(p)]
@@ -109,15 +111,37 @@ class MicroBatcher:
                 if batch:
                     self._sample(batch, base)
 
+    def _arrivals(self, base: bool) -> list[_Pending]:
+        """What joins the running batch at its next token (continuous batching): every queued request that wants
+        the same weights (adapter on or off); the others wait for the next batch, in order."""
+        joining: list[_Pending] = []
+        while len(joining) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # close() after this batch
+                break
+            if item.base != base:
+                self._deferred.append(item)
+            elif self._wanted(item):
+                joining.append(item)
+        return joining
+
     def _sample(self, batch: list[_Pending], base: bool) -> None:
-        def done(i: int, samples: list[Sample]) -> None:
-            with contextlib.suppress(InvalidStateError):  # its client went away (the future was cancelled)
-                batch[i].future.set_result(samples)  # the caller goes on while longer rows still decode
+        joined: list[_Pending] = []
+
+        def poll() -> list[tuple[SampleRequest, Callable[[list[Sample]], None]]]:
+            arrived = self._arrivals(base)
+            joined.extend(arrived)
+            return [(p.request, functools.partial(_hand_over, p)) for p in arrived]
 
         try:
-            self.policy.sample([p.request for p in batch], on_done=done, adapter=not base)
+            self.policy.sample([p.request for p in batch], on_done=lambda i, samples: _hand_over(batch[i], samples),
+                               adapter=not base, poll=poll)
         except Exception as exc:  # a failed batch fails its requests, never the worker
-            for p in batch:
+            for p in batch + joined:
                 with contextlib.suppress(InvalidStateError):  # handed over already, or cancelled
                     p.future.set_exception(exc)
 
@@ -128,8 +152,7 @@ class MicroBatcher:
         process and its GIL under CPUBackend), so a short fixed window after the first request, or a short cap,
         split a burst in two, and the second part then waited for the first to decode (bench/serving.py shows the
         tokens/s of 8 and 32 concurrent requests). Waiting for a quiet gap, up to `max_wait_s`, is small next to a
-        decode that takes many times longer. Requests that come while a batch decodes still wait for it to end:
-        joining rows to a running batch (continuous batching) is not done here.
+        decode that takes many times longer. Requests that come while a batch decodes join it (`_arrivals`).
         """
         batch = [first]
         hard_deadline = time.monotonic() + self.max_wait_s
@@ -146,6 +169,11 @@ class MicroBatcher:
                 break
             batch.append(item)
         return batch
+
+
+def _hand_over(pending: _Pending, samples: list[Sample]) -> None:
+    with contextlib.suppress(InvalidStateError):  # its client went away (the future was cancelled)
+        pending.future.set_result(samples)  # the caller goes on while longer rows still decode
 
 
 def build_app(policy: LoraPolicy, api_key: str, served_names: callable, default_max_tokens: int = 256,

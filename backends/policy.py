@@ -8,12 +8,8 @@ A lock keeps sampling and training from touching the weights at the same time.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import struct
 import threading
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +17,22 @@ from typing import Any
 
 import torch
 
+from backends.batch_decoder import Poll, decode
+from backends.checkpoint_files import ADAPTER_FILE, OPTIMIZER_FILE, CheckpointError, checkpoint_problem
+from backends.cpu_dtype import resolve_cpu_dtype, torch_dtype, use_float32_head
 from backends.decoding import (
     Sample,
     SampleRequest,
-    decode,
+    lean_lora_layers,
     store_frozen_linears_transposed,
     use_grouped_decode_attention,
 )
+from backends.sample_threads import AdaptiveThreads, fixed_sample_threads
 from backends.train_options import TrainSettings
 
 __all__ = ["CheckpointError", "LoraPolicy", "LoraSettings", "Sample", "SampleRequest", "TrainSettings",
            "checkpoint_problem"]
 
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-OPTIMIZER_FILE = "optimizer.pt"
-_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 LOGPROB_CHUNK = 512  # positions per output-head chunk when training (memory, see _token_logprobs)
 
 
@@ -49,99 +44,9 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"
 
 
-def default_sample_threads() -> int:
-    """Intra-op threads for sampling: `ART_SAMPLE_THREADS`, else half the cores (at least one).
-
-    Token-by-token decoding is hundreds of tiny parallel regions per token, and each waits for its slowest thread:
-    when another process is busy (a rollout's tool, an env service, the event loop), a thread on every core keeps
-    being descheduled and holds all the others up, so decoding on all cores runs several times slower than on
-    half of them (bench/cpu_policy.py times both). Half the cores leaves room for the rest of the trainer.
-    """
-    configured = os.environ.get("ART_SAMPLE_THREADS")
-    return max(1, int(configured) if configured else (os.cpu_count() or 1) // 2)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder cannot be loaded (a file missing, cut short or not what it claims to be)."""
-
-
-def checkpoint_problem(directory: Path) -> str | None:
-    """None when the checkpoint folder holds a loadable adapter, else what is wrong, in a few words.
-
-    Checked before loading because the loaders fail with a traceback that names no file (safetensors:
-    "Error while deserializing header") or, worse, a folder missing its adapter used to be refilled with fresh
-    weights. Reads headers and sizes only: cheap enough to run on every checkpoint at every start."""
-    if not directory.is_dir():
-        return "no such folder"
-    config = directory / ADAPTER_CONFIG
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"{ADAPTER_CONFIG} is missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"{ADAPTER_CONFIG} is not valid JSON ({exc.__class__.__name__})"
-    if not isinstance(data, dict) or "peft_type" not in data:
-        return f"{ADAPTER_CONFIG} is not a PEFT adapter config (no peft_type)"
-    weights = directory / ADAPTER_FILE
-    if not weights.exists():
-        legacy = directory / "adapter_model.bin"
-        if legacy.exists():
-            return _zip_problem(legacy)
-        return f"{ADAPTER_FILE} is missing"
-    if (problem := safetensors_problem(weights)) is not None:
-        return problem
-    optimizer = directory / OPTIMIZER_FILE
-    return _zip_problem(optimizer) if optimizer.exists() else None
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """The safetensors layout checked by hand: an 8-byte header length, a JSON header, and tensors whose byte
-    ranges match their dtype and shape and exactly fill the rest of the file (a cut file fails the last test)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return f"{path.name} is cut short ({size} bytes)"
-            (length,) = struct.unpack("<Q", head)
-            if length > size - 8:
-                return f"{path.name} is cut short (header of {length} bytes, file of {size})"
-            header = json.loads(f.read(length).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"{path.name}: unreadable header ({exc.__class__.__name__})"
-    if not isinstance(header, dict):
-        return f"{path.name}: header is not a JSON object"
-    data_bytes, end_max = size - 8 - length, 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(x) for x in info["data_offsets"])
-            count = math.prod(int(n) for n in info["shape"])
-        except (KeyError, TypeError, ValueError):
-            return f"{path.name}: malformed entry for tensor {name!r}"
-        width = _DTYPE_BYTES.get(str(info.get("dtype")))
-        if not 0 <= begin <= end or (width is not None and end - begin != count * width):
-            return f"{path.name}: tensor {name!r} has inconsistent offsets"
-        end_max = max(end_max, end)
-    if end_max != data_bytes:
-        return f"{path.name} is cut short or padded ({data_bytes} data bytes, tensors need {end_max})"
-    return None
-
-
-def _zip_problem(path: Path) -> str | None:
-    """torch.save writes a zip archive: a cut one has no central directory, a damaged one fails its CRCs."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile) as exc:
-        return f"{path.name} is damaged ({exc.__class__.__name__})"
-    return f"{path.name} is damaged (bad CRC in {bad})" if bad else None
-
-
 class LoraPolicy:
     def __init__(self, base_model: str, lora: LoraSettings, *, seed: int = 0, max_seq_length: int = 2048,
-                 init_adapter: str | None = None):
+                 init_adapter: str | None = None, dtype: str = "auto"):
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,7 +54,12 @@ class LoraPolicy:
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        from transformers import AutoConfig
+
+        hidden = getattr(AutoConfig.from_pretrained(base_model), "hidden_size", None)
+        self.dtype = resolve_cpu_dtype(dtype, hidden_size=hidden)  # "bf16" or "fp32": the frozen base's float type
+        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype(self.dtype))
+        use_float32_head(base)
         use_grouped_decode_attention(base)
         config = LoraConfig(
             r=lora.rank,
@@ -166,12 +76,15 @@ class LoraPolicy:
         store_frozen_linears_transposed(self.model)
         self.max_seq_length = max_seq_length
         self.lock = threading.Lock()
+        self._writers_waiting = 0  # training or loading waits for the lock: sampling stops taking in requests
+        self._waiting_guard = threading.Lock()
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0
         )
         self.eos_ids = self._stop_token_ids()
-        self.sample_threads = default_sample_threads()
+        self.sample_threads = fixed_sample_threads()  # None: `AdaptiveThreads` chooses between tokens
+        self._threads = AdaptiveThreads()
 
     def _stop_token_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -196,30 +109,57 @@ class LoraPolicy:
 
         if (problem := checkpoint_problem(directory)) is not None:
             raise CheckpointError(f"checkpoint {directory} is unusable: {problem}")
-        with self.lock:
+        with self.exclusive():
             set_peft_model_state_dict(self.model, load_file(str(directory / ADAPTER_FILE)))
             if (directory / OPTIMIZER_FILE).exists():
                 self.optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The lock, for changing the weights: a batch that is decoding stops taking in new requests meanwhile, so
+        that a stream of arrivals cannot hold a training step off for ever."""
+        with self._waiting_guard:
+            self._writers_waiting += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._waiting_guard:
+                self._writers_waiting -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     # ---- sampling ------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def sample(self, requests: list[SampleRequest],
                on_done: Callable[[int, list[Sample]], None] | None = None, *,
-               adapter: bool = True) -> list[list[Sample]]:
-        """Sample every request in one batch with a KV cache (backends/decoding.py); per-row temperature and length.
+               adapter: bool = True, poll: Poll | None = None) -> list[list[Sample]]:
+        """Sample every request in one batch with a KV cache (backends/batch_decoder.py); per-row temperature and
+        length.
 
-        `on_done(i, samples)` hands over request `i` as soon as all its rows have ended. The sampler runs on
-        `sample_threads` intra-op threads, restored afterwards (see `default_sample_threads`). `adapter=False`
-        samples the base model (the adapter off, as the KL reference does): the frozen executor of the planner and
-        workflow envs.
+        `on_done(i, samples)` hands over request `i` as soon as all its rows have ended; `poll()` is asked between
+        tokens for requests that join the batch (continuous batching), except while training waits for the
+        weights. The sampler runs on `sample_threads` intra-op threads if set (`ART_SAMPLE_THREADS`), else on as
+        many as backends/sample_threads.py finds free between tokens; torch's count is restored afterwards.
+        `adapter=False` samples the base model (the adapter off, as the KL reference does): the frozen executor of
+        the planner and workflow envs.
         """
         threads = torch.get_num_threads()
-        torch.set_num_threads(self.sample_threads)
+        choose = (lambda: self.sample_threads) if self.sample_threads else self._threads.choose
+
+        def between_tokens() -> list:
+            if (wanted := choose()) != torch.get_num_threads():
+                torch.set_num_threads(wanted)
+            return [] if poll is None or self._writers_waiting else poll()
+
         try:
-            with self.lock, (contextlib.nullcontext() if adapter else self.model.disable_adapter()):
+            with self.lock, (contextlib.nullcontext() if adapter else self.model.disable_adapter()), \
+                    lean_lora_layers(self.model):
+                torch.set_num_threads(choose())
                 return decode(self.model, requests, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
-                              generator=self.generator, on_done=on_done)
+                              generator=self.generator, on_done=on_done, poll=between_tokens)
         finally:
             torch.set_num_threads(threads)
 
@@ -262,7 +202,7 @@ class LoraPolicy:
         tensors = {k: v for k, v in packed.items() if isinstance(v, torch.Tensor)}
         rows = tensors["tokens"].shape[0]
         losses, norms, corrs, kls, tokens = [], [], [], [], 0
-        with self.lock:
+        with self.exclusive():
             if settings.precalculate_logprobs:
                 tensors["original_logprobs"] = tensors["logprobs"]
                 tensors["logprobs"] = self._precalculated_logprobs(tensors)

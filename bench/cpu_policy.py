@@ -8,7 +8,7 @@ words, on SmolLM2-135M's shapes (30 layers, 9 query heads over 3 K/V heads of 64
   K/V head per query head) against `decoding.grouped_decode_attention`;
 - the KV cache: `torch.cat` of the whole cache per token (transformers' `DynamicLayer`) against an in-place write;
 - the frozen linears' memory order (`decoding.store_frozen_linears_transposed`) at decode-sized batches;
-- sampler threads: all cores against `policy.default_sample_threads()` while `--busy` other processes spin;
+- sampler threads: all cores against `AdaptiveThreads`' choice while `--busy` other processes spin;
 - the size of the full float logits that the policy and SFT never materialise (shapes times 4 bytes: computed).
 One core (`torch.set_num_threads(1)`) except in the threads row. `--quick`: fewer repeats, a seconds-long check.
 """
@@ -165,18 +165,29 @@ def main() -> None:
         print(f"frozen linears of one layer, rows={rows}: (out, in) weights / (in, out) weights = {ratio:.2f}")
         figure(f"frozen linears, rows={rows}: usual / transposed layout", ratio)
 
-    from backends.policy import default_sample_threads  # heavier than the rows above need: imported here
+    from backends.sample_threads import AdaptiveThreads
 
-    cores, chosen = os.cpu_count() or 1, default_sample_threads()
-    if cores > chosen:
+    cores = os.cpu_count() or 1
+    if cores > 1:
         tokens = 3 if args.quick else 15
+
+        def adaptive_choice() -> int:
+            chooser = AdaptiveThreads(cores)
+            chooser.choose()
+            time.sleep(2 * chooser.interval_s)
+            return chooser.choose()
+
+        idle_choice = adaptive_choice()
+        chosen = int(with_busy_processes(args.busy, adaptive_choice))
         all_cores = with_busy_processes(args.busy, lambda: decode_threads(cores, args.rows, tokens))
-        default = with_busy_processes(args.busy, lambda: decode_threads(chosen, args.rows, tokens))
+        adaptive = with_busy_processes(args.busy, lambda: decode_threads(chosen, args.rows, tokens))
         print(f"decode-shaped loop with {args.busy} other busy process(es): {cores} threads {all_cores:.1f} ms per "
-              f"token, {chosen} (default_sample_threads) {default:.1f} ms")
-        figure(f"sampler threads with {args.busy} busy: all cores / default", all_cores / default, "> 1")
+              f"token, {chosen} (AdaptiveThreads' choice) {adaptive:.1f} ms; on the idle machine it chose "
+              f"{idle_choice} of {cores}")
+        figure(f"sampler threads with {args.busy} busy: all cores / adaptive choice", all_cores / adaptive, ">= 1")
+        figure("sampler threads chosen on an idle machine / cores", idle_choice / cores, ">= 1")
     else:
-        print(f"decode threads: skipped ({cores} core(s): the default already uses them all)")
+        print("decode threads: skipped (1 core: there is nothing to choose)")
 
     sizes = {"prefill, 32 prompts x 200 tokens": logits_gb(32, 200), "SFT batch, 2 x 850 tokens": logits_gb(2, 850),
              "RL batch, 8 x 900 tokens": logits_gb(8, 900)}

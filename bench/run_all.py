@@ -84,17 +84,18 @@ BENCHES = [
           "`train.py` on the toy env (10 rollouts per step, each step sampled, scored, trained, logged and "
           "checkpointed); RSS of the trainer and its children read from outside at each step's summary line. The "
           "rollouts are toy ones, the trainer is the real one."),
-    Bench("serving", ("bench/serving.py",), "CPU policy server tokens/s, SmolLM2-135M",
-          "The CPU backend's own endpoint (LoRA r8 all-linear over SmolLM2-135M-Instruct, micro-batched, KV cache) "
-          "answers 1, 8 and 32 concurrent chat completions over HTTP: system prompt plus a ~150-token task, "
-          "max_tokens 128, temperature 1, logprobs on; tokens/s = generated tokens / wall time of the wave. The "
-          "same prompts are also sampled without HTTP (`policy.sample`: HTTP / direct is what the server adds) and "
-          "with stock transformers `generate` on the bare base model (no LoRA, no logprobs). The sampler runs on "
-          "`ART_SAMPLE_THREADS` threads, by default half the cores (see backends/policy.py for why)."),
+    Bench("serving", ("bench/serving.py",), "CPU policy server tokens/s and roofline fraction, SmolLM2-135M",
+          "The CPU backend's own endpoint (LoRA r8 all-linear over SmolLM2-135M-Instruct, base in bf16 where the CPU "
+          "has it, continuous batching, KV cache) answers 1, 8, 32 and 64 concurrent chat completions over HTTP on "
+          "the default gmsh env's prompts, max_tokens 128, temperature 1, logprobs on; tokens/s = generated tokens "
+          "/ wall time of the wave, and roofline fraction = tokens/s x 2 x params / the bf16 (else fp32) matmul "
+          "FLOP/s measured in the same run. Also a batched prefill (8 prompts of 256 tokens), one request alone "
+          "against an fp32 policy on half the cores (the code before bf16), direct `policy.sample` (what HTTP "
+          "adds) and stock transformers `generate` on the bare base model."),
     Bench("cpu-policy", ("bench/cpu_policy.py",), "CPU policy: decoding and memory choices vs what they replaced",
           "On SmolLM2-135M's shapes with random tensors, one core: `categorical` vs `torch.multinomial`, grouped "
           "decode attention vs transformers' repeat_kv + SDPA, an in-place KV cache write vs `torch.cat`, the frozen "
-          "linears' memory order, the sampler on all cores vs `default_sample_threads()` beside a busy process, and "
+          "linears' memory order, the sampler on all cores vs `AdaptiveThreads`' choice beside a busy process, and "
           "the size of the full logits the policy and SFT never build (computed). The figures behind the choices "
           "backends/decoding.py and backends/policy.py explain in words."),
     Bench("import-cost", ("bench/import_cost.py",), "Import cost: platform modules vs ART's helpers",
@@ -108,11 +109,12 @@ BENCHES = [
           "that endpoint with httpx: the planner's executor prompts, max_tokens 32, temperature 0, 2 x C calls with "
           "at most C = 8 or 32 in flight, alternating raw, executor, executor, raw. Executor / raw is the client's "
           "overhead."),
-    Bench("train-step", ("bench/train_step.py",), "CPU backend train step vs plain peft forward/backward",
-          "The same packed batch (32 sampled rollouts) through the policy's `train_step` (ART tokenisation, "
-          "packing, loss, clipping, AdamW), through `CPUBackend.train` (that plus the PEFT checkpoint of each "
-          "step), and through a bare forward/log-softmax/backward; ratio = plain / ours. `mid` is a randomly "
-          "initialised 6-layer, 384-wide Llama (about 20x the embedded model's compute per token)."),
+    Bench("train-step", ("bench/train_step.py",), "CPU backend train and SFT step vs plain peft, roofline fraction",
+          "The same packed batch (sampled rollouts) through the policy's `train_step` (ART tokenisation, packing, "
+          "loss, clipping, AdamW), through `CPUBackend.train` (that plus the PEFT checkpoint of each step), and "
+          "through a bare forward/log-softmax/backward; ratio = plain / ours. `mid` is a randomly initialised "
+          "6-layer, 384-wide Llama; `smollm2` the real model, whose train and SFT steps also print tokens/s and the "
+          "roofline fraction (4 x params per token over the matmul FLOP/s measured in the same run)."),
     Bench("scale-sim", ("bench/scale_sim.py",), "Rollout service nodes: throughput vs node count, a node killed",
           "1, 2, 4 and 8 simulated service nodes (local processes with our services' shape: 2 slots each, 0.2 s "
           "jittered work, 1% injected HTTP 500s, request ids honoured) behind the real `ServiceClient` "

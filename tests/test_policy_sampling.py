@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from backends.cpu_dtype import torch_dtype, use_float32_head
 from backends.decoding import categorical
 from backends.policy import LoraPolicy, LoraSettings, SampleRequest
 from backends.tiny_random_model import LORA_TARGETS, ensure_tiny_model
@@ -22,15 +23,29 @@ def tiny_path(tmp_path_factory) -> str:
     return ensure_tiny_model(tmp_path_factory.mktemp("sampling"))
 
 
-@pytest.fixture(scope="module")
-def policy(tiny_path) -> LoraPolicy:
-    return LoraPolicy(tiny_path, LoraSettings(target_modules=LORA_TARGETS))
+# Both float types the CPU backend computes in. The logprob tolerance is what a different summation order costs:
+# the sampler's batched decode steps and a fresh full-sequence forward add the same terms in another order, which
+# moves an fp32 logprob by ~1e-6 and a bf16-base one by up to a few 1e-3 (bf16 keeps 8 bits of mantissa).
+LOGPROB_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}
+
+
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def dtype(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_path):
-    """The base model as transformers ships it (stock SDPA attention, stock cache): a fresh LoRA adds zero."""
-    return AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32).eval()
+def policy(tiny_path, dtype) -> LoraPolicy:
+    return LoraPolicy(tiny_path, LoraSettings(target_modules=LORA_TARGETS), dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_path, dtype):
+    """The base model as transformers ships it (stock SDPA attention, stock cache), in the policy's float type with
+    its fp32 output head: a fresh LoRA adds zero."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch_dtype(dtype)).eval()
+    use_float32_head(model)
+    return model
 
 
 def hf_greedy(model, prompt: list[int], max_new: int, eos_ids: set[int]) -> list[int]:
@@ -76,15 +91,15 @@ def test_rows_that_end_early_leave_the_others_unchanged(policy, reference, monke
     assert "stop" in reasons and "length" in reasons and len(samples[0][0].token_ids) < 12
 
 
-def test_logprobs_are_the_untempered_policy_at_the_sampled_tokens(policy):
+def test_logprobs_are_the_untempered_policy_at_the_sampled_tokens(policy, dtype):
     temps = [1.0, 0.5, 0.0, 2.0]
     samples = policy.sample([SampleRequest(p, 9, temperature=t) for p, t in zip(PROMPTS, temps, strict=True)])
     for prompt, (sample,) in zip(PROMPTS, samples, strict=True):
         expected = recomputed_logprobs(policy, prompt, sample.token_ids)
-        assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4)
+        assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=LOGPROB_TOLERANCE[dtype])
 
 
-def test_n_samples_per_request_share_the_prompt(policy, reference):
+def test_n_samples_per_request_share_the_prompt(policy, reference, dtype):
     greedy, sampled = policy.sample([SampleRequest(PROMPTS[1], 6, temperature=0.0, n=3),
                                      SampleRequest(PROMPTS[0], 5, temperature=1.0, n=4)])
     assert [s.token_ids for s in greedy] == [hf_greedy(reference, PROMPTS[1], 6, policy.eos_ids)] * 3
@@ -92,7 +107,7 @@ def test_n_samples_per_request_share_the_prompt(policy, reference):
     for sample in sampled:
         assert 1 <= len(sample.token_ids) <= 5
         expected = recomputed_logprobs(policy, PROMPTS[0], sample.token_ids)
-        assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4)
+        assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=LOGPROB_TOLERANCE[dtype])
 
 
 def test_on_done_hands_over_each_request_once_and_early(policy, monkeypatch):

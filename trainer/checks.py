@@ -353,6 +353,8 @@ def backend_problem(c: ExperimentConfig) -> str | None:
     from backends.remote import base_model_problem as remote_model_problem
 
     local_model = c.base_model in NAMED_MODELS or Path(c.base_model).exists()
+    if c.cpu_dtype != "auto" and c.backend not in ("auto", "cpu"):
+        return f"--cpu-dtype applies to the CPU backend only, not --backend {c.backend}"
     if c.backend == "local" and (problem := run_problem("local", RunNeeds(
             init_adapter=c.init_adapter, checkpoint=c.checkpoint, vllm_url=c.vllm_url))):
         return problem

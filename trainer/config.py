@@ -126,6 +126,10 @@ class ExperimentConfig:
     lora_rank: int = setting("model", "LoRA rank (alpha is twice the rank)", 8)
     init_adapter: str | None = setting("model", "warm-start from a Hugging Face LoRA adapter folder (CPU backend)",
                                        None, metavar="DIR")
+    cpu_dtype: str = setting("model", "CPU backend: the frozen base model's float type; auto = bf16 where the CPU "
+                                      "has avx512_bf16 or AMX and the model is not test-sized, else fp32 (the LoRA "
+                                      "and every logprob stay fp32)", "auto",
+                             hashed=False, choices=("auto", "bf16", "fp32"))
     load_in_4bit: bool = setting("model", "GPU: train QLoRA on a 4-bit base (default: full precision)", False)
     gpu_memory_utilization: float | None = setting("model", "GPU: vLLM's share of GPU memory (default: ART's 0.9)",
                                                    None, hashed=False)

@@ -121,7 +121,8 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
     cpu_settings = CPUBackendSettings(lora=LoraSettings(rank=config.lora_rank, alpha=2 * config.lora_rank,
                                                         target_modules=lora_targets),
                                       seed=config.seed, max_seq_length=config.max_context_tokens,
-                                      default_max_tokens=config.max_tokens, init_adapter=config.init_adapter)
+                                      default_max_tokens=config.max_tokens, init_adapter=config.init_adapter,
+                                      dtype=config.cpu_dtype)
     backend = create_backend(choice, config.art_path, cpu_settings, RemoteSettings(config.serverless_url))
     run_dir = RunDir.claim(config.rollout_root)  # this run's work dirs; removed at exit, or by the next start
     monitor = HealthMonitor(config.rollout_root, HealthLimits(
