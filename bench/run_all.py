@@ -109,11 +109,13 @@ BENCHES = [
           "that endpoint with httpx: the planner's executor prompts, max_tokens 32, temperature 0, 2 x C calls with "
           "at most C = 8 or 32 in flight, alternating raw, executor, executor, raw. Executor / raw is the client's "
           "overhead."),
-    Bench("train-step", ("bench/train_step.py",), "CPU backend train and SFT step vs plain peft, roofline fraction",
-          "The same packed batch (sampled rollouts) through the policy's `train_step` (ART tokenisation, packing, "
-          "loss, clipping, AdamW), through `CPUBackend.train` (that plus the PEFT checkpoint of each step), and "
-          "through a bare forward/log-softmax/backward; ratio = plain / ours. `mid` is a randomly initialised "
-          "6-layer, 384-wide Llama; `smollm2` the real model, whose train and SFT steps also print tokens/s and the "
+    Bench("train-step", ("bench/train_step.py", "--sizes", "tiny", "smollm2", "--groups", "2",
+                         "--rollouts-per-group", "4", "--max-tokens", "128", "--repeats", "2"),
+          "CPU backend train and SFT step vs plain peft, roofline fraction",
+          "The same packed batch (8 sampled rollouts of up to 128 tokens) through the policy's `train_step` (ART "
+          "tokenisation, packing, loss, clipping, AdamW), through `CPUBackend.train` (that plus the PEFT checkpoint "
+          "of each step), and through a bare forward/log-softmax/backward; ratio = plain / ours. `tiny` is the "
+          "random test model; `smollm2` the real one, whose train and SFT steps also print tokens/s and the "
           "roofline fraction (4 x params per token over the matmul FLOP/s measured in the same run)."),
     Bench("scale-sim", ("bench/scale_sim.py",), "Rollout service nodes: throughput vs node count, a node killed",
           "1, 2, 4 and 8 simulated service nodes (local processes with our services' shape: 2 slots each, 0.2 s "

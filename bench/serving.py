@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # heavy (torch, ART): imported where used, once the flags are
 
 Conversation = list[dict[str, str]]
 DECODE_GOAL_CONCURRENCY, DECODE_GOAL, PREFILL_GOAL, SINGLE_GOAL = 32, ">= 0.10", ">= 0.30", ">= 2.0"
+BASELINE_MAX_CONCURRENCY = 32  # the stock and library baselines stop here: each is minutes at 64
 BASELINE_ROUNDS = 2  # new and baseline alternate, best of each: drift and a neighbour's load hit both
 
 
@@ -113,6 +114,25 @@ def prefill_rate(policy: LoraPolicy, prompts: list[list[int]]) -> tuple[int, flo
     return tokens, tokens / (time.perf_counter() - started)
 
 
+def decode_rate(policy: LoraPolicy, prompts: list[list[int]], max_tokens: int) -> float:
+    """Generated tokens/s of decoding alone: one `policy.sample` of the prompts with max_tokens 1 (their prefill)
+    subtracted from one with `max_tokens`, each row decoding to its limit (no end-of-turn stop)."""
+    from backends.policy import SampleRequest
+
+    eos = policy.eos_ids
+    policy.eos_ids = set()  # every row decodes max_tokens: the step count is known
+    try:
+        started = time.perf_counter()
+        policy.sample([SampleRequest(p, 1, 1.0) for p in prompts])
+        prefill = time.perf_counter() - started
+        started = time.perf_counter()
+        policy.sample([SampleRequest(p, max_tokens, 1.0) for p in prompts])
+        full = time.perf_counter() - started
+    finally:
+        policy.eos_ids = eos
+    return len(prompts) * (max_tokens - 1) / max(full - prefill, 1e-9)
+
+
 def library_batch(path: str, dtype: str, prompts: list[list[int]], max_tokens: int, threads: int) -> float:
     """transformers' own continuous batching (`generate_batch`, paged attention) on the bare base model in the
     policy's float type, sampling at temperature 1 without LoRA or logprobs: what we would use instead of ours."""
@@ -123,7 +143,8 @@ def library_batch(path: str, dtype: str, prompts: list[list[int]], max_tokens: i
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), attn_implementation="paged|sdpa")
     config = GenerationConfig(max_new_tokens=max_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                              eos_token_id=-1, pad_token_id=0, num_blocks=512, block_size=32, max_batch_tokens=512)
+                              eos_token_id=-1, pad_token_id=0, block_size=32, max_batch_tokens=512,
+                              num_blocks=16 + sum(len(p) + max_tokens for p in prompts) // 32 + len(prompts))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -228,14 +249,21 @@ def main() -> None:
             tokens, elapsed, latencies = asyncio.run(
                 http_wave(server.base_url, "bench-key", conversations, c, args.max_tokens))
             rates[c] = tokens / elapsed
-            fraction = roofline_fraction(rates[c], decode_flops, ceiling)
-            line = (f"{c:3d} concurrent: {rates[c]:6.1f} tokens/s over HTTP, roofline {fraction:.3f} ({tokens} "
-                    f"tokens in {elapsed:.1f} s, latency p50 {statistics.median(latencies):.1f} s)")
+            prompts = [all_prompts[i % len(all_prompts)] for i in range(c)]
+            processed = tokens + sum(len(p) for p in prompts)  # the wave's FLOPs: its prompts' and its tokens'
+            wave_fraction = roofline_fraction(processed / elapsed, decode_flops, ceiling)
+            decoding = decode_rate(policy, prompts, args.max_tokens)
+            fraction = roofline_fraction(decoding, decode_flops, ceiling)
+            line = (f"{c:3d} concurrent: {rates[c]:6.1f} tokens/s over HTTP ({tokens} tokens in {elapsed:.1f} s, "
+                    f"latency p50 {statistics.median(latencies):.1f} s), wave roofline {wave_fraction:.3f} "
+                    f"(prompt and generated tokens); decoding alone {decoding:6.1f} tokens/s, roofline "
+                    f"{fraction:.3f}")
             figure(f"serving tokens/s, {c} concurrent", rates[c], unit="tokens/s")
-            figure(f"serving roofline fraction, {c} concurrent", fraction,
+            figure(f"serving wave roofline fraction (prompts + tokens), {c} concurrent", wave_fraction)
+            figure(f"serving decode tokens/s, {c} concurrent", decoding, unit="tokens/s")
+            figure(f"serving decode roofline fraction, {c} concurrent", fraction,
                    DECODE_GOAL if c == DECODE_GOAL_CONCURRENCY else None)
-            if plain is not None:
-                prompts = [all_prompts[i % len(all_prompts)] for i in range(c)]
+            if plain is not None and c <= BASELINE_MAX_CONCURRENCY:
                 sampled = direct(policy, prompts, args.max_tokens)
                 stock = hf_generate(plain, policy.tokenizer, prompts, args.max_tokens, threads)
                 line += f"; direct sample {sampled:6.1f}, stock generate {stock:6.1f} tokens/s"
@@ -246,8 +274,9 @@ def main() -> None:
                 if c > 1:  # keep ours only if it beats the library's continuous batching by more than 10%
                     library = library_batch(path, policy.dtype, prompts, args.max_tokens, threads)
                     line += f", transformers generate_batch {library:6.1f}"
-                    figure(f"serving direct sample / transformers generate_batch, {c} concurrent",
-                           sampled / library, ">= 1.1")
+                    if library > 0:
+                        figure(f"serving direct sample / transformers generate_batch, {c} concurrent",
+                               sampled / library, ">= 1.1")
             print(line, flush=True)
         for c in args.concurrency:
             if c != 1 and 1 in rates:

@@ -143,7 +143,7 @@ from backends.openai_server import MicroBatcher
 from backends.policy import SampleRequest
 
 class SlowPolicy:  # one batch is seconds of torch work, as a long decode on the CPU is
-    def sample(self, requests, on_done=None, adapter=True):
+    def sample(self, requests, on_done=None, adapter=True, poll=None):  # it never polls: nothing joins
         a, end = torch.randn(256, 256), time.monotonic() + 2.0
         while time.monotonic() < end:
             a = (a @ a).tanh()

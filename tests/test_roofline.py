@@ -92,3 +92,10 @@ def test_bench_help_exits_zero(script):
     done = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--dtype" in done.stdout
+
+
+def test_end_to_end_bench_help_names_the_old_revision():
+    done = subprocess.run([sys.executable, "bench/end_to_end.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--old-rev" in done.stdout
