@@ -101,21 +101,24 @@ class MicroBatcher:
 
     def _run(self) -> None:
         while True:
-            first = self._deferred.pop(0) if self._deferred else self._queue.get()
+            deferred, self._deferred = self._deferred, []
+            first = deferred[0] if deferred else self._queue.get()
             if first is None:
                 return
-            collected = [p for p in self._collect(first) if self._wanted(p)]
-            # The adapter is on or off for a whole forward pass: base-model requests decode as a batch of their own.
-            for base in (False, True):
+            collected = [p for p in deferred[1:] + self._collect(first) if self._wanted(p)]
+            # The adapter is on or off for a whole forward pass: base-model requests decode as a batch of their own,
+            # and the kind of the oldest request goes first.
+            for base in (first.base, not first.base):
                 batch = [p for p in collected if p.base == base]
                 if batch:
                     self._sample(batch, base)
 
     def _arrivals(self, base: bool) -> list[_Pending]:
-        """What joins the running batch at its next token (continuous batching): every queued request that wants
-        the same weights (adapter on or off); the others wait for the next batch, in order."""
+        """What joins the running batch at its next token (continuous batching): the queued requests that want the
+        same weights (adapter on or off), up to the first that wants the others. That one waits for the next batch,
+        and from then on nothing joins, so that a stream of arrivals cannot keep it waiting for ever."""
         joining: list[_Pending] = []
-        while len(joining) < self.max_batch:
+        while not self._deferred and len(joining) < self.max_batch:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:

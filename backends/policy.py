@@ -48,17 +48,15 @@ class LoraPolicy:
     def __init__(self, base_model: str, lora: LoraSettings, *, seed: int = 0, max_seq_length: int = 2048,
                  init_adapter: str | None = None, dtype: str = "auto"):
         from peft import LoraConfig, PeftModel, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(seed)
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        from transformers import AutoConfig
-
-        hidden = getattr(AutoConfig.from_pretrained(base_model), "hidden_size", None)
-        self.dtype = resolve_cpu_dtype(dtype, hidden_size=hidden)  # "bf16" or "fp32": the frozen base's float type
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype(self.dtype))
+        model_config = AutoConfig.from_pretrained(base_model)  # read once: it decides the dtype, then builds the model
+        self.dtype = resolve_cpu_dtype(dtype, hidden_size=getattr(model_config, "hidden_size", None))
+        base = AutoModelForCausalLM.from_pretrained(base_model, config=model_config, dtype=torch_dtype(self.dtype))
         use_float32_head(base)
         use_grouped_decode_attention(base)
         config = LoraConfig(

@@ -104,6 +104,45 @@ def test_the_server_batcher_joins_requests_to_the_running_batch(policy, monkeypa
     assert short_samples[0].token_ids == alone(policy, SampleRequest([7], 3, temperature=0.0)).token_ids
 
 
+def test_a_base_model_request_is_not_overtaken_by_later_adapter_requests(policy, monkeypatch):
+    batches = []
+    real_sample = policy.sample
+
+    def recording_sample(requests, *args, adapter=True, poll=None, **kwargs):
+        batch = [r.max_tokens for r in requests]
+        batches.append((adapter, batch))
+
+        def recording_poll():
+            arrived = poll()
+            batch.extend(r.max_tokens for r, _ in arrived)
+            return arrived
+
+        return real_sample(requests, *args, adapter=adapter, poll=recording_poll, **kwargs)
+
+    monkeypatch.setattr(policy, "sample", recording_sample)
+    real_forward = policy.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.01)
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(policy.model, "forward", slow_forward)
+    batcher = MicroBatcher(policy)
+    try:
+        first = batcher.submit(SampleRequest([200, 3, 3], 40, temperature=0.0))
+        time.sleep(0.2)  # decoding
+        base = batcher.submit(SampleRequest([7], 2, temperature=0.0), base=True)
+        time.sleep(0.05)
+        later = batcher.submit(SampleRequest([5, 17], 3, temperature=0.0))
+        for future in (first, base, later):
+            future.result(timeout=60)
+    finally:
+        batcher.close()
+    assert batches[0] == (True, [40])  # the later adapter request did not join past the waiting base one
+    assert batches[1] == (False, [2])
+    assert batches[2] == (True, [3])
+
+
 def test_a_waiting_training_step_stops_the_joins(policy):
     endless = lambda: [(SampleRequest([5, 17], 3, temperature=1.0), lambda samples: None)]  # noqa: E731
     sampler = threading.Thread(target=policy.sample, args=([SampleRequest([7], 3, temperature=1.0)],),
