@@ -28,6 +28,7 @@ from backends.decoding import (
     use_grouped_decode_attention,
 )
 from backends.sample_threads import AdaptiveThreads, fixed_sample_threads
+from backends.token_check import LogprobMismatch, exact_groups
 from backends.train_options import TrainSettings
 
 __all__ = ["CheckpointError", "LoraPolicy", "LoraSettings", "Sample", "SampleRequest", "TrainSettings",
@@ -169,14 +170,21 @@ class LoraPolicy:
         With `precalculate_logprobs` the old logprobs are the trainer's own, computed before the first gradient step
         (the sampler's stay as `original_logprobs`, which truncated importance sampling weighs against); with a KL
         coefficient the reference logprobs come from the base model (adapter off) or `kl_reference`'s adapter.
-        Both are computed once, up front, without gradients, as ART's unsloth service does."""
+        Both are computed once, up front, without gradients, as ART's unsloth service does.
+
+        Before tokenising, trajectories whose later turns would be trained in a context their sampler never saw are
+        split (backends/token_check.py); `logprob_mismatch` compares sampler and trainer logprobs before the
+        update: on the first gradient step's rows (`logprob_mismatch_tokens` says how many), on all with
+        `precalculate_logprobs`."""
         from art.preprocessing.pack import packed_tensors_from_tokenized_results
         from art.preprocessing.tokenize import tokenize_trajectory_groups
 
+        groups, check = exact_groups(self.tokenizer, trajectory_groups,
+                                     allow_without_logprobs=settings.allow_training_without_logprobs)
         results = list(
             tokenize_trajectory_groups(
                 self.tokenizer,
-                trajectory_groups,
+                groups,
                 allow_training_without_logprobs=settings.allow_training_without_logprobs,
                 scale_rewards=settings.scale_rewards,
             )
@@ -184,7 +192,7 @@ class LoraPolicy:
         limit = min(self.max_seq_length, settings.max_sequence_length or self.max_seq_length)
         too_long = [r for r in results if len(r.token_ids) > limit]
         results = [r for r in results if len(r.token_ids) <= limit]
-        metrics: dict[str, float] = {"dropped_too_long": float(len(too_long))}
+        metrics: dict[str, float] = {"dropped_too_long": float(len(too_long))} | check.metrics()
         if not results:
             return metrics | {"num_gradient_steps": 0.0}
         packed = packed_tensors_from_tokenized_results(
@@ -200,10 +208,13 @@ class LoraPolicy:
         tensors = {k: v for k, v in packed.items() if isinstance(v, torch.Tensor)}
         rows = tensors["tokens"].shape[0]
         losses, norms, corrs, kls, tokens = [], [], [], [], 0
+        mismatch = LogprobMismatch()
         with self.exclusive():
             if settings.precalculate_logprobs:
                 tensors["original_logprobs"] = tensors["logprobs"]
                 tensors["logprobs"] = self._precalculated_logprobs(tensors)
+                mismatch.add(tensors["logprobs"], tensors["original_logprobs"], tensors["assistant_mask"],
+                             shifted=False)
             if settings.kl_penalty_coef > 0:
                 with self._reference_weights(settings.kl_reference):
                     tensors["ref_logprobs"] = self._logprobs_without_grad(tensors)
@@ -213,7 +224,11 @@ class LoraPolicy:
                     batch = {k: v[start : start + settings.rows_per_gradient_step] for k, v in tensors.items()}
                     if not bool(batch["assistant_mask"].any()):
                         continue
-                    loss_value, corr, kl = self._accumulate_gradients(batch, settings.loss)
+                    # Before the first update the loss's forward is the pre-update policy: it measures the
+                    # mismatch of these rows for free (all rows when precalculated above).
+                    first = not losses and not settings.precalculate_logprobs
+                    loss_value, corr, kl = self._accumulate_gradients(batch, settings.loss,
+                                                                      mismatch if first else None)
                     params = [p for p in self.model.parameters() if p.requires_grad]
                     norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                     self.optimizer.step()
@@ -233,14 +248,15 @@ class LoraPolicy:
                 "trained_sequences": float(rows),
             }
         )
+        metrics.update(mismatch.metrics())
         if corrs:
             metrics["probs_corr"] = sum(corrs) / len(corrs)
         if kls:
             metrics["kl_policy_ref"] = sum(kls) / len(kls)
         return metrics
 
-    def _accumulate_gradients(self, batch: dict[str, torch.Tensor],
-                              config: Any) -> tuple[float, float | None, float | None]:
+    def _accumulate_gradients(self, batch: dict[str, torch.Tensor], config: Any,
+                              mismatch: LogprobMismatch | None = None) -> tuple[float, float | None, float | None]:
         """The gradient of ART's loss over `batch`, one row at a time (gradient accumulation).
 
         ART's loss is a mean over the batch's weighed tokens, so each row's loss is scaled by its share of them and
@@ -259,6 +275,8 @@ class LoraPolicy:
             micro = {k: v[row : row + 1] for k, v in batch.items()}
             ref = micro.pop("ref_logprobs", None)
             new_logprobs = self._token_logprobs(micro["tokens"], micro["group_ids"] != -1, micro["assistant_mask"])
+            if mismatch is not None:
+                mismatch.add(new_logprobs, micro["logprobs"], micro["assistant_mask"], shifted=True)
             loss = loss_fn(micro, new_logprobs, ref, None, config)  # type: ignore[arg-type]
             share = float(weighed[row]) / total
             (loss.policy_loss * share).backward()
