@@ -13,10 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_cmd(art_path: Path, name: str, *flags: str) -> list[str]:
     """Tests run the random tiny model unless they name another (the pretrained default takes ~30 s to convert),
-    and skip the default held-out evaluations before and after training unless they ask for them."""
+    skip the default held-out evaluations before and after training unless they ask for them, and draw no refill
+    groups unless they pass --refill (the tiny model's groups are mostly flat, and these tests pin group counts)."""
     model = [] if "--base-model" in flags else ["--base-model", "tiny-random"]
     if not any(f.startswith("--eval-before-after") or f == "--no-eval-before-after" for f in flags):
         model.append("--no-eval-before-after")
+    if not any(f.startswith("--refill") for f in flags):
+        model += ["--refill", "off"]
     return [sys.executable, str(ROOT / "train.py"), "--experiment-name", name, "--art-path", str(art_path),
             "--rollout-root", str(art_path / "rollouts"), "--log-dir", str(art_path / "logs"), *model, *flags]
 

@@ -272,6 +272,7 @@ def _range_problems(c: ExperimentConfig) -> list[tuple[bool, str]]:
         (-1 <= c.advantage_balance <= 1, "--advantage-balance must be between -1 and 1"),
         (0 <= c.kl_penalty_coef <= 1e3, "--kl-penalty-coef must be between 0 (off) and 1000"),
         (c.max_steps_off_policy >= 0, "--max-steps-off-policy must be 0 (synchronous) or more"),
+        (c.max_refill is None or c.max_refill >= 0, "--max-refill must be 0 (no refills) or more"),
         (c.lora_rank >= 1, "--lora-rank must be at least 1"),
         (c.gpu_memory_utilization is None or 0 < c.gpu_memory_utilization <= 1,
          "--gpu-memory-utilization must be in (0, 1]"),

@@ -158,6 +158,14 @@ class ExperimentConfig:
     max_steps_off_policy: int = setting(
         "rl", "gather later steps' rollouts while a step trains, each at most K policy steps older than the policy "
               "it trains (0: synchronous); see docs/TRAINING.md", 0, metavar="K")
+    # Run control, not what a run learns (hashed=False): a run resumes under the same hash with refills on or off.
+    refill: str = setting(
+        "rl", "what a step draws when a group's rewards are all equal (no GRPO signal): scenarios: new groups of "
+              "other train scenarios; rollouts: more rollouts of that group's scenario; off: train fewer groups",
+        "scenarios", hashed=False, choices=("scenarios", "rollouts", "off"))
+    max_refill: int | None = setting(
+        "rl", "extra rollouts a step may spend on refills (default: 2 x groups-per-step x rollouts-per-group; "
+              "0: none)", None, hashed=False, metavar="N")
     # SFT
     sft_data: list[str] = setting(
         "sft", "SFT before RL: a .jsonl of OpenAI chat `messages` (optional `tools`), or a .jsonl/.parquet of "

@@ -120,7 +120,7 @@ class PlannedStep:
     step: int
     batch: list[Any]
     next_cursor: Any
-    task: asyncio.Task[list[art.TrajectoryGroup]] | None = None
+    task: asyncio.Task[Any] | None = None  # the gather's result (rl.py: the step's groups and refills)
     started: float = 0.0
     finished: float | None = None
 
@@ -133,13 +133,14 @@ class PlannedStep:
 class StepPipeline:
     """Plans steps from the committed cursor in order and starts each one's gather once its gate is open.
 
-    `take(cursor) -> (batch, next_cursor)` is the data cursor's own step; `gather(step, batch)` gathers a batch.
+    `take(cursor) -> (batch, next_cursor)` is the data cursor's own step; `gather(step, batch)` gathers a batch
+    (and whatever refills it draws: rollouts/refill.py, independent of the cursor).
     Planning stops at `last_step` or where the next batch would start epoch `num_epochs` (`epochs_done`).
     """
 
     cursor: Any
     take: Callable[[Any], tuple[list[Any], Any]]
-    gather: Callable[[int, list[Any]], Awaitable[list[art.TrajectoryGroup]]]
+    gather: Callable[[int, list[Any]], Awaitable[Any]]
     committed: int
     last_step: int
     num_epochs: int
@@ -164,7 +165,7 @@ class StepPipeline:
             planned.task = asyncio.create_task(self._timed(planned), name=f"gather step {planned.step}")
             self.ahead.append(planned)
 
-    async def _timed(self, planned: PlannedStep) -> list[art.TrajectoryGroup]:
+    async def _timed(self, planned: PlannedStep) -> Any:
         try:
             return await self.gather(planned.step, planned.batch)
         finally:

@@ -1,11 +1,14 @@
 """The GRPO step loop: gather groups, score, train the groups with a reward spread, log, commit.
 
-Each step: `gather_step` (one semaphore + start-rate throttle) -> `backend.train()` on the groups that carry a
+Each step: `gather_refilled` (one semaphore + start-rate throttle) -> `backend.train()` on the groups that carry a
 signal -> `model.log()` (history.jsonl, W&B) -> RLM-format logs -> `state.json` (the commit point, with the data
-cursor). Zero-variance groups are counted and left out, as ART's own loop does. With `--max-steps-off-policy K`
-the gathers of the next K steps run while a step trains (trainer/pipeline.py: the gate, staleness, resume); K = 0
-is the synchronous loop. Every rollout records the policy step it was sampled from. `--max-training-steps` counts
-these steps only; the step numbers are the model's, which the SFT epochs before them also took (`rl_budget`).
+cursor). Zero-variance groups are counted and left out, as ART's own loop does; with `--refill` the step draws more
+(other scenarios or more rollouts) until groups_per_step groups carry a signal or `--max-refill` is spent, and
+trains at most groups_per_step of them (rollouts/refill.py: why the data cursor and resume stay exact).
+With `--max-steps-off-policy K` the gathers of the next K steps run while a step trains (trainer/pipeline.py: the
+gate, staleness, resume); K = 0 is the synchronous loop. Every rollout records the policy step it was sampled
+from. `--max-training-steps` counts these steps only; the step numbers are the model's, which the SFT epochs before
+them also took (`rl_budget`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ from trainer.pipeline import PolicyClock, StepPipeline, check_staleness, version
 from trainer.resume import load_cursor
 from trainer.schedule import TemperatureSchedule
 
-if TYPE_CHECKING:  # heavy (ART): the loop imports them when it runs
-    import art
-
+if TYPE_CHECKING:  # the loop imports what it needs when it runs
     from rollouts.scenario import Scenario
 
 
@@ -36,9 +37,10 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
     from backends.checkpoints import best_val_step, steps_to_keep
     from backends.remote import train_keywords
     from monitor.wandb_log import log_rollouts
-    from rollouts.gather import freeze_startup_heap, gather_step
+    from rollouts.gather import freeze_startup_heap
     from rollouts.logs import write_step
-    from rollouts.metrics import has_signal, step_metrics
+    from rollouts.metrics import step_metrics
+    from rollouts.refill import Refill, StepGroups, gather_refilled
     from services.client import service_metrics
 
     config, env, model, backend = the_run.config, the_run.env, the_run.model, the_run.backend
@@ -53,17 +55,18 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
     clock = PolicyClock(step)
     rollout = versioned(env.rollout, clock)
     run_ctx.client()  # made once here, so the per-step contexts below share one connection pool
+    refill = Refill.of(config.refill, config.max_refill, config.groups_per_step, config.rollouts_per_group)
 
     def temperature_at(at: int) -> float:
         return schedule.at(at - sft_steps) if schedule else eval_settings.temperature
 
-    async def gather(at: int, batch: list[Scenario]) -> list[art.TrajectoryGroup]:
-        """One step's groups, through a context of its own: steps gathered at once may sample at different
-        temperatures (the schedule) while evaluations keep --temperature."""
+    async def gather(at: int, batch: list[Scenario]) -> StepGroups:
+        """One step's groups and refills, through a context of its own: steps gathered at once may sample at
+        different temperatures (the schedule) while evaluations keep --temperature."""
         ctx = dataclasses.replace(run_ctx, step=at,
                                   settings=dataclasses.replace(eval_settings, temperature=temperature_at(at)))
-        return await gather_step(batch, rollout, ctx, config.rollouts_per_group, limits,
-                                 config.max_failed_share, desc=f"step {at}")
+        return await gather_refilled(batch, scenarios, rollout, ctx, config.rollouts_per_group, limits,
+                                     config.max_failed_share, refill, seed=config.seed, step=at, desc=f"step {at}")
 
     last_step = rl_budget(step, sft_steps, config.max_training_steps)
     pipeline = StepPipeline(load_cursor(env, state), lambda c: c.take(scenarios, config.groups_per_step, config.seed),
@@ -74,14 +77,16 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
         pipeline.open_gates(step)  # inside the try: a plan that fails part-way still closes the gathers it started
         while (planned := pipeline.next()) is not None:
             step = run_ctx.step = planned.step
-            groups = await planned.task
+            drawn: StepGroups = await planned.task
+            groups = drawn.groups  # every group drawn, zero-variance ones too: all are logged
             batch_wait = time.monotonic() - ready_at  # the trainer idle, waiting for this step's data
-            metrics = step_metrics(groups, config.groups_per_step * config.rollouts_per_group)
+            metrics = step_metrics(groups, drawn.rollouts_spent)
             if env.step_metrics is not None:
                 metrics |= env.step_metrics(groups)
             metrics |= service_metrics(run_ctx.services)  # per service node: requests, errors, latency p50/p95
             fresh = check_staleness(groups, trains_from=step - 1, max_off_policy=config.max_steps_off_policy)
-            trainable = [g for g in fresh.kept if has_signal(g)]
+            trainable = drawn.informative(fresh.kept)
+            metrics |= drawn.metrics(trained=len(trainable))
             kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked
             train_started = time.monotonic()
             result = await backend.train(model, trainable, **train_keywords(  # each engine's spelling of them
@@ -148,10 +153,12 @@ def summary_line(step: int, m: dict[str, float], pipelined: bool = False) -> str
     behind = (f", off-policy {m['off_policy_steps_mean']:.1f} (max {m['off_policy_steps_max']:.0f}), "
               f"{m['stale_groups_dropped']:.0f} stale dropped, waited {m['batch_wait_seconds']:.1f}s"
               if pipelined else "")
+    refilled = f", {m['refill_rollouts']:.0f} refill rollouts" if m.get("refill_rollouts") else ""
     return (
         f"step {step}: reward {m.get('reward_mean', float('nan')):.3f} "
         f"[{m.get('reward_min', float('nan')):.2f}, {m.get('reward_max', float('nan')):.2f}] "
         f"zero-var {m['zero_variance_group_share']:.0%} failed {int(m['failed_rollouts'])} "
-        f"trained {int(m['trained_groups'])} groups, loss {loss}, "
+        f"trained {int(m['trained_groups'])} groups ({m.get('informative_group_share', 0.0):.0%} informative"
+        f"{refilled}), loss {loss}, "
         f"{m['step_seconds']:.1f}s{behind}"
     )
