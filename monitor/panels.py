@@ -31,7 +31,8 @@ class Panel:
 LEARNING = [
     Panel("Train reward per step", "reward", ["train/reward_mean", "train/reward_min", "train/reward_max"],
           "learning"),
-    Panel("Held-out evaluation: reward", "reward", ["val/reward_mean"], "learning"),
+    Panel("Held-out evaluation: reward", "reward", ["val/reward_mean", "val/reward_ci_low", "val/reward_ci_high"],
+          "learning"),
     Panel("Held-out evaluation: pass rate", "rate", ["val/pass_rate"], "learning"),
     Panel("RL policy loss", "loss", ["train/loss"], "learning"),
     Panel("SFT loss (per epoch)", "loss", ["loss/train"], "learning"),
@@ -64,6 +65,7 @@ FIXED = LEARNING + RUN + HEALTH
 LABELS = {
     "train/reward_mean": "train reward (mean)", "train/reward_min": "train reward (min)",
     "train/reward_max": "train reward (max)", "val/reward_mean": "held-out reward (mean)",
+    "val/reward_ci_low": "held-out reward, 90% CI low", "val/reward_ci_high": "held-out reward, 90% CI high",
     "val/pass_rate": "held-out pass rate", "train/loss": "RL policy loss", "loss/train": "SFT loss",
     "train/finished_mean": "rollouts that finished (share)",
     "train/zero_variance_group_share": "groups scored alike (share)",

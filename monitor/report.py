@@ -3,10 +3,13 @@
 It reads at a glance: a headline block first (what ran, how the reward moved, where it was best), then one chart
 per question, each holding figures of one unit only (a reward beside a count hides both), on a whole-step axis,
 lines named in words: whether the run learned first, health, disk and service nodes last and collapsed (the
-panels and their names: monitor/panels.py); then every logged rollout turn by turn. Charts come from ART's
-`history.jsonl` (plotly, with plotly.js inlined so the file opens without a network); run facts from ART's
-`state.json` and checkpoint folder; the run's resolved settings from the `config.toml` beside it (collapsed);
-rollouts from the RLM-format logs. Written at the end of every `train.py` run too."""
+panels and their names: monitor/panels.py); then each held-out task's reward at each headline evaluation and a few
+evaluation rollouts; then every logged rollout turn by turn. Charts come from ART's `history.jsonl` (plotly, with
+plotly.js inlined so the file opens without a network); run facts from ART's `state.json` and checkpoint folder;
+held-out intervals (90%, bootstrap over tasks), paired changes, the task table and evaluation rollouts from the
+eval files (rollouts/eval_record.py; a run without them, an older one, shows none of these); the run's resolved
+settings from the `config.toml` beside it (collapsed); rollouts from the RLM-format logs. Written at the end of
+every `train.py` run too."""
 
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ from jinja2 import Environment
 from backends.atomic import DiskFull, atomic_write_text
 from backends.checkpoints import best_val_step
 from monitor.panels import UNIT_LABELS, Panel, label_of, panels, series
+from rollouts.eval_record import EvalRecord, read_records
+from rollouts.intervals import PairedDifference, paired_difference
+from trainer.resume import RUN_ID
 
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\t\n\r"}
 
@@ -54,7 +60,8 @@ def _figure(rows: list[dict[str, Any]], panel: Panel, index: int) -> str:
         steps |= set(x)
         # two keys a legend would name alike keep their keys; the hover box names the key history.jsonl holds
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label if labels.count(label) == 1 else key,
-                                 hovertemplate=f"step %{{x}}: %{{y:.4g}}<extra>{key}</extra>"))
+                                 hovertemplate=f"step %{{x}}: %{{y:.4g}}<extra>{key}</extra>",
+                                 line={"dash": "dot", "width": 1} if "_ci_" in key else None))  # a band's edge
     low, high = min(steps), max(steps)
     # whole steps only: integer ticks at a spacing of 1, 2, 5, 10, ... that keeps about ten labels
     dtick = next(d for d in (m * 10**e for e in range(8) for m in (1, 2, 5)) if (high - low) / d <= 10)
@@ -74,23 +81,30 @@ def charts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
              "html": _figure(rows, p, i)} for i, p in enumerate(panels(rows))]
 
 
-def learning_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The held-out reward before training, right after the SFT stage and at the end (what a run set out to show).
+def learning_steps(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """The steps of the held-out evaluations a run sets out to compare, by label: before training, right after the
+    SFT stage, and the last one (after RL).
 
     SFT steps are the rows that carry `loss/train` (ART's SFT metric); evaluation rows carry `val/reward_mean`."""
-    evals = {r["step"]: r["val/reward_mean"] for r in rows if "val/reward_mean" in r}
+    evals = {r["step"] for r in rows if "val/reward_mean" in r}
     if not evals:
         return {}
-    summary = {}
+    steps = {}
     if 0 in evals:
-        summary["before training"] = evals[0]
+        steps["before training"] = 0
     sft_steps = [r["step"] for r in rows if "loss/train" in r]
     if sft_steps and max(sft_steps) in evals:
-        summary["after SFT"] = evals[max(sft_steps)]
+        steps["after SFT"] = max(sft_steps)
     last = max(evals)
     if last not in (0, max(sft_steps, default=-1)):
-        summary[f"after RL (step {last})"] = evals[last]
-    return summary
+        steps[f"after RL (step {last})"] = last
+    return steps
+
+
+def learning_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The held-out reward before training, right after the SFT stage and at the end (what a run set out to show)."""
+    evals = {r["step"]: r["val/reward_mean"] for r in rows if "val/reward_mean" in r}
+    return {label: evals[step] for label, step in learning_steps(rows).items()}
 
 
 @dataclass
@@ -123,9 +137,15 @@ def _span(steps: list[int]) -> str:
     return f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
 
 
-def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
-             rollouts: list[dict[str, Any]]) -> list[Figure]:
-    state = json.loads((model_dir / "state.json").read_text()) if (model_dir / "state.json").exists() else {}
+def read_state(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "state.json").read_text()) if (model_dir / "state.json").exists() else {}
+
+
+def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path, rollouts: list[dict[str, Any]],
+             records: dict[int, EvalRecord] | None = None) -> list[Figure]:
+    """The headline figures; `records` (the run's eval files, by step) add intervals and paired changes."""
+    records = records or {}
+    state = read_state(model_dir)
     config = state.get("config") or {}
     first_meta = rollouts[0]["meta"] if rollouts else {}
     train = {int(r["step"]): r for r in rows if "train/reward_mean" in r or "train/reward" in r}
@@ -145,11 +165,18 @@ def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
         figures.append(Figure("train-reward", "Train reward (mean per step)",
                               f'<span class="figure">{first:.3f}</span> (step {rl[0]}) &rarr; '
                               f'<span class="figure">{last:.3f}</span> (step {rl[-1]})', f"{first:.6g} {last:.6g}"))
-    summary = learning_summary(rows)
+    summary, stages = learning_summary(rows), learning_steps(rows)
     if summary:
         text = " &rarr; ".join(f'{html.escape(label)} <span class="figure">{value:.3f}</span>'
-                               for label, value in summary.items())
+                               + _ci_text(records.get(stages[label])) for label, value in summary.items())
         figures.append(Figure("learning", "Held-out reward", text, " ".join(f"{v:.6g}" for v in summary.values())))
+    if changes := paired_changes(stages, records):
+        figures.append(Figure("paired", "Held-out change (paired over tasks)", "; ".join(
+            f"{html.escape(c.label)}: " + (f'<span class="figure">{c.diff.mean:+.3f}</span> '
+                                           f'<span class="ci">[90% CI {c.diff.low:+.3f}, {c.diff.high:+.3f}]</span>'
+                                           f" over {c.diff.n} task(s)" if c.diff.n else
+                                           '<span class="muted">no task scored in both</span>') for c in changes),
+            " ".join(f"{c.diff.mean:.6g}" for c in changes)))
     best = best_val_step(model_dir)
     if best is not None:
         top = max(float(r["val/reward"]) for r in rows if "val/reward" in r)
@@ -187,6 +214,69 @@ def headline(rows: list[dict[str, Any]], model_dir: Path, log_dir: Path,
                                                          f"<code>{html.escape(str(folder))}</code>")
                           if kept else "none kept", " ".join(map(str, kept))))
     return figures
+
+
+def _ci_text(record: EvalRecord | None) -> str:
+    """' [90% CI low, high]' of an evaluation's mean over tasks, or nothing (no eval file: an older run)."""
+    if record is None or record.ci_low is None or record.ci_high is None:
+        return ""
+    return f' <span class="ci">[90% CI {record.ci_low:.3f}, {record.ci_high:.3f}]</span>'
+
+
+@dataclass
+class Change:
+    """The paired difference between two consecutive headline evaluations, `label` naming them ("after SFT −
+    before training")."""
+
+    label: str
+    diff: PairedDifference
+
+
+def paired_changes(stages: dict[str, int], records: dict[int, EvalRecord]) -> list[Change]:
+    """Each headline evaluation against the one before it (after SFT − before, after RL − after SFT), task by
+    task; evaluations without an eval file are skipped."""
+    kept = [(label, records[step]) for label, step in stages.items() if step in records]
+    return [Change(f"{later} \u2212 {earlier}", paired_difference(a.rewards, b.rewards))
+            for (earlier, a), (later, b) in zip(kept, kept[1:], strict=False)]
+
+
+@dataclass
+class TaskRow:
+    """One held-out task: its mean reward at each headline evaluation (None: not scored there), and the change from
+    the first to the last (None unless both scored it)."""
+
+    task: str
+    values: list[float | None]
+    change: float | None
+
+
+@dataclass
+class TaskTable:
+    """The report's per-task table: one column per headline evaluation with an eval file."""
+
+    columns: list[str]
+    rows: list[TaskRow]
+    means: list[float | None]  # over the tasks each evaluation scored, as its interval is
+
+
+def task_table(stages: dict[str, int], records: dict[int, EvalRecord]) -> TaskTable | None:
+    """The per-task table of the headline evaluations that have eval files; None when none has (older runs)."""
+    kept = [(label, records[step]) for label, step in stages.items() if step in records]
+    if not kept:
+        return None
+    rows = []
+    for task in sorted({task for _, r in kept for task in r.rewards}):
+        values = [r.rewards.get(task) for _, r in kept]
+        first, last = values[0], values[-1]
+        change = last - first if len(values) > 1 and first is not None and last is not None else None
+        rows.append(TaskRow(task, values, change))
+    return TaskTable([label for label, _ in kept], rows, [r.mean for _, r in kept])
+
+
+def eval_rollouts(stages: dict[str, int], records: dict[int, EvalRecord]) -> list[dict[str, Any]]:
+    """The rollouts each headline evaluation kept (the same tasks each time), labelled with the evaluation."""
+    return [{"label": label, "step": step, "scenario": r.scenario, "reward": r.reward, "text": r.text}
+            for label, step in stages.items() if step in records for r in records[step].rollouts]
 
 
 def reward_check_text(record: Any) -> str:
@@ -253,9 +343,12 @@ def write_report(log_dir: Path, history: Path, out: Path | None = None) -> Path:
     out = out or log_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     rollouts, total = read_rollouts(log_dir)
+    records = read_records(log_dir, read_state(history.parent).get(RUN_ID))
+    stages = learning_steps(rows)
     page = PAGE.render(title=f"Run report: {log_dir.name}", history=history, log_dir=log_dir,
-                       headline=headline(rows, history.parent, log_dir, rollouts), panels=charts(rows),
-                       rollouts=rollouts, rollouts_total=total, config=resolved_config(history.parent))
+                       headline=headline(rows, history.parent, log_dir, rollouts, records), panels=charts(rows),
+                       rollouts=rollouts, rollouts_total=total, config=resolved_config(history.parent),
+                       tasks=task_table(stages, records), eval_rollouts=eval_rollouts(stages, records))
     atomic_write_text(out, page)
     return out
 

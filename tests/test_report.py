@@ -175,6 +175,12 @@ def test_report_of_a_gmsh_run_with_sft_and_evaluation_reads_right_in_a_browser(t
         assert f"<dt>{label}</dt>" in dom
     assert '<dd id="h-env">gmsh</dd>' in dom and '<dd id="h-base-model">tiny-random</dd>' in dom
 
+    # each evaluation kept its tasks: its interval in the headline, paired changes, a table column, its rollouts
+    assert sorted(p.name for p in (logs / "eval").iterdir()) == ["step_0000.json", "step_0001.json", "step_0003.json"]
+    assert "eval after SFT (step 1): reward" in run.stdout and "\n  vs after SFT: " in run.stdout
+    assert len(shown["paired"].split()) == 2 and dom.count("[90% CI") == 3 + 2
+    assert 'id="eval-tasks"' in dom and dom.count('class="eval-rollout"') == 3 * 3
+
     # panels: one unit each, said on the axis and in the title; whole steps on every step axis
     sections = panel_sections(dom)
     assert len(sections) >= 8 and all(body.count('class="main-svg"') >= 1 for _, body in sections)
@@ -235,3 +241,67 @@ def test_a_log_folder_without_history_is_one_line_on_stderr(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, env=subprocess_env(), timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "LOG_DIR /nonexistent: no history at" in done.stderr, done.stderr
+
+
+def staged_history(folder: Path) -> Path:
+    """Evaluations before training (step 0), after one SFT epoch (step 1) and after two RL steps (step 3)."""
+    rows = [{"step": 0, "val/reward_mean": 0.2}, {"step": 1, "loss/train": 0.7},
+            {"step": 1, "val/reward_mean": 0.5}, {"step": 2, "train/reward_mean": 0.4},
+            {"step": 3, "train/reward_mean": 0.6}, {"step": 3, "val/reward_mean": 0.8}]
+    (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "history.jsonl"
+
+
+def test_a_report_with_eval_files_shows_intervals_paired_changes_each_task_and_eval_rollouts(tmp_path):
+    from rollouts.eval_record import EvalRecord, EvalRollout, write_record
+
+    history, logs = staged_history(tmp_path), tmp_path / "logs" / "x"
+    (tmp_path / "state.json").write_text(json.dumps({"step": 3, "run_id": "r1"}))
+    tasks = {0: {"a": 0.0, "b": 0.2, "c": 0.4}, 1: {"a": 0.5, "b": 0.5, "c": 0.5}, 3: {"a": 1.0, "b": 0.6}}
+    for step, label in ((0, "before training"), (1, "after SFT"), (3, "after training")):
+        write_record(logs, EvalRecord(step, label, tasks[step], 0.1 * step, 0.1 * step - 0.05, 0.1 * step + 0.05,
+                                      [EvalRollout("a", tasks[step]["a"], f"[assistant] answer <{step}>")], "r1"))
+    write_record(logs, EvalRecord(2, "at step 2", {"a": 9.0}, run_id="another run"))  # never shown
+    page = write_report(logs, history).read_text()
+
+    learning = re.search(r'<dd id="h-learning"[^>]*>(.*?)</dd>', page).group(1)
+    assert [float(v) for v in headline_values(page)["learning"].split()] == [0.2, 0.5, 0.8]  # history's means
+    assert re.findall(r"\[90% CI ([-\d.]+), ([-\d.]+)\]", learning) == [("-0.050", "0.050"), ("0.050", "0.150"),
+                                                                       ("0.250", "0.350")]
+    paired = re.search(r'<dd id="h-paired"[^>]*>(.*?)</dd>', page).group(1)
+    assert [float(v) for v in headline_values(page)["paired"].split()] == pytest.approx([0.3, 0.3])
+    assert "after SFT \u2212 before training" in paired and "after RL (step 3) \u2212 after SFT" in paired
+    assert "over 3 task(s)" in paired and "over 2 task(s)" in paired and paired.count("[90% CI") == 2
+
+    table = re.search(r'<table id="eval-tasks".*?</table>', page, re.S).group(0)
+    assert re.findall(r"<th>([^<]+)</th>", table) == ["task", "before training", "after SFT",
+                                                      "after RL (step 3)", "change"]
+    cells = {task: re.findall(r"<td(?: class=\"\w+\")?>(?:<span[^>]*>)?([^<]+)<", row)
+             for task, row in re.findall(r'<tr data-task="(\w)">(.*?)</tr>', table)}
+    assert cells == {"a": ["0.000", "0.500", "1.000", "+1.000"], "b": ["0.200", "0.500", "0.600", "+0.400"],
+                     "c": ["0.400", "0.500", "-", "-"]}  # c: no rollout of it scored after RL
+    assert "9.000" not in table
+
+    shown = re.findall(r'<details class="eval-rollout" data-step="(\d+)"><summary>(.*?)</summary>\s*<pre[^>]*>(.*?)'
+                       r'</pre>', page, re.S)
+    assert [s for s, _, _ in shown] == ["0", "1", "3"]
+    assert "after SFT &middot; a &middot;" in shown[1][1] and "reward 0.500" in shown[1][1]
+    assert shown[2][2] == "[assistant] answer &lt;3&gt;"  # model text is escaped
+    assert page.find('id="charts"') < page.find('id="eval-tasks"') < page.find('id="eval-rollouts"') < page.find(
+        'id="rollouts"')
+
+
+def test_a_report_without_eval_files_still_renders_the_headline(tmp_path):
+    """Runs from before the eval files: the held-out means as before, no interval, table or evaluation rollouts."""
+    page = write_report(tmp_path / "logs" / "x", staged_history(tmp_path)).read_text()
+    assert [float(v) for v in headline_values(page)["learning"].split()] == [0.2, 0.5, 0.8]
+    assert "90% CI" not in page and 'id="h-paired"' not in page
+    assert 'id="eval-tasks"' not in page and 'id="eval-rollouts"' not in page
+
+
+def test_the_held_out_interval_is_drawn_beside_the_held_out_mean():
+    rows = [{"step": s, "val/reward_mean": 0.5, "val/reward_ci_low": 0.3, "val/reward_ci_high": 0.7}
+            for s in (0, 2)]
+    found = [p for p in panels(rows) if p.title == "Held-out evaluation: reward"]
+    assert found and found[0].keys == ["val/reward_mean", "val/reward_ci_low", "val/reward_ci_high"]
+    assert label_of("val/reward_ci_low") == "held-out reward, 90% CI low"

@@ -5,6 +5,7 @@ that imports the loop.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # heavy (ART, torch): only the wiring imports them, once the 
     from backends.trainer_model import TrainerModel
     from envs.spec import EnvSpec
     from rollouts.context import RolloutContext
+    from rollouts.eval_record import EvalRecord
     from rollouts.gather import GatherLimits
     from rollouts.scenario import Scenario
 
@@ -44,17 +46,55 @@ class Run:
         return self.ctx, self.limits
 
     async def evaluate(self, at_step: int, label: str) -> dict[str, float]:
+        """Evaluate on the held-out tasks, log the figures under "val", keep the per-task rewards in
+        `<log_dir>/<experiment>/eval/step_NNNN.json`, and print the reward with its 90% interval and, when this run
+        evaluated before, the paired change since the previous evaluation."""
+        from rollouts.eval_record import EvalRecord, previous_record, write_record
         from rollouts.evaluate import evaluate
+        from trainer.resume import RUN_ID
 
         ctx, limits = self.ready()
-        groups, figures = await evaluate(self.val, self.env.rollout, ctx, self.config.eval_rollouts, limits,
-                                         self.env.step_metrics)
-        await self.model.log([g for g in groups if g.trajectories], split="val", step=at_step, metrics=figures)
-        print(f"eval {label} (step {at_step}): reward {figures.get('reward_mean', float('nan')):.3f} on "
-              f"{len(self.val)} held-out task(s), pass rate {figures.get('pass_rate', float('nan')):.0%}", flush=True)
+        result = await evaluate(self.val, self.env.rollout, ctx, self.config.eval_rollouts, limits,
+                                self.env.step_metrics)
+        figures = result.metrics
+        await self.model.log([g for g in result.groups if g.trajectories], split="val", step=at_step,
+                             metrics=figures)
+        log_root = Path(self.config.log_dir) / self.config.experiment_name
+        run_id = (self.model.read_state() or {}).get(RUN_ID)
+        previous = await asyncio.to_thread(previous_record, log_root, at_step, run_id)
+        record = EvalRecord(at_step, label, result.task_rewards, *result.interval, result.rollouts, run_id)
+        await asyncio.to_thread(write_record, log_root, record)
+        for line in eval_lines(record, figures, len(self.val), previous):
+            print(line, flush=True)
         return figures
 
     def commit(self, step: int, **extra: Any) -> dict[str, Any]:
         """The one commit point of a step (SFT epoch or RL step): state.json, with the config that made it."""
         return self.model.merge_state({"step": step, "config_hash": self.config.config_hash(),
                                        "config": self.config.hashed_fields(), **extra})
+
+
+def eval_lines(record: EvalRecord, figures: dict[str, float], tasks: int,
+               previous: EvalRecord | None) -> list[str]:
+    """The console's account of one evaluation: its reward with the 90% interval over tasks, then the change since
+    the run's previous evaluation, paired task by task (rollouts/intervals.py)."""
+    from rollouts.intervals import paired_difference
+
+    ci = "" if record.ci_low is None or record.ci_high is None else \
+        f" [90% CI {record.ci_low:.2f}, {record.ci_high:.2f}]"
+    lines = [f"eval {record.label} (step {record.step}): reward {figures.get('reward_mean', float('nan')):.3f}{ci} "
+             f"on {tasks} held-out task(s), pass rate {figures.get('pass_rate', float('nan')):.0%}"]
+    if previous is not None:
+        diff = paired_difference(previous.rewards, record.rewards)
+        name = _eval_name(previous)
+        lines.append(f"  vs {name}: no task scored in both" if diff.n == 0 else
+                     f"  vs {name}: {diff.mean:+.2f} [90% CI {diff.low:+.2f}, {diff.high:+.2f}], "
+                     f"paired over {diff.n} task{'s' if diff.n != 1 else ''}")
+    return lines
+
+
+def _eval_name(record: EvalRecord) -> str:
+    """An evaluation as the comparison line names it: "before training", "after SFT", "step 4"."""
+    if record.label == "only" or record.label.startswith("at step"):
+        return f"step {record.step}"
+    return record.label
