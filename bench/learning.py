@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.figures import figure  # noqa: E402
 from entry_point import OneLineParser  # noqa: E402
-from monitor.report import learning_summary  # noqa: E402
+from monitor.report import learning_steps, learning_summary  # noqa: E402
 
 # The commands of the READMEs (gmsh: the README's first one, with nothing but the experiment name).
 PRESETS: dict[str, list[str]] = {
@@ -73,7 +73,28 @@ def toy_figures(rows: list[dict], wall: float) -> None:
     figure(f"toy: wall time for {len(rewards)} steps", wall, "<= 600", "s")
 
 
-def held_out_figures(env: str, rows: list[dict], wall: float) -> None:
+# The held-out gain GRPO must add to SFT, on each env's reward scale (issue: 0.15 for gmsh's [-1, 1], 0.1 for rates).
+RL_GAIN_GOAL = {"gmsh": 0.15}
+
+
+def paired_figures(env: str, rows: list[dict], log_root: Path) -> None:
+    """The stage-to-stage changes, paired over the held-out tasks both evaluations scored, with 90% bootstrap
+    intervals (rollouts/intervals.py), from the per-task files each evaluation writes (rollouts/eval_record.py)."""
+    from rollouts.eval_record import read_records
+    from rollouts.intervals import paired_difference
+
+    records = read_records(log_root)
+    stages = [(label, records[step]) for label, step in learning_steps(rows).items() if step in records]
+    for (was, before), (now, after) in zip(stages, stages[1:], strict=False):
+        diff = paired_difference(before.rewards, after.rewards)
+        name = f"{env}: held-out change {now.split(' (')[0]} - {was}"
+        print(f"{name}: {diff.mean:+.3f} [90% CI {diff.low:+.3f}, {diff.high:+.3f}] over {diff.n} tasks")
+        rl_stage = now.startswith("after RL") and was == "after SFT"
+        figure(name, diff.mean, f">= {RL_GAIN_GOAL.get(env, 0.1)}" if rl_stage else None)
+        figure(f"{name}, 90% CI low end", diff.low, "> 0" if rl_stage else None)
+
+
+def held_out_figures(env: str, rows: list[dict], wall: float, log_root: Path) -> None:
     summary = learning_summary(rows)
     for label, value in summary.items():
         print(f"{env}: held-out reward {label}: {value:.3f}")
@@ -81,6 +102,7 @@ def held_out_figures(env: str, rows: list[dict], wall: float) -> None:
     values = list(summary.values())
     if len(values) >= 2:
         figure(f"{env}: held-out reward rise (last - before)", values[-1] - values[0], ">= 0.2")
+    paired_figures(env, rows, log_root)
     for key, name, goal in STAGED.get(env, ()):
         # learning_summary reads val/reward_mean at each stage's step: give it this figure under that name.
         view = [{k: v for k, v in r.items() if k != "val/reward_mean"} | ({"val/reward_mean": r[key]} if key in r
@@ -110,9 +132,14 @@ def main() -> None:
     parser.add_argument("--art-path", default=None, help="reuse a folder (keeps the converted model); default: temp")
     args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows, wall, stdout = run(args.env, extra, args.art_path or tmp)
-    print("\n".join(line for line in stdout.splitlines() if line.startswith(("eval", "sft", "step", "done"))))
-    (toy_figures if args.env == "toy" else lambda r, w: held_out_figures(args.env, r, w))(rows, wall)
+        art = args.art_path or tmp
+        rows, wall, stdout = run(args.env, extra, art)
+        print("\n".join(line for line in stdout.splitlines()
+                        if line.startswith(("eval", "  vs", "sft", "step", "done"))))
+        if args.env == "toy":
+            toy_figures(rows, wall)
+        else:
+            held_out_figures(args.env, rows, wall, Path(art) / "logs" / f"bench-{args.env}")
 
 
 if __name__ == "__main__":

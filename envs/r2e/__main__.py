@@ -6,7 +6,7 @@ cache: --cache-dir D (--from-samples | --split S [--dataset FILE] --max-entries 
 score: --cache-dir D --dataset FILE --instance-id ID --files DIR  -> {reward, partial, tests, ignored_files}
 demos: --out F.jsonl [--split train|heldout|all] [--cache-dir D] [--system-prompt P]
 images: [--image-cache D] [--rows-out F.jsonl] [--mirror URL]  -> rows whose docker_image are the built images
-tasks: --out F.parquet [--split train|val] [--dataset FILE] [--system-prompt P]  -> the tasks in verl's layout
+tasks: --out F.parquet [--split train|val] [--dataset FILE | --r2e-tasks generated] [--system-prompt P]  -> verl rows
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from envs.r2e.options import R2EOptions
     from envs.verl_layout import add_tasks_command, run_tasks
 
-    add_tasks_command(sub, R2EOptions, only=("system_prompt",))
+    add_tasks_command(sub, R2EOptions, only=("system_prompt", "r2e_tasks"))
     args = parser.parse_args(argv)
     if args.command == "tasks":
         from envs.r2e.scenarios import task_scenarios, verl_rows

@@ -69,6 +69,25 @@ def build_from_samples(cache_dir: Path) -> dict[str, dict[str, Any]]:
     return index
 
 
+def build_from_files(cache_dir: Path, repos: list[tuple[R2ERow, dict[str, str]]]) -> dict[str, dict[str, Any]]:
+    """Write each row's repository from its files (repo-relative path -> text), as `build_from_samples` copies a
+    sample's: for generated tasks (envs/r2e/generated.py), no Docker, no network. A cached entry is kept."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    index = read_index(cache_dir)
+    todo = [(row, files) for row, files in repos
+            if not (row.instance_id in index and (cache_dir / row.instance_id).is_dir())]
+    for row, files in todo:
+        target = cache_dir / row.instance_id
+        shutil.rmtree(target, ignore_errors=True)
+        for rel, text in files.items():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            (target / rel).write_text(text)
+        index[row.instance_id] = _entry(row, target)
+    if todo:  # once for the lot: tiny repos, and a folder left without its entry is simply written again
+        _write_index(cache_dir, index)
+    return index
+
+
 def build_from_docker(cache_dir: Path, rows: list[R2ERow], max_entries: int | None, skip_existing: bool,
                       dry_run: bool, log=print) -> dict[str, dict[str, Any]]:
     """Copy `/testbed` out of each row's image (docker CLI): pulled only when the engine lacks it (our offline

@@ -123,10 +123,13 @@ def plan_turns(files: dict[str, tuple[str, str]], full_write_max_chars: int = FU
 
 
 async def demonstrate(row: R2ERow, repo: Path, system_prompt: str = "r2e_system_prompt",
-                      full_write_max_chars: int = FULL_WRITE_MAX_CHARS) -> dict[str, Any]:
+                      full_write_max_chars: int = FULL_WRITE_MAX_CHARS, fixed: dict[str, str] | None = None,
+                      turns: list[str] | None = None) -> dict[str, Any]:
     """Run the planned turns through the real sandboxed REPL in a copy of `repo`; return the conversation.
-    Raises DemoError unless every cell ran, the files end up as the reference fix, and the tests all pass."""
-    fixed = fixed_files(row)
+    Raises DemoError unless every cell ran, the files end up as the reference fix, and the tests all pass.
+    `fixed` and `turns`: a task's own reference fix and demonstration (a generated task's), instead of a bundled
+    sample's fix/ folder and `plan_turns`."""
+    fixed = fixed if fixed is not None else fixed_files(row)
     files = {p: ((repo / p).read_text() if (repo / p).is_file() else "", c) for p, c in fixed.items()}
     messages: list[dict[str, str]] = [{"role": "system", "content": R2E_SYSTEM_PROMPTS[system_prompt]},
                                       {"role": "user", "content": r2e_task(row.problem_statement)}]
@@ -137,7 +140,7 @@ async def demonstrate(row: R2ERow, repo: Path, system_prompt: str = "r2e_system_
         repl = Repl(workdir, DEMO_LIMITS, CELL_TIMEOUT_S)
         await repl.start()
         try:
-            for turn in plan_turns(files, full_write_max_chars):
+            for turn in turns if turns is not None else plan_turns(files, full_write_max_chars):
                 messages.append({"role": "assistant", "content": turn})
                 cell = await repl.run_cell(extract_code(turn) or "")
                 if cell.final is not None:

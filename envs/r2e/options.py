@@ -5,10 +5,15 @@ Light to import: a docker engine is looked for by `validate` alone, for `--test-
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 SYSTEM_PROMPTS = ("r2e_system_prompt", "r2e_cot_system_prompt")  # agent/prompts.py R2E_SYSTEM_PROMPTS
 REWARD_KINDS = ("binary", "partial")  # envs/r2e/reward.py REWARDS
+TASK_FAMILIES = ("bundled", "generated")  # generated: envs/r2e/generated.py
+# Options that joined after runs were made: left out of the config hash at these values, so those runs keep theirs.
+OMITTED_WHEN_DEFAULT = ("r2e_tasks",)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,23 @@ class R2EOptions:
         "help": "r2e: where the local test service runs each test: a sandboxed process on a copy of the cached "
                 "repo, or a fresh container of the row's image (needs a Docker engine and the images: "
                 "`python -m envs.r2e images`); ignored by remote --docker-url nodes"})
+
+    r2e_tasks: str = field(default="bundled", metadata={
+        "choices": TASK_FAMILIES,
+        "help": "r2e: which tasks: bundled (the six sample repositories, or --dataset's / the hub's R2E-Gym rows) or "
+                "generated (small generated repair tasks, 60 train and 20 held out, sized for a 135M model)"})
+
+    def hash_view(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """envs/options.py's view of the fields' `hash` places, less the options that joined the hash later and are
+        at their defaults: a run that leaves --r2e-tasks at bundled keeps the config hash it always had."""
+        top: dict[str, Any] = {}
+        own: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value, place = getattr(self, f.name), f.metadata.get("hash", "env")
+            if place == "skip" or (f.name in OMITTED_WHEN_DEFAULT and value == f.default):
+                continue
+            (top if place == "top" else own)[f.name] = list(value) if isinstance(value, tuple) else value
+        return top, own
 
     def validate(self) -> None:
         """One line naming the flag; a docker runtime with no engine is refused before any work."""

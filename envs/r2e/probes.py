@@ -89,10 +89,14 @@ def cheat_cells() -> dict[str, str]:
 
 
 def _oracle(scenario: Scenario) -> RewardProbe | None:
-    """The demonstration's assistant turns, for a bundled sample (the only tasks with a reference fix)."""
+    """The demonstration's assistant turns, for a bundled sample or a generated task (the tasks with a reference
+    fix)."""
     from envs.r2e.cache import SAMPLES, sample_rows
     from envs.r2e.demos import fixed_files, plan_turns
+    from envs.r2e.generated import demo_turns, task_of
 
+    if (task := task_of(scenario.id)) is not None:
+        return RewardProbe("oracle", "oracle", tuple(demo_turns(task)))
     row = next((r for r in sample_rows() if r.instance_id == scenario.id), None)
     if row is None or not (SAMPLES / row.repo_name / "fix").is_dir():
         return None
@@ -102,7 +106,7 @@ def _oracle(scenario: Scenario) -> RewardProbe | None:
 
 
 def reward_probes(cfg: Any, scenario: Scenario) -> list[RewardProbe]:
-    """Oracle (bundled samples only), do-nothing, then one probe per cheat."""
+    """Oracle (bundled samples and generated tasks), do-nothing, then one probe per cheat."""
     oracle = _oracle(scenario)
     probes = [oracle] if oracle is not None else []
     probes.append(RewardProbe("do-nothing", "nothing", (DO_NOTHING,)))

@@ -48,8 +48,17 @@ def verl_rows(items: list[tuple[Scenario, str]], out: Path, cfg: Any) -> list[di
 
 def task_scenarios(cfg: Any, split: str) -> list[tuple[Scenario, str]]:
     """The split's tasks as train.py loads them, without the repo cache a run needs (an export reads none)."""
+    from envs.options import options_for
+    from envs.r2e.options import R2EOptions
 
-    rows = task_rows(cfg.dataset, split, "train", bundled=cfg.dataset is None)
+    if options_for(cfg, R2EOptions).r2e_tasks == "generated":
+        from envs.r2e.generated import run_rows
+
+        if cfg.dataset is not None:
+            raise DatasetError("--r2e-tasks generated makes its own tasks: leave out --dataset")
+        rows = run_rows(split)
+    else:
+        rows = task_rows(cfg.dataset, split, "train", bundled=cfg.dataset is None)
     if split == "train" and cfg.dataset_size:
         rows = rows[: cfg.dataset_size]
     return [(row_scenario(row), split) for row in rows]

@@ -23,33 +23,61 @@ def cache_dir(cfg: Any) -> Path:
 
 
 def _bundled(cfg: Any) -> bool:
-    """The embedded default: the bundled sample tasks (no --dataset, no --cache-dir)."""
-    return cfg.dataset is None and cfg.cache_dir is None
+    """The embedded default: the bundled sample tasks (no --dataset, no --cache-dir, no generated tasks)."""
+    return cfg.dataset is None and cfg.cache_dir is None and not _generated(cfg)
+
+
+def _generated(cfg: Any) -> bool:
+    """`--r2e-tasks generated`: the small generated repair tasks (envs/r2e/generated.py), cached where the run's
+    repo cache is; refused beside --dataset, whose rows would be ignored."""
+    if options_for(cfg, R2EOptions).r2e_tasks != "generated":
+        return False
+    if cfg.dataset is not None:
+        raise DatasetError("--r2e-tasks generated makes its own tasks: leave out --dataset (or use --r2e-tasks "
+                           "bundled to read it)")
+    return True
+
+
+def _cached(cfg: Any, rows: list[Any]) -> list[Scenario]:
+    """The rows as scenarios, after caching what needs no Docker: the bundled samples (with no --cache-dir) and
+    any generated task among the rows (a verl export of them read back with --dataset)."""
+    from envs.r2e.cache import build_from_samples, read_index
+    from envs.r2e.generated import build_generated_cache, task_of
+    from envs.r2e.scenarios import scenarios_from_rows
+
+    directory = cache_dir(cfg)
+    if cfg.cache_dir is None and not _generated(cfg):
+        build_from_samples(directory)
+    index = read_index(directory)
+    if missing := {r.instance_id for r in rows if r.instance_id not in index and task_of(r.instance_id)}:
+        index = build_generated_cache(directory, missing)
+    return scenarios_from_rows(rows, directory, index)
 
 
 def _load(cfg: Any) -> list[Scenario]:
-    from envs.r2e.cache import build_from_samples, read_index
-    from envs.r2e.scenarios import scenarios_from_rows, task_rows
+    from envs.r2e.generated import run_rows
+    from envs.r2e.scenarios import task_rows
 
-    directory = cache_dir(cfg)
-    if cfg.cache_dir is None:  # the embedded default: the bundled sample tasks
-        build_from_samples(directory)
-    rows = task_rows(cfg.dataset, "train", options_for(cfg, R2EOptions).split, _bundled(cfg))
-    scenarios = scenarios_from_rows(rows, directory, read_index(directory))
+    if _generated(cfg):
+        rows = run_rows("train")
+    else:
+        rows = task_rows(cfg.dataset, "train", options_for(cfg, R2EOptions).split, _bundled(cfg))
+    scenarios = _cached(cfg, rows)
     return scenarios[: cfg.dataset_size] if cfg.dataset_size else scenarios
 
 
 def _load_val(cfg: Any) -> list[Scenario]:
     """On the bundled samples evaluation reruns all six and reports the held-out one (never demonstrated to SFT)
-    apart from the five with demonstrations; a verl file evaluates on its val file beside it (else itself), other
-    data on the hub's dev_10pr_v1."""
+    apart from the five with demonstrations; generated tasks, every held-out one and a few demonstrated ones; a
+    verl file evaluates on its val file beside it (else itself), other data on the hub's dev_10pr_v1."""
+    from envs.r2e.generated import run_rows
+    from envs.r2e.scenarios import task_rows
+
     if _bundled(cfg):
         return _load(cfg)
-    from envs.r2e.cache import read_index
-    from envs.r2e.scenarios import scenarios_from_rows, task_rows
-
-    rows = task_rows(cfg.dataset, "val", options_for(cfg, R2EOptions).split, False)
-    return scenarios_from_rows(rows, cache_dir(cfg), read_index(cache_dir(cfg)))
+    if _generated(cfg):
+        return _cached(cfg, run_rows("val"))
+    return _cached(cfg, task_rows(cfg.dataset, "val", options_for(cfg, R2EOptions).split, False))
 
 
 async def _rollout(ctx: Any, scenario: Scenario) -> Any:
@@ -68,8 +96,12 @@ async def _services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
     options = options_for(cfg, R2EOptions)
     root = Path(cfg.rollout_root)
     root.mkdir(parents=True, exist_ok=True)
-    if cfg.cache_dir is None:  # the embedded default, which the service needs before any scenario is loaded
-        build_from_samples(cache_dir(cfg))  # (the reward check starts the services first)
+    if cfg.cache_dir is None and not _generated(cfg):  # the embedded default, which the service needs before any
+        build_from_samples(cache_dir(cfg))  # scenario is loaded (the reward check starts the services first)
+    if _generated(cfg):
+        from envs.r2e.generated import build_generated_cache
+
+        build_generated_cache(cache_dir(cfg))
     async with service_client(options.docker_url, "TEST_SERVICE_TOKEN", TestServiceClient, "envs.r2e.test_service",
                               "--runtime", options.test_runtime, "--cache-dir", str(cache_dir(cfg)),
                               "--max-concurrent", local_workers(cfg), *scratch_args(cfg)) as client:
@@ -78,10 +110,13 @@ async def _services(cfg: Any) -> AsyncIterator[dict[str, Any]]:
 
 
 def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
-    """Mean reward on the held-out bundled sample and on the demonstrated ones (nothing for other data)."""
+    """Mean reward on the held-out tasks and on the demonstrated ones, bundled samples or generated tasks (nothing
+    for other data)."""
+    from envs.r2e.generated import generated_split_ids
     from envs.r2e.scenarios import sample_split_ids
 
-    heldout, demonstrated = set(sample_split_ids("heldout")), set(sample_split_ids("train"))
+    heldout = set(sample_split_ids("heldout")) | generated_split_ids("heldout")
+    demonstrated = set(sample_split_ids("train")) | generated_split_ids("train")
     figures: dict[str, float] = {}
     for name, ids in (("heldout_reward", heldout), ("demonstrated_reward", demonstrated)):
         rewards = [t.reward for g in groups for t in g.trajectories if t.metadata.get("scenario_id") in ids]
@@ -93,9 +128,15 @@ def _sample_split_rewards(groups: list[Any]) -> dict[str, float]:
 def _write_demos(cfg: Any, out: Path) -> None:
     from envs.r2e.demos import write_demos
 
+    if _generated(cfg):
+        from envs.r2e.generated import write_generated_demos
+
+        write_generated_demos(out, cache_dir(cfg), "train", options_for(cfg, R2EOptions).system_prompt,
+                              cfg.dataset_size)
+        return
     if not _bundled(cfg):
-        raise DatasetError("--sft-demos: r2e demonstrations exist for the bundled samples only; with your own "
-                           "data give --sft-data FILE or --sft-demos off")
+        raise DatasetError("--sft-demos: r2e demonstrations exist for the bundled samples and generated tasks only; "
+                           "with your own data give --sft-data FILE or --sft-demos off")
     write_demos(out, "train", cache_dir=cache_dir(cfg), system_prompt=options_for(cfg, R2EOptions).system_prompt)
 
 
