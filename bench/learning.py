@@ -1,10 +1,13 @@
-"""Does the model learn, and how fast? `uv run python bench/learning.py --env toy|gmsh|r2e|planner`.
+"""Does the model learn, and how fast? `uv run python bench/learning.py --env gmsh` (or toy, r2e, r2e-small,
+openspiel, planner; further flags go to train.py).
 
 Runs `train.py` itself in a fresh art path with the flags a README command uses, then reads ART's history:
 - toy (random tiny model, GRPO only): mean train reward of steps 1-2 and of the last 3 steps;
-- gmsh, r2e, planner (SmolLM2-135M-Instruct: SFT on the env's demonstrations, then GRPO): the held-out reward
-  before training, after SFT and after RL (r2e: the held-out sample and the five demonstrated ones apart; planner:
-  also its format-valid, correct and token-thrift rates, SmolLM2 with the adapter off as the frozen executor).
+- the others (SmolLM2-135M-Instruct: SFT on the env's demonstrations, then GRPO): the held-out reward before
+  training, after SFT and after RL, and each stage's change paired over the held-out tasks with its 90% bootstrap
+  interval, from the per-task eval files (r2e: the held-out sample and the five demonstrated ones apart; r2e-small:
+  the generated repair tasks; planner: also its format-valid, correct and token-thrift rates, SmolLM2 with the
+  adapter off as the frozen executor).
 Prints the figures, the steps and the wall time (model conversion and set-up included) as FIGURE lines.
 """
 
@@ -31,6 +34,8 @@ PRESETS: dict[str, list[str]] = {
             "--no-eval-before-after"],
     "gmsh": [],
     "r2e": ["--env", "r2e"],
+    "r2e-small": ["--env", "r2e", "--r2e-tasks", "generated"],  # the generated small repair tasks (envs/r2e)
+    "openspiel": ["--env", "openspiel"],
     "planner": ["--env", "planner"],
 }
 # Held-out figures an env logs besides its reward (envs/planner/rollout.py planner_metrics), read at the same stages.
@@ -74,7 +79,7 @@ def toy_figures(rows: list[dict], wall: float) -> None:
 
 
 # The held-out gain GRPO must add to SFT, on each env's reward scale (issue: 0.15 for gmsh's [-1, 1], 0.1 for rates).
-RL_GAIN_GOAL = {"gmsh": 0.15}
+RL_GAIN_GOAL = {"gmsh": 0.15, "r2e-small": 0.0}
 
 
 def paired_figures(env: str, rows: list[dict], log_root: Path) -> None:
