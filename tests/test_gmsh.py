@@ -176,6 +176,37 @@ def test_generation_is_deterministic(store, tmp_path):
         assert rows == pq.read_table(store / f"{split}.parquet").to_pylist()
 
 
+def test_a_default_run_trains_on_20_parts_and_evaluates_on_20_held_out_ones(tmp_path):
+    from types import SimpleNamespace
+
+    from envs.gmsh.spec import SPEC
+
+    cfg = SimpleNamespace(dataset=None, dataset_size=None, cache_dir=str(tmp_path), art_path=None, seed=0)
+    train, val = SPEC.load_scenarios(cfg), SPEC.load_val(cfg)
+    assert len(train) == 20 and len(val) == 20 and not {s.id for s in train} & {s.id for s in val}
+    assert {s.data["kind"] for s in val} == set(KINDS)
+
+
+def test_held_out_parts_never_repeat_a_train_part(store):
+    train, val = load_tasks(store / "train.parquet"), load_tasks(store / "val.parquet")
+    assert len(val) == 2
+    assert not {s.id for s in train} & {s.id for s in val}
+    assert not {s.prompt for s in train} & {s.prompt for s in val}
+    assert not {tuple(s.data["bbox"]) for s in train} & {tuple(s.data["bbox"]) for s in val}
+
+
+def test_a_store_of_other_sizes_is_regenerated_with_the_same_train_parts(store, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    old = shutil.copytree(store, tmp_path / "old")  # as an older default (fewer held-out parts) left it
+    bigger = ensure_default_tasks(old, seed=0, n_train=5, n_val=4)
+    assert pq.read_table(bigger / "train.parquet").to_pylist() == pq.read_table(store / "train.parquet").to_pylist()
+    val = pq.read_table(bigger / "val.parquet").to_pylist()
+    assert len(val) == 4 and val[:2] == pq.read_table(store / "val.parquet").to_pylist()
+    assert {row["kind"] for row in val} <= set(KINDS)
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -114,9 +114,15 @@ def test_tasks_never_show_a_terminal_or_chance_state():
 
 
 def test_held_out_tasks_show_no_train_state():
-    train = {tuple(t.data["history"]) for t in load_tasks(TTT, 0, "train")}
-    val = load_tasks(TTT, 0, "val")
-    assert len(val) == 5 and not train & {tuple(t.data["history"]) for t in val}
+    for options, size in ((TTT, 5), (GameOptions(game_types=("tic_tac_toe",)), 20)):  # the second: the default
+        train = {tuple(t.data["history"]) for t in load_tasks(options, 0, "train")}
+        val = load_tasks(options, 0, "val")
+        assert len(val) == size and not train & {tuple(t.data["history"]) for t in val}
+
+
+def test_the_default_held_out_size_hashes_as_the_old_default_and_others_as_given():
+    assert GameOptions().hash_view()[1]["val_tasks_per_case"] == 10  # runs made when 10 was the default resume
+    assert GameOptions(val_tasks_per_case=32).hash_view()[1]["val_tasks_per_case"] == 32
 
 
 def test_answers_parse_leniently_in_form_and_strictly_in_meaning():

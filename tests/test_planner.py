@@ -101,6 +101,15 @@ def test_generated_problems_are_seeded_and_held_out_problems_differ():
     assert len({s.prompt.split()[1] for s in first}) > 1  # several templates and names
 
 
+def test_held_out_problems_are_a_third_as_many_and_never_repeat_a_train_problem():
+    from envs.planner.problems import held_out
+
+    train, val = load(None, 64, 0), load(None, 64, 0, "val")  # the defaults: --num-problems 64, --seed 0
+    assert len(train) == 64 and len(val) == 21 and not {s.prompt for s in train} & {s.prompt for s in val}
+    assert [len(load(None, n, 0, "val")) for n in (200, 8, 2)] == [66, 2, 1]
+    assert [s.id for s in held_out(2, 0, generate(1, 0, "val"))] == ["gen-val-0-1", "gen-val-0-2"]  # a repeat skipped
+
+
 def test_a_generated_shopping_problem_has_its_exact_answer():
     for s in generate(60, 0):
         if "packs of" in s.prompt:

@@ -234,6 +234,16 @@ def test_domains_are_mixed_by_ratio_and_val_never_repeats_train():
     assert not {s.prompt for s in val} & {s.prompt for s in all_train}
 
 
+def test_the_default_val_split_holds_21_distinct_held_out_tasks(tmp_path):
+    from envs.workflow.data import scenarios_for
+    from trainer.cli import config_from_args
+
+    config = config_from_args(["--experiment-name", "x", "--env", "workflow", "--art-path", str(tmp_path)])
+    train, val = scenarios_for(config), scenarios_for(config, "val")
+    assert len(val) == len({s.id for s in val}) == 21 and not {s.prompt for s in train} & {s.prompt for s in val}
+    assert [sum(s.data["domain"] == d for s in val) for d in ("math", "qa", "code")] == [9, 6, 6]
+
+
 def test_mix_is_a_pure_function_of_its_inputs():
     pools = {"math": [Scenario(f"m{i}", "q") for i in range(5)], "qa": [Scenario("a", "q")]}
     assert mix(pools, {"math": 1, "qa": 1}, 6, 0) == mix(pools, {"math": 1, "qa": 1}, 6, 0)

@@ -1,4 +1,4 @@
-"""`python -m envs.gmsh generate --out DIR [--seed S]`,
+"""`python -m envs.gmsh generate --out DIR [--seed S] [--train 20] [--val 20]`,
 `python -m envs.gmsh score --geometry G --requirements R.json --script S.py [--url URL --token T]` and
 `python -m envs.gmsh demos --out F.jsonl [--split train|heldout|all] [--count N] [--seed S] [--tasks-dir D]` and
 `python -m envs.gmsh tasks --out F.parquet [--split train|val] [--seed S] [--dataset FILE]` (verl's layout; the
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--train", type=int, default=20)
-    gen.add_argument("--val", type=int, default=5)
+    gen.add_argument("--val", type=int, default=20, help="held-out tasks, drawn after the train ones")
     score = sub.add_parser("score", help="score one script without training")
     score.add_argument("--geometry", required=True)
     score.add_argument("--requirements", required=True, help="JSON: the task's requirements plus its bbox")

@@ -1,8 +1,10 @@
 """Meshing tasks: parametric geometries built with gmsh's OCC kernel, a prompt, machine-readable requirements.
 
 `generate(out_dir, seed)` is deterministic for a seed: it writes one geometry file per task (STEP for solids,
-BREP for the 2-D profile) and `train.parquet` / `val.parquet`. `load_tasks(path)` reads a parquet back, in this
-layout or verl's (envs/verl_layout.py), and rejects a bad row before training starts, naming the row and the field.
+BREP for the 2-D profile) and `train.parquet` / `val.parquet`. The val (held-out) parts are drawn after the train
+ones from the same generator, so a larger val set leaves the train parts (and their demos) exactly as they were.
+`load_tasks(path)` reads a parquet back, in this layout or verl's (envs/verl_layout.py), and rejects a bad row
+before training starts, naming the row and the field.
 
 In verl's layout a geometry file cannot ride in a cell, so it travels as a path plus a folder: `extra_info`'s
 `geometry_file` is a path relative to the parquet's folder (`geometry/<task id>.step`; an absolute path works too)
@@ -28,6 +30,7 @@ from rollouts.scenario import DatasetError, Scenario
 COLUMNS = ["task_id", "kind", "prompt", "geometry_file", "requirements", "bbox", "characteristic_length"]
 REQUIRED = ("dimension", "physical_groups", "characteristic_length")  # what the reward reads of the requirements
 GEOMETRY_DIR = "geometry"  # beside a verl parquet: the geometry files its rows name
+DEFAULT_TRAIN, DEFAULT_VAL = 20, 20  # the default task set: 20 train parts, 20 held-out (4 of each kind)
 
 
 @dataclass
@@ -119,7 +122,7 @@ def _prompt(shape: Shape, geometry_name: str, h: float, max_elements: int) -> st
             f"Keep the mesh under {max_elements} elements and write it to `mesh.msh`.")
 
 
-def generate(out_dir: Path, seed: int = 0, n_train: int = 20, n_val: int = 5) -> Path:
+def generate(out_dir: Path, seed: int = 0, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL) -> Path:
     import gmsh
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,12 +160,21 @@ def generate(out_dir: Path, seed: int = 0, n_train: int = 20, n_val: int = 5) ->
     return out_dir
 
 
-def ensure_default_tasks(out_dir: Path, seed: int, n_train: int = 20, n_val: int = 5) -> Path:
-    """Generate the default task set once, in a child process: OpenCascade prints to stdout from C."""
+def _stored_counts(out_dir: Path) -> tuple[int, int] | None:
+    """(train, val) rows of a task store, or None when either parquet is missing or unreadable."""
+    try:
+        return tuple(pq.read_metadata(out_dir / f"{split}.parquet").num_rows for split in ("train", "val"))
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def ensure_default_tasks(out_dir: Path, seed: int, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL) -> Path:
+    """Generate the task set once, in a child process (OpenCascade prints to stdout from C); a store of other
+    sizes (an older default's 5 held-out parts) is regenerated, its train parts the same for the same seed."""
     import subprocess
     import sys
 
-    if (out_dir / "train.parquet").exists() and (out_dir / "val.parquet").exists():
+    if _stored_counts(out_dir) == (n_train, n_val):
         return out_dir
     cmd = [sys.executable, "-m", "envs.gmsh", "generate", "--out", str(out_dir), "--seed", str(seed),
            "--train", str(n_train), "--val", str(n_val)]

@@ -6,7 +6,8 @@ Light to import: pyspiel is loaded by `validate` alone (every case string is loa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from envs.openspiel.cases import resolve_cases, split_cases
 
@@ -14,6 +15,10 @@ REWARD_MODES = ("legal", "outcome")
 GAME_MODES = ("move", "game")
 POLICIES = ("random", "mcts")
 DEMO_POLICIES = ("legal", "mcts")
+VAL_TASKS_PER_CASE = 20  # a one-game run (the README's tic_tac_toe) evaluates on 20 held-out states
+# Runs made while the default was 10 hashed 10; the new default hashes as that, so they resume after the upgrade
+# (the held-out size measures a run, it does not change what the run learns).
+HASHED_DEFAULTS = {"val_tasks_per_case": (VAL_TASKS_PER_CASE, 10)}
 
 __all__ = ["DEMO_POLICIES", "GAME_MODES", "POLICIES", "REWARD_MODES", "GameOptions", "split_cases"]
 
@@ -34,7 +39,7 @@ class GameOptions:
                 "default: all"})
     num_tasks_per_case: int = field(default=100, metadata={
         "help": "train tasks per case; task i uses seed --seed + i"})
-    val_tasks_per_case: int = field(default=10, metadata={
+    val_tasks_per_case: int = field(default=VAL_TASKS_PER_CASE, metadata={
         "help": "held-out tasks per case (later seeds, states not among the train tasks)"})
     max_random_steps: int = field(default=6, metadata={
         "help": "a task's state is 0..N seeded random moves from the root (terminal/chance states never shown)"})
@@ -69,3 +74,11 @@ class GameOptions:
             if value < low:
                 raise ValueError(f"{flag} must be at least {low}, got {value}")
         resolve_cases(self)
+
+    def hash_view(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The options as a run's config hash sees them (envs/options.py's rule: every field under env_options,
+        none of them `hash: top/skip`), a field of HASHED_DEFAULTS at its new default as its old one."""
+        own = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, (default, hashed) in HASHED_DEFAULTS.items():
+            own[name] = hashed if own[name] == default else own[name]
+        return {}, {name: list(v) if isinstance(v, tuple) else v for name, v in own.items()}

@@ -29,7 +29,7 @@ class PlannerOptions(ExecutorOptions):
     embedding_model: str | None = field(default=None, metadata={
         "metavar": "PATH",
         "help": "a local sentence-transformers model folder for independence (default: TF-IDF cosine)"})
-    # the bundled generator's train problems (held-out: a quarter of that, other seeds)
+    # the bundled generator's train problems (held-out: a third of that, other seeds)
     num_problems: int = field(default=64, metadata={"help": "bundled generator: train problems"})
 
     def validate(self) -> None:

@@ -87,16 +87,28 @@ def _trip(r: random.Random) -> tuple[str, int, str]:
 TEMPLATES: tuple[Callable[[random.Random], tuple[str, int, str]], ...] = (_shop, _share, _work, _garden, _trip)
 
 
+def _problem(seed: int, split: str, i: int) -> Scenario:
+    r = random.Random(f"planner|{seed}|{split}|{i}")
+    question, answer, plan = r.choice(TEMPLATES)(r)
+    return Scenario(id=f"gen-{split}-{seed}-{i}", prompt=question, data={"answer": str(answer), "plan": plan})
+
+
 def generate(count: int, seed: int, split: str = "train") -> list[Scenario]:
     """`count` problems; problem i of a split depends on (seed, split, i) only, so a larger count keeps the first
     ones and the held-out split never repeats a train problem's seed."""
-    scenarios = []
-    for i in range(count):
-        r = random.Random(f"planner|{seed}|{split}|{i}")
-        question, answer, plan = r.choice(TEMPLATES)(r)
-        scenarios.append(Scenario(id=f"gen-{split}-{seed}-{i}", prompt=question,
-                                  data={"answer": str(answer), "plan": plan}))
-    return scenarios
+    return [_problem(seed, split, i) for i in range(count)]
+
+
+def held_out(count: int, seed: int, train: list[Scenario]) -> list[Scenario]:
+    """`count` val problems of the generator, in order, skipping any whose text a train problem (or an earlier val
+    one) has: two seeds may draw the same problem, and a held-out problem must be one the policy never saw."""
+    seen, found, i = {s.prompt for s in train}, [], 0
+    while len(found) < count:
+        problem, i = _problem(seed, "val", i), i + 1
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            found.append(problem)
+    return found
 
 
 def write_demos(out: Path, count: int, seed: int) -> list[dict[str, Any]]:
@@ -192,9 +204,11 @@ def scenarios_for(cfg: Any, split: str = "train") -> list[Scenario]:
 
 
 def load(dataset: str | None, count: int, seed: int, split: str = "train") -> list[Scenario]:
-    """The train problems, or (`split='val'`) the held-out ones: for a file, its last eighth (at least one)."""
+    """The train problems, or (`split='val'`) the held-out ones: for the generator a third as many (21 for the
+    default 64, enough to see a change; at least one), for a file its last eighth (at least one)."""
     if dataset is None:
-        return generate(count if split == "train" else max(1, count // 4), seed, split)
+        train = generate(count, seed)
+        return train if split == "train" else held_out(max(1, count // 3), seed, train)
     if dataset == GSM8K:
         return load_gsm8k("train" if split == "train" else "test")
     from envs.verl_layout import is_verl, val_file

@@ -141,22 +141,23 @@ def mix(pools: dict[str, list[Scenario]], ratios: dict[str, float], count: int, 
 
 
 def scenarios_for(cfg: Any, split: str = "train") -> list[Scenario]:
-    """A run's tasks (`split` train or val) from its config: `--dataset-size` of them (default 64; a quarter, at
-    least 4, for val), or a verl file's first `--dataset-size`; light: the spec and `tasks` call it without art."""
+    """A run's tasks (`split` train or val) from its config: `--dataset-size` of them (default 64; a third, at
+    least 4, for val: 21 by default), or a verl file's first `--dataset-size`; light: the spec and `tasks` call it
+    without art."""
     from envs.options import options_for
     from envs.verl_layout import is_verl
 
     count = cfg.dataset_size or 64
     ratios = options_for(cfg, WorkflowOptions).ratios()
-    scenarios = load_tasks(ratios, count if split == "train" else max(4, count // 4), cfg.seed, split, cfg.dataset)
+    scenarios = load_tasks(ratios, count if split == "train" else max(4, count // 3), cfg.seed, split, cfg.dataset)
     return scenarios[:count] if is_verl(cfg.dataset) and cfg.dataset_size and split == "train" else scenarios
 
 
 def load_tasks(ratios: dict[str, float], count: int, seed: int, split: str, dataset: str | None) -> list[Scenario]:
     """The split's scenarios: from a `dataset` file (the same rows for every split: hold out data with a file of
     your own) or the bundled sets, mixed by `ratios`; `dataset='gsm8k'` takes the math tasks from GSM8K (its
-    test split for val). The bundled val split uses the generator's val problems and the last quarter of the QA
-    and code sets, so the train split never holds a val task. A verl file is its tasks, whole and in order (its
+    test split for val). The bundled val split uses the generator's val problems and the QA and code rows marked
+    `"split": "val"`, so the train split never holds a val task. A verl file is its tasks, whole and in order (its
     val file beside it for val, else itself): nothing mixed or redrawn."""
     from envs.verl_layout import is_verl, val_file
 
@@ -168,8 +169,7 @@ def load_tasks(ratios: dict[str, float], count: int, seed: int, split: str, data
     else:
         pools = {"math": gsm8k_scenarios(split) if dataset == GSM8K else math_scenarios(max(count, 8), seed, split)}
         for domain in ("qa", "code"):
-            every = _bundled(f"{domain}.jsonl", domain)
-            rows_ = every[: len(every) * 3 // 4] if split == "train" else every[len(every) * 3 // 4:]
+            rows_ = [row for row in _bundled(f"{domain}.jsonl", domain) if row.get("split", "train") == split]
             pools[domain] = [scenario_from_row(row, f"bundled {row['id']}") for row in rows_]
     return mix(pools, ratios, count, seed if split == "train" else seed + 1)
 
