@@ -54,6 +54,9 @@ class Run:
         from trainer.resume import RUN_ID
 
         ctx, limits = self.ready()
+        if self.config.eval_temperature is not None:  # every evaluation samples alike, whatever RL samples at
+            ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings,
+                                                                        temperature=self.config.eval_temperature))
         result = await evaluate(self.val, self.env.rollout, ctx, self.config.eval_rollouts, limits,
                                 self.env.step_metrics)
         figures = result.metrics

@@ -265,6 +265,7 @@ def _range_problems(c: ExperimentConfig) -> list[tuple[bool, str]]:
         (c.max_context_tokens >= 64, "--max-context-tokens must be at least 64"),
         (c.max_tokens >= 1, "--max-tokens must be at least 1"),
         (0 <= c.temperature <= 10, "--temperature must be between 0 and 10"),
+        (c.eval_temperature is None or 0 <= c.eval_temperature <= 10, "--eval-temperature must be between 0 and 10"),
         (c.learning_rate is not None and 0 < c.learning_rate < 1, "--learning-rate must be in (0, 1)"),
         (c.dataset_size is None or c.dataset_size >= 1, "--dataset-size must be at least 1"),
         (0 <= c.log_sample_rate <= 1, "--log-sample-rate must be between 0 and 1"),

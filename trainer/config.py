@@ -189,6 +189,9 @@ class ExperimentConfig:
     checkpoint: int | None = setting("eval", "with --eval-only: the step to evaluate", None, hashed=False,
                                      metavar="STEP")
     eval_rollouts: int = setting("eval", "rollouts per held-out scenario", 1, hashed=False)
+    eval_temperature: float | None = setting(
+        "eval", "sampling temperature of held-out evaluations, the same at every one (0: greedy, one rollout per "
+                "task says it all; default: --temperature)", None, hashed=False)
     keep_checkpoints: int = setting("eval", "keep the K newest saved checkpoints (+latest, +best eval; 0: all)", 0,
                                     hashed=False, metavar="K")
     save_every: int = setting("eval", "checkpoints kept by --keep-checkpoints fall on every N steps", 1,
