@@ -126,3 +126,34 @@ def test_evaluate_adds_the_interval_over_tasks_to_the_figures(monkeypatch):
     low, high = result.metrics["reward_ci_low"], result.metrics["reward_ci_high"]
     assert result.metrics["reward_mean"] == pytest.approx(0.5) and 0.0 <= low < 0.5 < high <= 1.0
     assert result.interval == bootstrap_interval([0.5, 1.0, 0.0])
+
+
+@pytest.mark.parametrize(("eval_temperature", "sampled_at"), [(None, 0.7), (0.0, 0.0)])
+def test_every_evaluation_samples_at_the_eval_temperature(tmp_path, monkeypatch, eval_temperature, sampled_at):
+    """--eval-temperature holds every evaluation at one setting (default: --temperature); the run's own context,
+    which RL steps sample from, keeps its temperature."""
+    from rollouts.context import RolloutContext, RolloutSettings
+
+    seen: list[float] = []
+
+    async def fake_evaluate(_val, _rollout, ctx, *_args, **_kwargs) -> Evaluation:
+        seen.append(ctx.settings.temperature)
+        groups = [group("a", 1.0)]
+        return Evaluation(groups, {"reward_mean": 1.0}, task_rewards(groups), bootstrap_interval([1.0]), [])
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    config = ExperimentConfig(experiment_name="e", log_dir=str(tmp_path / "logs"), temperature=0.7,
+                              eval_temperature=eval_temperature)
+    ctx = RolloutContext(model=None, settings=RolloutSettings(temperature=0.7))
+    run = Run(config, SimpleNamespace(rollout=None, step_metrics=None), FakeModel(), None, tmp_path, ctx=ctx,
+              limits=object(), val=[None])
+    asyncio.run(run.evaluate(0, "before training"))
+    asyncio.run(run.evaluate(3, "after SFT"))
+    assert seen == [sampled_at, sampled_at] and run.ctx.settings.temperature == 0.7
+
+
+def test_a_bad_eval_temperature_is_one_line_exit_2(capsys):
+    from train import main
+
+    assert main(["--experiment-name", "x", "--env", "toy", "--eval-temperature", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --eval-temperature must be between 0 and 10"]
