@@ -135,21 +135,26 @@ def test_every_evaluation_samples_at_the_eval_temperature(tmp_path, monkeypatch,
     from rollouts.context import RolloutContext, RolloutSettings
 
     seen: list[float] = []
+    seen_clients: list[object] = []
 
     async def fake_evaluate(_val, _rollout, ctx, *_args, **_kwargs) -> Evaluation:
         seen.append(ctx.settings.temperature)
+        seen_clients.append(ctx._client)
         groups = [group("a", 1.0)]
         return Evaluation(groups, {"reward_mean": 1.0}, task_rewards(groups), bootstrap_interval([1.0]), [])
 
     monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
     config = ExperimentConfig(experiment_name="e", log_dir=str(tmp_path / "logs"), temperature=0.7,
                               eval_temperature=eval_temperature)
-    ctx = RolloutContext(model=None, settings=RolloutSettings(temperature=0.7))
+    model = SimpleNamespace(inference_base_url="http://127.0.0.1:9/v1", inference_api_key=None)
+    ctx = RolloutContext(model=model, settings=RolloutSettings(temperature=0.7))
     run = Run(config, SimpleNamespace(rollout=None, step_metrics=None), FakeModel(), None, tmp_path, ctx=ctx,
               limits=object(), val=[None])
     asyncio.run(run.evaluate(0, "before training"))
     asyncio.run(run.evaluate(3, "after SFT"))
     assert seen == [sampled_at, sampled_at] and run.ctx.settings.temperature == 0.7
+    if eval_temperature is not None:  # the evaluation's copy shares the run's client: nothing left to close
+        assert seen_clients == [ctx.client()] * 2
 
 
 def test_a_bad_eval_temperature_is_one_line_exit_2(capsys):

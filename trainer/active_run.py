@@ -55,6 +55,7 @@ class Run:
 
         ctx, limits = self.ready()
         if self.config.eval_temperature is not None:  # every evaluation samples alike, whatever RL samples at
+            ctx.client()  # made first, so the copy shares the run's connection pool (the run closes that one)
             ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings,
                                                                         temperature=self.config.eval_temperature))
         result = await evaluate(self.val, self.env.rollout, ctx, self.config.eval_rollouts, limits,
