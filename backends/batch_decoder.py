@@ -111,7 +111,7 @@ class BatchDecoder:
         old, new = self.rows, len(slots)
         length = max(self.length, width)
         limits = torch.tensor([s.submitted.requests[s.request].max_tokens for s in slots])
-        remaining = torch.cat([self.limits - self.counts, limits])
+        remaining = torch.cat([torch.where(self.ended, 0, self.limits - self.counts), limits])
         capacity = length + int(remaining.max())
         for layer, (keys, values) in zip(self.cache.layers, cache, strict=True):
             layer.join(old + new, capacity, length, self.length, keys, values)
@@ -139,10 +139,11 @@ class BatchDecoder:
         if not self.slots:
             return
         token, token_logprob = draw(self.logits, self.temps, self.generator)
-        every = torch.arange(self.rows)
-        self.tokens[every, self.counts] = token
-        self.logprobs[every, self.counts] = token_logprob
-        self.counts += 1
+        live = ~self.ended  # rows that ended stay in the batch until a quarter have; they record nothing more
+        rows = live.nonzero().squeeze(-1)
+        self.tokens[rows, self.counts[rows]] = token[rows]
+        self.logprobs[rows, self.counts[rows]] = token_logprob[rows]
+        self.counts += live.long()
         eos_now = torch.isin(token, self.eos) & ~self.ended
         now = eos_now | ((self.counts >= self.limits) & ~self.ended)
         if bool(now.any()):

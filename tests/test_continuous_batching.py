@@ -67,6 +67,19 @@ def test_a_request_arriving_after_every_row_ended_is_still_decoded(policy):
     assert received["2:0"][0].token_ids == alone(policy, late).token_ids
 
 
+def test_a_row_that_ended_at_its_length_rides_along_past_it(policy):
+    """A row that reached its max_tokens stays in the batch until a quarter of the rows have ended; when requests
+    joined later run on past the table's width, that row must record nothing more (it once wrote past the end)."""
+    short = SampleRequest([200, 3, 3], 4, temperature=0.0)
+    joiners = [SampleRequest([7 + i, 3], 8, temperature=0.0) for i in range(7)]  # 8 rows: one ended < a quarter
+    received: dict[str, list] = {}
+    calls: list[int] = []
+    results = policy.sample([short], poll=scripted_poll({1: joiners}, received, calls))
+    assert results[0][0].token_ids == alone(policy, short).token_ids
+    for i, request in enumerate(joiners):
+        assert received[f"1:{i}"][0].token_ids == alone(policy, request).token_ids
+
+
 def test_n_samples_of_a_joined_request_all_come_back(policy):
     received: dict[str, list] = {}
     calls: list[int] = []
