@@ -1,7 +1,8 @@
 """Runs made before the env options existed keep their config hash, so a resume after an upgrade is not refused.
 
 tests/data/config_hashes.json holds, for 8 command lines, the hash and the hashed fields computed by the code
-before the redesign (with `--art-path`, which is not hashed, appended)."""
+before the redesign (with `--art-path`, which is not hashed, appended). A case whose default was changed on purpose
+since then carries the new hash and says why in its `moved` field."""
 
 import json
 

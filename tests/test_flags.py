@@ -239,5 +239,5 @@ def test_env_defaults_keep_the_default_runs_shape():
 
     shapes = {env: (load_spec(env).defaults["sft_epochs"], load_spec(env).defaults["max_training_steps"])
               for env in ("gmsh", "r2e", "openspiel", "planner", "workflow")}
-    assert shapes == {"gmsh": (3, 3), "r2e": (3, 3), "openspiel": (2, 6), "planner": (2, 4), "workflow": (2, 4)}
+    assert shapes == {"gmsh": (3, 4), "r2e": (3, 3), "openspiel": (2, 6), "planner": (2, 4), "workflow": (2, 4)}
     assert (MIX_DEFAULTS["sft_epochs"], MIX_DEFAULTS["max_training_steps"]) == (2, 4)
