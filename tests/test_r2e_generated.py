@@ -21,11 +21,10 @@ from envs.r2e.generated import (
     DEMONSTRATED_IN_EVAL,
     GeneratedTask,
     build_generated_cache,
-    build_generated_demos,
-    demo_turns,
     generate_tasks,
     generated_tasks,
 )
+from envs.r2e.generated_demos import build_generated_demos, demo_turns
 from envs.r2e.generated_templates import BUG_KINDS
 from envs.r2e.probes import reward_probes
 from envs.r2e.protected import protected_reason

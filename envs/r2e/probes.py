@@ -93,7 +93,8 @@ def _oracle(scenario: Scenario) -> RewardProbe | None:
     fix)."""
     from envs.r2e.cache import SAMPLES, sample_rows
     from envs.r2e.demos import fixed_files, plan_turns
-    from envs.r2e.generated import demo_turns, task_of
+    from envs.r2e.generated import task_of
+    from envs.r2e.generated_demos import demo_turns
 
     if (task := task_of(scenario.id)) is not None:
         return RewardProbe("oracle", "oracle", tuple(demo_turns(task)))

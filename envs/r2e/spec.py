@@ -129,7 +129,7 @@ def _write_demos(cfg: Any, out: Path) -> None:
     from envs.r2e.demos import write_demos
 
     if _generated(cfg):
-        from envs.r2e.generated import write_generated_demos
+        from envs.r2e.generated_demos import write_generated_demos
 
         write_generated_demos(out, cache_dir(cfg), "train", options_for(cfg, R2EOptions).system_prompt,
                               cfg.dataset_size)
