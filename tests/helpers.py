@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +55,33 @@ def history_rows(art_path: Path, name: str) -> list[dict]:
 
 def read_state(art_path: Path, name: str) -> dict:
     return json.loads((model_dir(art_path, name) / "state.json").read_text())
+
+
+def kill_when(art_path: Path, name: str, flags: list[str], ready: Callable[[], bool], jitter_s: float, *,
+              start_wait: float, ready_wait: float) -> dict:
+    """Start the trainer; once it started its steps (within `start_wait` s) and `ready()` holds (or `ready_wait` s
+    passed), wait `jitter_s`, then kill -9. Returns whether it was still alive then, and what it printed."""
+    proc = subprocess.Popen(train_cmd(art_path, name, *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=subprocess_env(), cwd=ROOT)
+    seen: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            seen.append(line.rstrip())
+            if line.startswith(("start:", "resume: starting")):
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(start_wait), "\n".join(seen[-30:])
+    deadline = time.monotonic() + ready_wait
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(jitter_s)
+    alive = proc.poll() is None
+    if alive:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reader.join(10)
+    return {"killed_alive": alive, "output": seen}

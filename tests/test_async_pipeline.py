@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import art
 import pytest
 
-from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
+from tests.helpers import (
+    history_rows,
+    history_steps,
+    kill_when,
+    model_dir,
+    read_state,
+    run_train,
+)
 from trainer.cli import config_from_args
 from trainer.config import ConfigError
 from trainer.pipeline import PolicyClock, StepPipeline, check_staleness, versioned
@@ -234,30 +236,8 @@ def _committed(art_path: Path) -> int:
 
 def _kill_when(art_path: Path, ready, jitter_s: float, flags: list[str]) -> dict:
     """Start the trainer; once it started its steps and `ready()` holds, wait `jitter_s`, then kill -9."""
-    proc = subprocess.Popen(train_cmd(art_path, "crash", *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=subprocess_env(), cwd=ROOT)
-    seen: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            seen.append(line.rstrip())
-            if line.startswith(("start:", "resume: starting")):
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(180), "\n".join(seen[-30:])
-    deadline = time.monotonic() + 120
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(jitter_s)
-    alive = proc.poll() is None
-    if alive:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    reader.join(10)
-    return {"killed_alive": alive, "committed_after": _committed(art_path), "output": seen}
+    killed = kill_when(art_path, "crash", flags, ready, jitter_s, start_wait=180, ready_wait=120)
+    return killed | {"committed_after": _committed(art_path)}
 
 
 @pytest.mark.slow

@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import threading
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -22,7 +17,14 @@ from rollouts.gather import GatherLimits, StepFailed, gather_step
 from rollouts.metrics import has_signal
 from rollouts.refill import Refill, StepGroups, gather_refilled, refill_stream
 from rollouts.scenario import Scenario
-from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
+from tests.helpers import (
+    history_rows,
+    history_steps,
+    kill_when,
+    model_dir,
+    read_state,
+    run_train,
+)
 from train import main
 from trainer.cli import config_from_args
 from trainer.config import ConfigError
@@ -259,30 +261,7 @@ KILL_FLAGS = ["--env", "toy", "--toy-target", "☃", "--groups-per-step", "2", "
 
 def _kill_when(art_path: Path, ready, jitter_s: float) -> dict:
     """Start the trainer; once it started its steps and `ready()` holds, wait `jitter_s`, then kill -9."""
-    proc = subprocess.Popen(train_cmd(art_path, "crash", *KILL_FLAGS), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=subprocess_env(), cwd=ROOT)
-    seen: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            seen.append(line.rstrip())
-            if line.startswith(("start:", "resume: starting")):
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(120), "\n".join(seen[-30:])
-    deadline = time.monotonic() + 60
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(jitter_s)
-    alive = proc.poll() is None
-    if alive:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    reader.join(10)
-    return {"killed_alive": alive, "output": seen}
+    return kill_when(art_path, "crash", KILL_FLAGS, ready, jitter_s, start_wait=120, ready_wait=60)
 
 
 @pytest.mark.slow
