@@ -58,9 +58,10 @@ def read_state(art_path: Path, name: str) -> dict:
 
 
 def kill_when(art_path: Path, name: str, flags: list[str], ready: Callable[[], bool], jitter_s: float, *,
-              start_wait: float, ready_wait: float) -> dict:
-    """Start the trainer; once it started its steps (within `start_wait` s) and `ready()` holds (or `ready_wait` s
-    passed), wait `jitter_s`, then kill -9. Returns whether it was still alive then, and what it printed."""
+              start_wait: float, ready_wait: float, after: tuple[str, ...] = ("start:", "resume: starting")) -> dict:
+    """Start the trainer; once it printed a line starting with `after` (by default: it started its steps; within
+    `start_wait` s) and `ready()` holds (or `ready_wait` s passed), wait `jitter_s`, then kill -9. Returns whether it
+    was still alive then, and what it printed."""
     proc = subprocess.Popen(train_cmd(art_path, name, *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=subprocess_env(), cwd=ROOT)
     seen: list[str] = []
@@ -69,7 +70,7 @@ def kill_when(art_path: Path, name: str, flags: list[str], ready: Callable[[], b
     def read() -> None:
         for line in proc.stdout:
             seen.append(line.rstrip())
-            if line.startswith(("start:", "resume: starting")):
+            if line.startswith(after):
                 started.set()
 
     reader = threading.Thread(target=read, daemon=True)

@@ -10,17 +10,13 @@ cursor never hands out a scenario twice within an epoch, checkpoints and logs ho
 import json
 import os
 import random
-import signal
-import subprocess
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
+from tests.helpers import history_steps, kill_when, model_dir, read_state, run_train
 
 TARGET = 3
 FLAGS = ["--env", "toy", "--groups-per-step", "2", "--rollouts-per-group", "4", "--dataset-size", "8",
@@ -35,31 +31,9 @@ def _committed(art_path: Path) -> int:
 
 def _kill_once(art_path: Path, after: tuple[str, ...], ready: Callable[[], bool], jitter_s: float) -> dict:
     """Start the trainer; once it printed a line starting with `after` and `ready()` holds, wait `jitter_s`, kill."""
-    proc = subprocess.Popen(train_cmd(art_path, "crash", *FLAGS), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=subprocess_env(), cwd=ROOT)
-    seen: list[str] = []
-    marker = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            seen.append(line.rstrip())
-            if line.startswith(after):
-                marker.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert marker.wait(180), "\n".join(seen[-30:])
-    deadline = time.monotonic() + 120
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(jitter_s)
-    alive = proc.poll() is None
-    if alive:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    reader.join(10)
-    return {"killed_alive": alive, "jitter_s": round(jitter_s, 3),
-            "steps_printed": [line.split(":")[0] for line in seen if line.startswith("step ")],
+    killed = kill_when(art_path, "crash", FLAGS, ready, jitter_s, start_wait=180, ready_wait=120, after=after)
+    return {"killed_alive": killed["killed_alive"], "jitter_s": round(jitter_s, 3),
+            "steps_printed": [line.split(":")[0] for line in killed["output"] if line.startswith("step ")],
             "committed_after": _committed(art_path)}
 
 
