@@ -5,10 +5,10 @@ Without it ART's defaults silently replace ours (art/dev/get_model_config.py): `
 `gpu_memory_utilization` 0.9. Two of those train something else than the flags say:
 - unsloth applies linear RoPE scaling when `max_seq_length` exceeds the model's `max_position_embeddings`, while vLLM
   samples with unscaled positions: every importance ratio would compare two different models. So
-  `max_seq_length` is the smaller of `--max-context-tokens` and the model's positions. vLLM's `max_model_len` is
-  left to the model: vLLM refuses (HTTP 400) a request whose prompt plus `max_tokens` exceeds it where the CPU
-  server shortens `max_tokens`, and rollouts rely on that (r2e keeps only a quarter of `max_tokens` free); ART
-  drops a trajectory longer than the trainer's length at packing, with a warning.
+  `max_seq_length` is the smaller of `--max-context-tokens` and the model's positions, and vLLM's `max_model_len`
+  the same, so a rollout never samples what the trainer cannot score. vLLM refuses (HTTP 400) a request whose
+  prompt plus `max_tokens` exceeds it where the CPU server shortens `max_tokens`, and rollouts rely on that (r2e
+  keeps only a quarter of `max_tokens` free): rollouts.context shortens `max_tokens` before it asks vLLM.
 - 4-bit loading turns a small model into QLoRA on an NF4 base; it is off unless `--load-in-4bit`.
 
 `internal_config` is a pure function of `GpuSettings` (tested without a GPU); `gpu_settings` reads the one fact it
@@ -75,7 +75,7 @@ def internal_config(settings: GpuSettings) -> dict[str, Any]:
                                  "random_state": settings.seed}
     if settings.lora_targets != ALL_LINEAR:
         peft_args["target_modules"] = list(settings.lora_targets)
-    engine_args: dict[str, Any] = {"seed": settings.seed}
+    engine_args: dict[str, Any] = {"seed": settings.seed, "max_model_len": length}
     if settings.gpu_memory_utilization is not None:
         engine_args["gpu_memory_utilization"] = settings.gpu_memory_utilization
     if settings.enforce_eager:

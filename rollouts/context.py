@@ -30,6 +30,9 @@ class RolloutContext:
     services: dict[str, Any] = field(default_factory=dict)
     max_connections: int = 128  # to the model endpoint; train.py sets --max-concurrent
     count_tokens: Callable[[str], int] | None = None  # the policy's tokenizer, for context budgets
+    # Prompt tokens of a conversation as the policy's chat template renders it; set where the server refuses a
+    # prompt plus max_tokens over its context instead of shortening max_tokens (vLLM) so `complete` shortens it
+    count_prompt_tokens: Callable[[list[dict[str, Any]]], int] | None = None
     _client: ModelClient | None = field(default=None, repr=False)
     _endpoint: tuple[str | None, str | None] = (None, None)
 
@@ -42,7 +45,15 @@ class RolloutContext:
         return self._client
 
     async def complete(self, messages: list[dict[str, Any]], max_tokens: int) -> Choice:
-        """One chat completion from the policy being trained, with the token logprobs GRPO needs."""
+        """One chat completion from the policy being trained, with the token logprobs GRPO needs.
+
+        `--max-context-tokens` holds on every engine: the CPU server shortens `max_tokens` to the room its context
+        leaves; vLLM (its `max_model_len` set to the same context) would refuse the request, so here `max_tokens` is
+        shortened first. A prompt that fills the context is left to the server, which refuses it on both (HTTP 400:
+        the rollout's context is full)."""
+        if self.count_prompt_tokens is not None:
+            room = self.settings.max_context_tokens - self.count_prompt_tokens(messages)
+            max_tokens = max(1, min(max_tokens, room))
         return await self.client().complete(self.model.get_inference_name(), messages, max_tokens=max_tokens,
                                             temperature=self.settings.temperature, logprobs=True)
 

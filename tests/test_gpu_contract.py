@@ -6,7 +6,8 @@ process ART starts behind the backend: the class `_get_service` builds (art.unsl
 art.megatron.service.MegatronService) becomes `RecordingService`, and `move_to_child_process` keeps it in this
 process. What ART hands that class (its init, engine, peft and trainer args; the packed tensors' dev config) is what
 unsloth and vLLM would get, so that is what is asserted. The recorder serves an OpenAI endpoint that answers only to
-the names ART's vLLM runtime serves (`<name>@<step>`, art_vllm_runtime/dedicated_server.py) and 404s the rest.
+the names ART's vLLM runtime serves (`<name>@<step>`, art_vllm_runtime/dedicated_server.py) and 404s the rest, and
+refuses (400) a prompt plus `max_tokens` over the engine's `max_model_len`, as vLLM does.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RecordingService:
         self.model_name, self.base_model, self.config, self.output_dir = model_name, base_model, config, output_dir
         self.served: set[str] = set()
         self.requests: list[tuple[str, bool]] = []  # (model asked for, served at that moment)
+        self.lengths: list[tuple[int, int]] = []  # (prompt tokens, max_tokens) of each request
         self.trains: list[dict[str, Any]] = []
         self.sft_batches: list[Any] = []
         self.server = ServerThread(self._app())
@@ -59,9 +61,21 @@ class RecordingService:
             self.requests.append((body["model"], served))
             if not served:  # as vLLM answers a name it does not serve
                 return JSONResponse({"error": {"message": f"The model `{body['model']}` does not exist."}}, 404)
+            prompt, wanted = self._prompt_tokens(body["messages"]), body.get("max_tokens") or 0
+            self.lengths.append((prompt, wanted))
+            limit = self.config.get("engine_args", {}).get("max_model_len")
+            if limit is not None and prompt + wanted > limit:
+                return JSONResponse({"error": {"message": "This model's maximum context length is exceeded"}}, 400)
             return completion_body(body["model"], next(REPLIES))
 
         return app
+
+    def _prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        from transformers import AutoTokenizer
+
+        encoded = AutoTokenizer.from_pretrained(self.base_model).apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True)
+        return len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
     def _save(self, step: int) -> None:
         from art.utils.output_dirs import get_step_checkpoint_dir
@@ -208,7 +222,7 @@ async def test_a_local_run_without_a_wandb_key_trains_through_arts_local_backend
     assert state["step"] == 2 and len(service.trains) == 2
     # What reaches unsloth and vLLM: our flags, not ART's defaults (max_seq_length capped at the model's positions)
     init, peft, engine = service.config["init_args"], service.config["peft_args"], service.config["engine_args"]
-    assert init["max_seq_length"] == 2048 and "max_model_len" not in engine  # the tiny model has 2048 positions
+    assert init["max_seq_length"] == 2048 == engine["max_model_len"]  # the tiny model has 2048 positions
     assert init["load_in_4bit"] is False and init["random_state"] == 7 == peft["random_state"]
     assert (peft["r"], peft["lora_alpha"]) == (4, 8)
     from backends.tiny_random_model import LORA_TARGETS
@@ -225,6 +239,20 @@ async def test_a_local_run_without_a_wandb_key_trains_through_arts_local_backend
     kept = sorted(p.name for p in (model_dir / "checkpoints").iterdir())
     assert "0000" not in kept and kept[-1] == "0002"  # --keep-checkpoints 1, pruned by ART's _delete_checkpoint_files
     assert list((model_dir / "wandb").rglob("offline-run-*")), "the run is still recorded offline"
+
+
+async def test_max_context_tokens_holds_on_vllm_rollouts_shorten_max_tokens_to_the_room_left(tmp_path, monkeypatch,
+                                                                                            gpu_side):
+    """vLLM refuses what the CPU server shortens: the toy prompts (93 to 133 tokens) plus their 16-token replies do
+    not all fit 144, so every request must ask for at most the room left, and the run trains as on the CPU backend."""
+    from trainer.run import run
+
+    fake_gpu_machine(monkeypatch)
+    state = await run(local_run_config(tmp_path, "--max-context-tokens", "144"))
+    (service,) = gpu_side.instances
+    assert state["step"] == 2 and service.config["engine_args"]["max_model_len"] == 144
+    assert service.lengths and all(prompt + wanted <= 144 for prompt, wanted in service.lengths)
+    assert any(wanted < 16 for _, wanted in service.lengths), "no request needed shortening: the test shows nothing"
 
 
 async def test_train_sft_and_delete_checkpoint_files_reach_the_gpu_side(tmp_path, monkeypatch, gpu_side,

@@ -149,7 +149,8 @@ async def _run(config: ExperimentConfig, model_dir: Path) -> dict[str, Any]:
         the_run.ctx = RolloutContext(model=model, settings=RolloutSettings(
             max_steps=the_run.max_steps, max_context_tokens=config.max_context_tokens,
             max_tokens_per_turn=config.max_tokens, temperature=config.temperature),
-            max_connections=config.max_concurrent, count_tokens=_token_counter(base_model))
+            max_connections=config.max_concurrent, **_token_counters(
+                base_model, server_shortens=choice.kind == "cpu" and not config.vllm_url))
         if env.services is not None:
             env_config = dataclasses.replace(config, rollout_root=str(run_dir.path))
             the_run.ctx.services = await services.enter_async_context(env.services(env_config))
@@ -306,12 +307,22 @@ async def _load_checkpoint(backend: art.Backend, model: TrainerModel, model_dir:
     await asyncio.to_thread(backend.policy(model).load, checkpoint)
 
 
-def _token_counter(base_model: str) -> Callable[[str], int]:
-    """Exact token counts for context budgets, from the policy's own tokenizer (a local directory)."""
+def _token_counters(base_model: str, *, server_shortens: bool) -> dict[str, Callable[..., int]]:
+    """Exact token counts from the policy's own tokenizer (a local directory): of a text, for context budgets, and
+    of a rendered prompt where the server does not shorten `max_tokens` to its context itself (rollouts.context)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+    counters: dict[str, Callable[..., int]] = {
+        "count_tokens": lambda text: len(tokenizer.encode(text, add_special_tokens=False))}
+    if not server_shortens:
+        counters["count_prompt_tokens"] = lambda messages: len(_input_ids(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)))
+    return counters
+
+
+def _input_ids(encoded: Any) -> list[int]:
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
 def _configure_wandb(model: TrainerModel, config: ExperimentConfig) -> None:
