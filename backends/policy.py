@@ -45,6 +45,17 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"
 
 
+def without_padding(row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One packed row (ART pads every row to the batch's longest) cut after its last real token (`group_ids` -1
+    marks padding). Padding is masked out of the loss but not out of the compute: every padded position goes
+    through every layer, and attention grows with the square of the width (bench/train_step.py times the step)."""
+    real = (row["group_ids"][0] != -1).nonzero()
+    width, end = row["group_ids"].shape[1], int(real.max()) + 1 if len(real) else 1
+    if end == width:
+        return row
+    return {k: v[:, :end] if v.dim() >= 2 and v.shape[1] == width else v for k, v in row.items()}
+
+
 class LoraPolicy:
     def __init__(self, base_model: str, lora: LoraSettings, *, seed: int = 0, max_seq_length: int = 2048,
                  init_adapter: str | None = None, dtype: str = "auto"):
@@ -272,7 +283,7 @@ class LoraPolicy:
         for row in range(batch["tokens"].shape[0]):
             if weighed[row] == 0:
                 continue
-            micro = {k: v[row : row + 1] for k, v in batch.items()}
+            micro = without_padding({k: v[row : row + 1] for k, v in batch.items()})
             ref = micro.pop("ref_logprobs", None)
             new_logprobs = self._token_logprobs(micro["tokens"], micro["group_ids"] != -1, micro["assistant_mask"])
             if mismatch is not None:
@@ -290,8 +301,12 @@ class LoraPolicy:
     @torch.no_grad()
     def _logprobs_without_grad(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """`_token_logprobs` of every row (shifted as ART's loss expects), one row at a time, with no graph."""
-        rows = [self._token_logprobs(tensors["tokens"][i : i + 1], tensors["group_ids"][i : i + 1] != -1,
-                                     tensors["assistant_mask"][i : i + 1]) for i in range(tensors["tokens"].shape[0])]
+        width = tensors["tokens"].shape[1]
+        rows = []
+        for i in range(tensors["tokens"].shape[0]):
+            row = without_padding({k: tensors[k][i : i + 1] for k in ("tokens", "group_ids", "assistant_mask")})
+            logprobs = self._token_logprobs(row["tokens"], row["group_ids"] != -1, row["assistant_mask"])
+            rows.append(torch.nn.functional.pad(logprobs, (0, width - logprobs.shape[1])))
         return torch.cat(rows)
 
     def _precalculated_logprobs(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -173,6 +173,40 @@ def test_training_logprobs_match_a_full_forward_at_the_positions_the_loss_weighs
         assert torch.allclose(ours_grad, p.grad, atol=1e-4)
 
 
+def test_padding_is_cut_before_the_forward_and_changes_neither_loss_nor_gradient(tiny_model):
+    """ART pads every packed row to the batch's longest; the trainer cuts each row after its last real token (the
+    forward costs what the row holds, not the longest row), and the loss and its gradient stay what they were."""
+    import torch
+
+    from backends.policy import LoraPolicy, without_padding
+
+    policy = LoraPolicy(tiny_model, LoraSettings(target_modules=LORA_TARGETS))
+    config = {"epsilon": 0.2, "epsilon_high": 0.2}
+    width, real = 96, 60
+    tokens = torch.randint(0, 200, (1, width))
+    group_ids = torch.full((1, width), -1)
+    group_ids[:, :real] = 0
+    assistant = torch.zeros((1, width), dtype=torch.bool)
+    assistant[:, 20:real] = True
+    batch = {"tokens": tokens, "group_ids": group_ids, "parent_ids": group_ids.clone(),
+             "input_pos": torch.arange(width)[None], "assistant_mask": assistant,
+             "logprobs": torch.where(assistant, -1.0, float("nan")), "advantages": assistant.float() * 0.5,
+             "weights": assistant.float()}
+    cut = without_padding(batch)
+    assert cut["tokens"].shape == (1, real) and bool((cut["group_ids"] != -1).all())
+    calls: list[int] = []
+    forward = policy._token_logprobs
+    policy._token_logprobs = lambda t, *rest: calls.append(t.shape[1]) or forward(t, *rest)
+    results = []
+    for rows in (batch, {k: v[:, :real] for k, v in batch.items()}):
+        loss, _, _ = policy._accumulate_gradients(rows, config)
+        results.append((loss, [p.grad.clone() for p in policy.model.parameters() if p.requires_grad]))
+    assert calls == [real, real]  # the padded batch ran no wider than its real tokens
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    for padded, unpadded in zip(results[0][1], results[1][1], strict=True):
+        assert torch.allclose(padded, unpadded, atol=1e-6)
+
+
 # ---- train() options that change learning -------------------------------------------------------------------------
 # Offline groups (sampled once, then edited) so that runs with and without an option see the same data and start from
 # the same weights; each test states what the option is for and checks the policy moved (or not) accordingly.
