@@ -24,7 +24,8 @@ from typing import Any
 import art
 import openai
 
-from agent.budget import approx_tokens, trim_messages
+from agent.budget import approx_tokens
+from agent.sent_context import SentConversation
 from envs.openspiel.cases import load_game
 from envs.openspiel.moves import SYSTEM_PROMPT, ParsedMove, describe_state, legal_actions, parse_move, retry_prompt
 from envs.openspiel.options import GameOptions
@@ -129,6 +130,7 @@ async def _game(ctx: RolloutContext, scenario: Scenario, runtime: GameRuntime) -
     game, state = load_game(case), replay(case, list(scenario.data["history"]))
     trajectory = art.Trajectory(messages_and_choices=[{"role": "system", "content": SYSTEM_PROMPT}], reward=0.0,
                                 metadata={"scenario_id": scenario.id, "env": "openspiel", "case": case})
+    conversation = SentConversation(trajectory)  # each reply trained in the (trimmed) context it was sampled in
     turns = answers_legal = illegal_total = moves = trimmed = 0
     forfeit = truncated = context_exhausted = False
     turn_log: list[dict[str, Any]] = []
@@ -145,11 +147,11 @@ async def _game(ctx: RolloutContext, scenario: Scenario, runtime: GameRuntime) -
         if moves >= ctx.settings.max_steps:
             truncated = True
             break
-        trajectory.messages_and_choices.append({"role": "user", "content": observation})
+        conversation.append({"role": "user", "content": observation})
         legal = legal_actions(state)
         for _attempt in range(options.max_illegal_retries + 1):
             budget = ctx.settings.max_context_tokens - ctx.settings.max_tokens_per_turn
-            messages, dropped = trim_messages(trajectory.messages(), budget, ctx.count_tokens or approx_tokens)
+            messages, dropped = conversation.prompt(budget, ctx.count_tokens or approx_tokens)
             trimmed = max(trimmed, dropped)
             started = time.monotonic()
             try:
@@ -159,7 +161,7 @@ async def _game(ctx: RolloutContext, scenario: Scenario, runtime: GameRuntime) -
                 context_exhausted = True
                 break
             turns += 1
-            trajectory.messages_and_choices.append(choice)
+            conversation.append(choice)
             reply = choice.message.content or ""
             parsed = parse_move(reply, legal)
             if parsed.legal:
@@ -170,7 +172,7 @@ async def _game(ctx: RolloutContext, scenario: Scenario, runtime: GameRuntime) -
             illegal_total += 1
             note = retry_prompt(parsed, legal)
             turn_log.append(_turn(messages, reply, parsed, note, time.monotonic() - started))
-            trajectory.messages_and_choices.append({"role": "user", "content": note})
+            conversation.append({"role": "user", "content": note})
         else:
             forfeit = True
         if forfeit or context_exhausted:

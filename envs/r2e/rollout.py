@@ -1,7 +1,8 @@
 """One R2E rollout: copy the cached repo, start a sandboxed REPL in it, let the model work, test the result.
 
 Per turn: completion -> code block -> REPL cell -> observation, until FINAL()/finish(), `--max-steps`, or the
-context budget. The conversation is trimmed to `--max-context-tokens` (oldest middle turns first). Changed files
+context budget. The conversation is trimmed to `--max-context-tokens` (oldest middle turns first); each reply is
+trained after the prompt it was sampled from, trimmed or not (agent/sent_context.py). Changed files
 go to the test service, which drops those that could decide the verdict (tests, runner, test config: the
 `ignored_files` metric counts them); no change scores 0 without a call. The work dir is removed whatever happens.
 """
@@ -18,9 +19,10 @@ from typing import Any
 import art
 import openai
 
-from agent.budget import approx_tokens, trim_messages
+from agent.budget import approx_tokens
 from agent.code import extract_code
 from agent.prompts import R2E_NO_CODE_NUDGE, R2E_SYSTEM_PROMPTS, r2e_observation, r2e_task
+from agent.sent_context import SentConversation
 from envs.r2e.client import TestServiceClient, changed_files, tar_b64
 from envs.r2e.protected import HIDDEN_FROM_MODEL, split_changes
 from envs.r2e.repl import Repl
@@ -54,6 +56,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         messages_and_choices=[{"role": "system", "content": R2E_SYSTEM_PROMPTS[settings.system_prompt]},
                               {"role": "user", "content": r2e_task(scenario.prompt)}],
         metadata={"scenario_id": scenario.id, "env": "r2e"})
+    conversation = SentConversation(trajectory)  # each reply trained in the (trimmed) context it was sampled in
     queries = {"n": 0}
     query_tokens: list[tuple[int, int]] = []  # (prompt, completion) per llm_query, in the order the REPL asked
 
@@ -76,7 +79,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
         await repl.start()
         for turns in range(1, ctx.settings.max_steps + 1):  # noqa: B007 - turns is reported below
             budget = ctx.settings.max_context_tokens - ctx.settings.max_tokens_per_turn // 4
-            messages, dropped = trim_messages(trajectory.messages(), budget, ctx.count_tokens or approx_tokens)
+            messages, dropped = conversation.prompt(budget, ctx.count_tokens or approx_tokens)
             trimmed = max(trimmed, dropped)
             started = time.monotonic()
             try:
@@ -85,7 +88,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                 trajectory.log(f"turn {turns}: context exhausted ({exc.message[:200]})")
                 context_exhausted = True
                 break
-            trajectory.messages_and_choices.append(choice)
+            conversation.append(choice)
             code = extract_code(choice.message.content or "")
             # Every turn is logged, a reply without code too: a reader needs to see what the agent was told.
             turn: dict[str, Any] = {"prompt": messages,
@@ -94,7 +97,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
             turn_log.append(turn)
             if code is None:
                 turn |= {"observation": R2E_NO_CODE_NUDGE, "iteration_time": time.monotonic() - started}
-                trajectory.messages_and_choices.append({"role": "user", "content": R2E_NO_CODE_NUDGE})
+                conversation.append({"role": "user", "content": R2E_NO_CODE_NUDGE})
                 continue
             asked = len(query_tokens)
             cell = await repl.run_cell(code)
@@ -108,7 +111,7 @@ async def rollout(ctx: RolloutContext, scenario: Scenario) -> art.Trajectory:
                 finished = True
                 break
             turn["observation"] = r2e_observation(cell.stdout, cell.stderr, cell.error)
-            trajectory.messages_and_choices.append({"role": "user", "content": turn["observation"]})
+            conversation.append({"role": "user", "content": turn["observation"]})
         await repl.close()
         changed = changed_files(workdir, original)
         reward, breakdown = 0.0, {"tests_expected": float(len(scenario.data["expected"])), "tests_matching": 0.0}
