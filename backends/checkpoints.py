@@ -17,9 +17,11 @@ def best_val_step(model_dir: Path, metric: str = "val/reward") -> int | None:
     return None if best is None else best[1]
 
 
-def steps_to_keep(existing: list[int], latest: int, keep: int, save_every: int, best: int | None) -> list[int]:
-    """The latest step, the best eval step, and the `keep` newest steps that fall on `save_every`."""
-    kept = {latest} | ({best} if best is not None else set())
+def steps_to_keep(existing: list[int], latest: int, keep: int, save_every: int, best: int | None,
+                  pinned: int | None = None) -> list[int]:
+    """The latest step, the best eval step, a pinned step (the KL reference), and the `keep` newest steps that fall
+    on `save_every`."""
+    kept = {latest} | {s for s in (best, pinned) if s is not None}
     saved = sorted(s for s in existing if s % save_every == 0 and s != latest)
     kept |= set(saved[-keep:] if keep > 0 else [])
     return sorted(s for s in kept if s in existing)

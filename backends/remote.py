@@ -208,7 +208,8 @@ def train_keywords(backend: Any, **wanted: Any) -> dict[str, Any]:
     out = dict(wanted)
     if "loss_fn" in out and "loss_fn" not in params and "ppo" in params:
         out["ppo"] = out.pop("loss_fn") == "ppo"
-    neutral = {"kl_penalty_coef": 0.0, "advantage_balance": 0.0, "scale_rewards": True, "loss_fn": "cispo"}
+    neutral = {"kl_penalty_coef": 0.0, "advantage_balance": 0.0, "scale_rewards": True, "loss_fn": "cispo",
+               "kl_penalty_reference_step": None}
     for key in [k for k in out if k not in params]:
         if key in neutral and out[key] == neutral[key]:
             del out[key]

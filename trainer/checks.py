@@ -130,6 +130,8 @@ def _range_problems(c: ExperimentConfig) -> list[tuple[bool, str]]:
         (c.max_training_steps is None or c.max_training_steps >= 1, "--max-training-steps must be at least 1"),
         (-1 <= c.advantage_balance <= 1, "--advantage-balance must be between -1 and 1"),
         (0 <= c.kl_penalty_coef <= 1e3, "--kl-penalty-coef must be between 0 (off) and 1000"),
+        (c.kl_reference == "base" or c.kl_penalty_coef > 0,
+         f"--kl-reference {c.kl_reference} needs a KL term: give --kl-penalty-coef above 0"),
         (c.max_steps_off_policy >= 0, "--max-steps-off-policy must be 0 (synchronous) or more"),
         (c.max_refill is None or c.max_refill >= 0, "--max-refill must be 0 (no refills) or more"),
         (c.lora_rank >= 1, "--lora-rank must be at least 1"),

@@ -154,7 +154,11 @@ class ExperimentConfig:
     scale_rewards: bool = setting("rl", "divide each group's advantages by its reward spread", True)
     loss_fn: str = setting("rl", "ART's policy loss", "cispo", choices=("cispo", "ppo"))
     kl_penalty_coef: float = setting(
-        "rl", "keep the policy near the base model (adapter off): ART's KL-penalised advantages (0: off)", 0.0)
+        "rl", "keep the policy near --kl-reference: ART's KL-penalised advantages (0: off)", 0.0)
+    kl_reference: str = setting(
+        "rl", "what the KL term keeps the policy near: base: the base model (adapter off); sft: the policy RL "
+              "started from (the last SFT epoch's checkpoint, kept from pruning; step 0's where no SFT ran)",
+        "base", choices=("base", "sft"))
     max_steps_off_policy: int = setting(
         "rl", "gather later steps' rollouts while a step trains, each at most K policy steps older than the policy "
               "it trains (0: synchronous); see docs/TRAINING.md", 0, metavar="K")
@@ -248,7 +252,7 @@ RUN_CONTROL = frozenset(f.name for f in dataclasses.fields(ExperimentConfig) if 
 
 # Fields that joined the hash after runs were made: left out of it at these values, so older runs keep their hash.
 OMITTED_WHEN_OFF: dict[str, Any] = {"kl_penalty_coef": 0.0, "temperature_schedule": None, "mix": None,
-                                    "max_steps_off_policy": 0, "load_in_4bit": False}
+                                    "max_steps_off_policy": 0, "load_in_4bit": False, "kl_reference": "base"}
 
 # r2e's and toy's settings were config fields before each env declared its options, and so were hashed for EVERY run
 # with these defaults; they stay in every run's hash, overridden by the run's own env (its `hash: top` options).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trainer.active_run import Run
 from trainer.pipeline import PolicyClock, StepPipeline, check_staleness, versioned
@@ -25,6 +25,7 @@ from trainer.schedule import TemperatureSchedule
 
 if TYPE_CHECKING:  # the loop imports what it needs when it runs
     from rollouts.scenario import Scenario
+    from trainer.config import ExperimentConfig
 
 
 class StepFigures(Protocol):
@@ -87,7 +88,7 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
             fresh = check_staleness(groups, trains_from=step - 1, max_off_policy=config.max_steps_off_policy)
             trainable = drawn.informative(fresh.kept)
             metrics |= drawn.metrics(trained=len(trainable))
-            kl = {"kl_penalty_coef": config.kl_penalty_coef} if config.kl_penalty_coef else {}  # only where asked
+            kl = kl_keywords(config, sft_steps)
             train_started = time.monotonic()
             result = await backend.train(model, trainable, **train_keywords(  # each engine's spelling of them
                 backend, learning_rate=config.learning_rate, advantage_balance=config.advantage_balance,
@@ -121,7 +122,7 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
             if config.keep_checkpoints:
                 existing = [int(p.name) for p in (the_run.model_dir / "checkpoints").iterdir() if p.name.isdigit()]
                 keep = steps_to_keep(existing, step, config.keep_checkpoints, config.save_every,
-                                     best_val_step(the_run.model_dir))
+                                     best_val_step(the_run.model_dir), pinned=kl_reference_step(config, sft_steps))
                 await backend._delete_checkpoint_files(model, keep)
             pipeline.open_gates(step)  # K = 0: the next step's gather starts only now, as in the synchronous loop
     finally:
@@ -130,6 +131,21 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
         print(f"done: {config.num_epochs} epoch(s) completed at step {step}", flush=True)
     if the_run.val and config.eval_before_after and evaluated_at != step and step > first_step:
         await the_run.evaluate(step, "after training")
+
+
+def kl_reference_step(config: ExperimentConfig, sft_steps: int) -> int | None:
+    """The checkpoint step the KL term compares with, for `--kl-reference sft`: where RL started (the last SFT
+    epoch's step, 0 where no SFT ran). None: the base model (adapter off), or no KL term."""
+    return sft_steps if config.kl_penalty_coef and config.kl_reference == "sft" else None
+
+
+def kl_keywords(config: ExperimentConfig, sft_steps: int) -> dict[str, Any]:
+    """`train()`'s KL keywords, only where asked (an engine without a KL term is then never asked for one)."""
+    if not config.kl_penalty_coef:
+        return {}
+    reference = kl_reference_step(config, sft_steps)
+    return {"kl_penalty_coef": config.kl_penalty_coef} | (
+        {} if reference is None else {"kl_penalty_reference_step": reference})
 
 
 def rl_budget(step: int, sft_steps: int, max_rl_steps: int | None) -> int:
