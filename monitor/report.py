@@ -27,9 +27,8 @@ from jinja2 import Environment
 from backends.atomic import DiskFull, atomic_write_text
 from backends.checkpoints import best_val_step
 from monitor.panels import UNIT_LABELS, Panel, label_of, panels, series
-from rollouts.eval_record import EvalRecord, read_records
+from rollouts.eval_record import RUN_ID, EvalRecord, read_records
 from rollouts.intervals import PairedDifference, paired_difference
-from trainer.resume import RUN_ID
 
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\t\n\r"}
 

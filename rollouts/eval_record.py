@@ -19,6 +19,7 @@ from typing import Any
 from backends.atomic import atomic_write_json
 
 EVAL_FOLDER = "eval"
+RUN_ID = "run_id"  # the key of state.json that names a run, so figures of two runs sharing a log folder never mix
 
 
 @dataclass

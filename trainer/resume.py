@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.atomic import TMP_MARK, atomic_write_json, atomic_write_text, disk_full_guard
+from rollouts.eval_record import RUN_ID  # state.json's key; the report reads it too
 from trainer.checks import LOCK_FILE, busy_message
 from trainer.config import ConfigError, ExperimentConfig
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from envs.spec import EnvSpec
 
 OWNER_FILE = ".owner.json"
-RUN_ID = "run_id"
 
 
 @dataclass
