@@ -35,7 +35,7 @@ PRESETS: dict[str, list[str]] = {
     "gmsh": [],
     "r2e": ["--env", "r2e"],
     "r2e-small": ["--env", "r2e", "--r2e-tasks", "generated"],  # the generated small repair tasks (envs/r2e)
-    "openspiel": ["--env", "openspiel"],
+    "openspiel": ["--env", "openspiel", "--game-types", "tic_tac_toe"],  # envs/openspiel/README.md's CPU command
     "planner": ["--env", "planner"],
 }
 # Held-out figures an env logs besides its reward (envs/planner/rollout.py planner_metrics), read at the same stages.
