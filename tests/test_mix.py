@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import signal
 import subprocess
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +20,17 @@ from envs.openspiel.options import GameOptions
 from envs.registry import get_env
 from monitor.report import panels
 from rollouts.scenario import Scenario
-from tests.helpers import ROOT, history_rows, history_steps, model_dir, read_state, run_train, subprocess_env, train_cmd
+from tests.helpers import (
+    ROOT,
+    history_rows,
+    history_steps,
+    kill_when,
+    model_dir,
+    read_state,
+    run_train,
+    subprocess_env,
+    train_cmd,
+)
 from tests.test_train_e2e import assert_clean_exit
 from trainer.cli import config_from_args
 from trainer.config import ConfigError
@@ -300,25 +307,6 @@ def test_two_step_mixed_run_logs_every_env_and_evaluates_each(tmp_path):
     print(f"two-step mixed run: {wall:.1f} s wall")
 
 
-def _run_until_killed(art_path: Path, flags: list[str], ready, jitter_s: float) -> bool:
-    """Start the trainer; once `ready(lines)` holds, wait `jitter_s` and kill -9. True if it was still alive."""
-    proc = subprocess.Popen(train_cmd(art_path, "crash", *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=subprocess_env(), cwd=ROOT)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stdout), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 300
-    while not ready(lines) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(jitter_s)
-    alive = proc.poll() is None
-    if alive:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    reader.join(10)
-    return alive
-
-
 @pytest.mark.slow
 def test_every_env_cursor_survives_kill_9_and_resume(tmp_path):
     steps = 5
@@ -327,10 +315,11 @@ def test_every_env_cursor_survives_kill_9_and_resume(tmp_path):
              "--log-sample-rate", "1", "--max-training-steps", str(steps)]
     checkpoint = model_dir(tmp_path, "crash") / "checkpoints"
     kills = [
-        _run_until_killed(tmp_path, flags, lambda lines: any(x.startswith("step 1:") for x in lines), 0.05),
-        _run_until_killed(tmp_path, flags, lambda lines: (checkpoint / "0003").is_dir(), 0.0),  # before its commit
+        kill_when(tmp_path, "crash", flags, lambda: True, 0.05, start_wait=300, ready_wait=0, after=("step 1:",)),
+        kill_when(tmp_path, "crash", flags, lambda: (checkpoint / "0003").is_dir(), 0.0, start_wait=300,
+                  ready_wait=300),  # before its commit
     ]
-    assert kills == [True, True]
+    assert [kill["killed_alive"] for kill in kills] == [True, True]
     done = run_train(tmp_path, "crash", *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resume: starting after step" in done.stdout and "(mix epoch " in done.stdout
