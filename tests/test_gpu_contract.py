@@ -73,9 +73,9 @@ class RecordingService:
     def _prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         from transformers import AutoTokenizer
 
-        encoded = AutoTokenizer.from_pretrained(self.base_model).apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True)
-        return len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        from backends.token_check import sampler_prompt
+
+        return len(sampler_prompt(AutoTokenizer.from_pretrained(self.base_model), messages))
 
     def _save(self, step: int) -> None:
         from art.utils.output_dirs import get_step_checkpoint_dir

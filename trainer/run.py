@@ -316,13 +316,10 @@ def _token_counters(base_model: str, *, server_shortens: bool) -> dict[str, Call
     counters: dict[str, Callable[..., int]] = {
         "count_tokens": lambda text: len(tokenizer.encode(text, add_special_tokens=False))}
     if not server_shortens:
-        counters["count_prompt_tokens"] = lambda messages: len(_input_ids(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)))
+        from backends.token_check import sampler_prompt  # the prompt ids as a server renders the messages
+
+        counters["count_prompt_tokens"] = lambda messages: len(sampler_prompt(tokenizer, messages))
     return counters
-
-
-def _input_ids(encoded: Any) -> list[int]:
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
 def _configure_wandb(model: TrainerModel, config: ExperimentConfig) -> None:
