@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from backends.bf16_head import SplitPrecisionHead
 from backends.decoding import Sample, SampleRequest, buffered_layer, draw
 
 DoneCallback = Callable[[int, list[Sample]], None]
@@ -54,12 +55,15 @@ class BatchDecoder:
         from transformers.cache_utils import Cache
 
         self.model, self.pad_id, self.generator = model, pad_id, generator
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.body, self.head = causal_lm.model, causal_lm.get_output_embeddings()
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self.layers = model.config.num_hidden_layers
         self.cache = Cache(layers=[buffered_layer()(0) for _ in range(self.layers)])
         self.length = 0  # columns of the shared K/V buffer in use; every row's last entry is at length - 1
         self.slots: list[_Slot] = []
         self.logits = torch.empty(0)  # each row's next-token logits, not yet drawn from
+        self.hidden = torch.empty(0)  # the last hidden state they came from (for the drawn token's exact logit)
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # which buffer columns each row attends to
         self.prompt_lengths = torch.zeros(0, dtype=torch.long)
         self.counts = torch.zeros(0, dtype=torch.long)  # tokens generated per row
@@ -82,13 +86,14 @@ class BatchDecoder:
         slots = [_Slot(submitted, i, k) for i, r in enumerate(requests) for k in range(r.n)]
         if not slots:
             return submitted.results  # type: ignore[return-value]
-        logits, cache, width, prompt_mask = self._prefill(requests)
+        hidden, cache, width, prompt_mask = self._prefill(requests)
         self._drop(~self.ended)  # ended rows leave before the buffers are copied anyway
-        self._join(slots, logits, cache, width, prompt_mask)
+        self._join(slots, hidden, cache, width, prompt_mask)
         return submitted.results  # type: ignore[return-value]
 
     def _prefill(self, requests: list[SampleRequest]) -> tuple[torch.Tensor, list, int, torch.Tensor]:
-        """One left-padded forward of the new prompts; only the last position goes through the output head."""
+        """One left-padded forward of the new prompts; returns each row's last hidden state (only the last position
+        goes through the output head, in `_join`), its cache, the width and the prompt mask."""
         from transformers.cache_utils import Cache
 
         width = max(len(r.prompt_ids) for r in requests)
@@ -99,13 +104,13 @@ class BatchDecoder:
             mask[i, width - len(r.prompt_ids):] = 1
         cache = Cache(layers=[buffered_layer()(width) for _ in range(self.layers)])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.body(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True)
         per_row = torch.tensor([i for i, r in enumerate(requests) for _ in range(r.n)])
-        return out.logits[:, -1][per_row], [(layer.keys[per_row], layer.values[per_row]) for layer in cache.layers], \
-            width, mask[per_row]
+        caches = [(layer.keys[per_row], layer.values[per_row]) for layer in cache.layers]
+        return out.last_hidden_state[:, -1][per_row], caches, width, mask[per_row]
 
-    def _join(self, slots: list[_Slot], logits: torch.Tensor, cache: list, width: int,
+    def _join(self, slots: list[_Slot], hidden: torch.Tensor, cache: list, width: int,
               prompt_mask: torch.Tensor) -> None:
         """New buffers right-aligned on max(old length, new width), sized for the longest row's remaining tokens."""
         old, new = self.rows, len(slots)
@@ -122,7 +127,8 @@ class BatchDecoder:
         mask[old:, length - width : length] = prompt_mask
         self.mask, self.length = mask, length
         self.slots += slots
-        self.logits = torch.cat([self.logits, logits]) if old else logits
+        self.hidden = torch.cat([self.hidden, hidden]) if old else hidden
+        self.logits = torch.cat([self.logits, self.head(hidden)]) if old else self.head(hidden)
         self.prompt_lengths = torch.cat([self.prompt_lengths, prompt_mask.sum(-1)])
         self.counts = torch.cat([self.counts, torch.zeros(new, dtype=torch.long)])
         self.limits = torch.cat([self.limits, limits])
@@ -139,6 +145,8 @@ class BatchDecoder:
         if not self.slots:
             return
         token, token_logprob = draw(self.logits, self.temps, self.generator)
+        if isinstance(self.head, SplitPrecisionHead):  # a logit outside the exact top: take it exactly too
+            token_logprob += self.head.exact(self.hidden, token) - self.logits.gather(-1, token[:, None])[:, 0]
         live = ~self.ended  # rows that ended stay in the batch until a quarter have; they record nothing more
         rows = live.nonzero().squeeze(-1)
         self.tokens[rows, self.counts[rows]] = token[rows]
@@ -161,9 +169,10 @@ class BatchDecoder:
                 self._drop(keep)
         positions = (self.prompt_lengths + self.counts - 1).unsqueeze(-1)
         self.length += 1
-        out = self.model(input_ids=token.unsqueeze(-1), attention_mask=self.mask[:, : self.length],
-                         position_ids=positions, past_key_values=self.cache, use_cache=True)
-        self.logits = out.logits[:, -1]
+        out = self.body(input_ids=token.unsqueeze(-1), attention_mask=self.mask[:, : self.length],
+                        position_ids=positions, past_key_values=self.cache, use_cache=True)
+        self.hidden = out.last_hidden_state[:, -1]
+        self.logits = self.head(self.hidden)
 
     def _finish(self, row: int) -> None:
         slot, n = self.slots[row], int(self.counts[row])
@@ -182,7 +191,7 @@ class BatchDecoder:
         self.slots = [self.slots[i] for i in index.tolist()]
         for layer in self.cache.layers:
             layer.batch_select_indices(index)
-        for name in ("logits", "mask", "prompt_lengths", "counts", "limits", "temps", "tokens", "logprobs",
+        for name in ("logits", "hidden", "mask", "prompt_lengths", "counts", "limits", "temps", "tokens", "logprobs",
                      "ended", "stopped"):
             value = getattr(self, name)
             setattr(self, name, value[index])

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from backends.bf16_head import head_logprobs
+
 IGNORE = -100
 
 
@@ -69,8 +71,7 @@ def assistant_token_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labe
     hidden = causal_lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
     targets = labels[:, 1:]
     chosen = targets != IGNORE
-    logits = causal_lm.lm_head(hidden[:, :-1][chosen]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[chosen])
+    return -head_logprobs(causal_lm.get_output_embeddings(), hidden[:, :-1][chosen], targets[chosen]).mean()
 
 
 def sft_step(model: Any, optimizer: torch.optim.Optimizer, examples: list[SFTExample], learning_rate: float,

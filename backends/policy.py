@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from backends.batch_decoder import Poll, decode
+from backends.bf16_head import SplitPrecisionHead, head_logprobs, use_split_precision_head
 from backends.checkpoint_files import ADAPTER_FILE, OPTIMIZER_FILE, CheckpointError, checkpoint_problem
 from backends.cpu_dtype import resolve_cpu_dtype, torch_dtype, use_float32_head
 from backends.decoding import (
@@ -45,6 +47,18 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"
 
 
+def lora_targets_head(target_modules: str | list[str], init_adapter: str | None = None) -> bool:
+    """Whether the adapter (ours, or the warm start's own config) wraps the output head `lm_head`: peft's
+    `all-linear` leaves it out, a name list or a regex (matched against the module's name) may put it in."""
+    if init_adapter:
+        from peft import PeftConfig
+
+        target_modules = PeftConfig.from_pretrained(init_adapter).target_modules or []
+    if isinstance(target_modules, str):
+        return target_modules != "all-linear" and re.fullmatch(target_modules, "lm_head") is not None
+    return "lm_head" in target_modules
+
+
 def without_padding(row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One packed row (ART pads every row to the batch's longest) cut after its last real token (`group_ids` -1
     marks padding). Padding is masked out of the loss but not out of the compute: every padded position goes
@@ -69,7 +83,9 @@ class LoraPolicy:
         model_config = AutoConfig.from_pretrained(base_model)  # read once: it decides the dtype, then builds the model
         self.dtype = resolve_cpu_dtype(dtype, hidden_size=getattr(model_config, "hidden_size", None))
         base = AutoModelForCausalLM.from_pretrained(base_model, config=model_config, dtype=torch_dtype(self.dtype))
-        use_float32_head(base)
+        if self.dtype == "fp32" or lora_targets_head(lora.target_modules, init_adapter) \
+                or not use_split_precision_head(base):
+            use_float32_head(base)  # an adapter on the head needs a plain linear layer to wrap
         use_grouped_decode_attention(base)
         config = LoraConfig(
             r=lora.rank,
@@ -342,7 +358,8 @@ class LoraPolicy:
         """logprob of token t+1 at position t (ART's loss shifts its inputs the same way); 0 where not needed.
 
         Only positions whose next token is an assistant token are computed (the loss weighs nothing else), and the
-        output head runs on them in chunks that are recomputed in the backward pass: the full float logits of a
+        output head runs on them in chunks whose logits are not kept for the backward pass (the split-precision
+        head keeps one vector per position instead; an fp32 head is recomputed): the full float logits of a
         batch (one float per vocabulary entry for every position, several times over with log-softmax and
         autograd; bench/cpu_policy.py prints one copy's size) can run the machine out of memory."""
         from torch.utils.checkpoint import checkpoint
@@ -352,13 +369,14 @@ class LoraPolicy:
         wanted = attention[:, 1:].bool() if assistant is None else assistant[:, 1:].bool()
         targets = tokens[:, 1:][wanted]
         chosen = hidden[wanted]
-
-        def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            logits = causal_lm.lm_head(h).float()
-            return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-        pieces = [checkpoint(chunk_logprobs, chosen[i : i + LOGPROB_CHUNK], targets[i : i + LOGPROB_CHUNK],
-                             use_reentrant=False) for i in range(0, len(targets), LOGPROB_CHUNK)]
+        head = causal_lm.get_output_embeddings()
+        chunks = range(0, len(targets), LOGPROB_CHUNK)
+        if isinstance(head, SplitPrecisionHead):  # keeps no logits for the backward pass (backends/bf16_head.py)
+            pieces = [head_logprobs(head, chosen[i : i + LOGPROB_CHUNK], targets[i : i + LOGPROB_CHUNK])
+                      for i in chunks]
+        else:
+            pieces = [checkpoint(head_logprobs, head, chosen[i : i + LOGPROB_CHUNK], targets[i : i + LOGPROB_CHUNK],
+                                 use_reentrant=False) for i in chunks]
         logprobs = torch.zeros(tokens.shape, dtype=torch.float32)
         if pieces:
             logprobs[:, :-1][wanted] = torch.cat(pieces)

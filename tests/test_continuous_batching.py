@@ -94,14 +94,14 @@ def test_the_server_batcher_joins_requests_to_the_running_batch(policy, monkeypa
     real_sample = policy.sample
     monkeypatch.setattr(policy, "sample", lambda *a, **k: batches.append(1) or real_sample(*a, **k))
     started = threading.Event()
-    real_step_model = policy.model.forward
+    real_step_model = policy.model.get_base_model().model.forward
 
     def slow_forward(*args, **kwargs):  # a batch that takes long enough for the second request to arrive
         started.set()
         time.sleep(0.01)
         return real_step_model(*args, **kwargs)
 
-    monkeypatch.setattr(policy.model, "forward", slow_forward)
+    monkeypatch.setattr(policy.model.get_base_model().model, "forward", slow_forward)
     batcher = MicroBatcher(policy)
     try:
         long_one = batcher.submit(SampleRequest([200, 3, 3], 60, temperature=0.0))
@@ -133,13 +133,13 @@ def test_a_base_model_request_is_not_overtaken_by_later_adapter_requests(policy,
         return real_sample(requests, *args, adapter=adapter, poll=recording_poll, **kwargs)
 
     monkeypatch.setattr(policy, "sample", recording_sample)
-    real_forward = policy.model.forward
+    real_forward = policy.model.get_base_model().model.forward
 
     def slow_forward(*args, **kwargs):
         time.sleep(0.01)
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(policy.model, "forward", slow_forward)
+    monkeypatch.setattr(policy.model.get_base_model().model, "forward", slow_forward)
     batcher = MicroBatcher(policy)
     try:
         first = batcher.submit(SampleRequest([200, 3, 3], 40, temperature=0.0))
