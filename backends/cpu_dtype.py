@@ -3,8 +3,8 @@
 CPUs with `avx512_bf16` (AMD Zen 4, Intel Cooper Lake on) or AMX (`amx_bf16`, Intel Sapphire Rapids on) run bf16
 matmuls several times faster than fp32 (bench/serving.py measures both in the same run); elsewhere bf16 is emulated
 and slower than fp32, so `auto` picks fp32 there. Only the frozen base is bf16: the LoRA adapter and its optimizer
-state stay fp32 (peft upcasts the adapter), and the output head runs in fp32 so that every logprob, sampled or
-trained on, is computed in fp32 from the same hidden states.
+state stay fp32 (peft upcasts the adapter), and every logprob, sampled or trained on, is an fp32 head's: the
+split-precision head of backends/bf16_head.py, or `use_float32_head` where an adapter wraps the head.
 """
 
 from __future__ import annotations
