@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from backends.bf16_head import head_logprobs
+from backends.micro_batches import micro_batches
 
 IGNORE = -100
 
@@ -74,12 +75,27 @@ def assistant_token_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labe
     return -head_logprobs(causal_lm.get_output_embeddings(), hidden[:, :-1][chosen], targets[chosen]).mean()
 
 
+def padded(examples: list[SFTExample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, attention mask and labels of `examples` as one right-padded batch (padding is masked from
+    attention and labelled IGNORE, so each row computes what it would alone)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.zeros((len(examples), width), dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        mask[row, : len(e.input_ids)] = 1
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+    return ids, mask, labels
+
+
 def sft_step(model: Any, optimizer: torch.optim.Optimizer, examples: list[SFTExample], learning_rate: float,
              max_grad_norm: float = 1.0) -> dict[str, float]:
     """One gradient step on a batch: mean cross-entropy over the batch's assistant tokens.
 
-    The gradient is accumulated one conversation at a time, each weighted by its share of the batch's trained
-    tokens (the same gradient as the whole batch at once), so only one sequence's activations are held."""
+    The gradient is accumulated over micro-batches of conversations (backends/micro_batches.py), each weighted by
+    its share of the batch's trained tokens (the same gradient as the whole batch at once), so only about one long
+    sequence's activations are held."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate
     total = sum(e.trainable_tokens for e in examples)
@@ -87,12 +103,11 @@ def sft_step(model: Any, optimizer: torch.optim.Optimizer, examples: list[SFTExa
     if total == 0:  # nothing to learn in this batch, nothing to step
         return {"loss/train": 0.0, "loss/learning_rate": learning_rate, "loss/grad_norm": 0.0}
     loss_value = 0.0
-    for example in examples:
-        if not example.trainable_tokens:
-            continue
-        ids, labels = torch.tensor([example.input_ids]), torch.tensor([example.labels])
-        loss = assistant_token_loss(model, ids, torch.ones_like(ids), labels)
-        share = example.trainable_tokens / total
+    lengths = [len(e.input_ids) if e.trainable_tokens else 0 for e in examples]
+    for rows in micro_batches(lengths):
+        ids, mask, labels = padded([examples[i] for i in rows])
+        loss = assistant_token_loss(model, ids, mask, labels)
+        share = sum(examples[i].trainable_tokens for i in rows) / total
         (loss * share).backward()
         loss_value += loss.item() * share
     params = [p for p in model.parameters() if p.requires_grad]

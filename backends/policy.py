@@ -29,6 +29,7 @@ from backends.decoding import (
     store_frozen_linears_transposed,
     use_grouped_decode_attention,
 )
+from backends.micro_batches import micro_batches
 from backends.sample_threads import AdaptiveThreads, fixed_sample_threads
 from backends.token_check import LogprobMismatch, exact_groups
 from backends.train_options import TrainSettings
@@ -59,11 +60,17 @@ def lora_targets_head(target_modules: str | list[str], init_adapter: str | None 
     return "lm_head" in target_modules
 
 
+def real_length(tensors: dict[str, torch.Tensor], row: int) -> int:
+    """Packed row `row`'s length up to its last real token (0 for a row of padding only)."""
+    real = (tensors["group_ids"][row] != -1).nonzero()
+    return int(real.max()) + 1 if len(real) else 0
+
+
 def without_padding(row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One packed row (ART pads every row to the batch's longest) cut after its last real token (`group_ids` -1
+    """Packed rows (ART pads every row to the batch's longest) cut after their last real token (`group_ids` -1
     marks padding). Padding is masked out of the loss but not out of the compute: every padded position goes
     through every layer, and attention grows with the square of the width (bench/train_step.py times the step)."""
-    real = (row["group_ids"][0] != -1).nonzero()
+    real = (row["group_ids"] != -1).any(dim=0).nonzero()
     width, end = row["group_ids"].shape[1], int(real.max()) + 1 if len(real) else 1
     if end == width:
         return row
@@ -284,28 +291,28 @@ class LoraPolicy:
 
     def _accumulate_gradients(self, batch: dict[str, torch.Tensor], config: Any,
                               mismatch: LogprobMismatch | None = None) -> tuple[float, float | None, float | None]:
-        """The gradient of ART's loss over `batch`, one row at a time (gradient accumulation).
+        """The gradient of ART's loss over `batch`, a few rows at a time (gradient accumulation).
 
-        ART's loss is a mean over the batch's weighed tokens, so each row's loss is scaled by its share of them and
-        the sum of the row gradients is the batch gradient. One row at a time keeps the activations of one sequence
-        in memory: those of a whole batch through every layer (attention probabilities included) can run the
-        machine out of memory. Returns the loss, the mean probs_corr and the mean KL to the reference."""
+        ART's loss is a mean over the batch's weighed tokens, so each micro-batch's loss is scaled by its share of
+        them and the sum of their gradients is the batch gradient. Micro-batches (backends/micro_batches.py) keep
+        the activations of about one long sequence in memory: those of a whole batch through every layer (attention
+        probabilities included) can run the machine out of memory. Returns the loss, the mean probs_corr and the
+        mean KL to the reference."""
         from art.loss import loss_fn
 
         weighed = batch["assistant_mask"][:, 1:].sum(dim=1).float()  # ART's loss shifts the mask by one
         total = float(weighed.sum())
         self.optimizer.zero_grad(set_to_none=True)
         loss_value, corrs, kls = 0.0, [], []
-        for row in range(batch["tokens"].shape[0]):
-            if weighed[row] == 0:
-                continue
-            micro = without_padding({k: v[row : row + 1] for k, v in batch.items()})
+        lengths = [real_length(batch, row) if weighed[row] > 0 else 0 for row in range(batch["tokens"].shape[0])]
+        for rows in micro_batches(lengths):
+            micro = without_padding({k: v[rows] for k, v in batch.items()})
             ref = micro.pop("ref_logprobs", None)
             new_logprobs = self._token_logprobs(micro["tokens"], micro["group_ids"] != -1, micro["assistant_mask"])
             if mismatch is not None:
                 mismatch.add(new_logprobs, micro["logprobs"], micro["assistant_mask"], shifted=True)
             loss = loss_fn(micro, new_logprobs, ref, None, config)  # type: ignore[arg-type]
-            share = float(weighed[row]) / total
+            share = float(weighed[rows].sum()) / total
             (loss.policy_loss * share).backward()
             loss_value += loss.policy_loss.item() * share
             if not math.isnan(loss.probs_corr.item()):
@@ -316,14 +323,15 @@ class LoraPolicy:
 
     @torch.no_grad()
     def _logprobs_without_grad(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`_token_logprobs` of every row (shifted as ART's loss expects), one row at a time, with no graph."""
+        """`_token_logprobs` of every row (shifted as ART's loss expects), in micro-batches, with no graph."""
         width = tensors["tokens"].shape[1]
-        rows = []
-        for i in range(tensors["tokens"].shape[0]):
-            row = without_padding({k: tensors[k][i : i + 1] for k in ("tokens", "group_ids", "assistant_mask")})
-            logprobs = self._token_logprobs(row["tokens"], row["group_ids"] != -1, row["assistant_mask"])
-            rows.append(torch.nn.functional.pad(logprobs, (0, width - logprobs.shape[1])))
-        return torch.cat(rows)
+        out = torch.zeros(tensors["tokens"].shape, dtype=torch.float32)
+        lengths = [real_length(tensors, row) for row in range(tensors["tokens"].shape[0])]
+        for rows in micro_batches(lengths):
+            micro = without_padding({k: tensors[k][rows] for k in ("tokens", "group_ids", "assistant_mask")})
+            logprobs = self._token_logprobs(micro["tokens"], micro["group_ids"] != -1, micro["assistant_mask"])
+            out[rows] = torch.nn.functional.pad(logprobs, (0, width - logprobs.shape[1]))
+        return out
 
     def _precalculated_logprobs(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The policy's own logprob of each assistant token, in the packed layout (logprob of token t at t, NaN
