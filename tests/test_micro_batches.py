@@ -61,7 +61,7 @@ def test_rl_rows_together_give_one_row_at_a_times_loss_and_gradient(policy, monk
     for a, b in zip(together, _grads(policy), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     no_grad_together = policy._logprobs_without_grad(batch)
-    monkeypatch.setattr(backends.micro_batches, "TOKEN_BUDGET", 2048)
+    monkeypatch.setattr(backends.micro_batches, "TOKEN_BUDGET", 1024)
     assert torch.allclose(no_grad_together, policy._logprobs_without_grad(batch), atol=1e-6)
 
 
@@ -73,7 +73,7 @@ def test_sft_conversations_together_give_one_at_a_times_loss_and_gradient(policy
         examples.append(SFTExample(ids, [-100] * 12 + ids[12:]))
     weights = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
     results = []
-    for budget in (2048, 1):
+    for budget in (1024, 1):
         monkeypatch.setattr(backends.micro_batches, "TOKEN_BUDGET", budget)
         for name, p in policy.model.named_parameters():
             if p.requires_grad:
