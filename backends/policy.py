@@ -60,18 +60,18 @@ def lora_targets_head(target_modules: str | list[str], init_adapter: str | None 
     return "lm_head" in target_modules
 
 
-def real_length(tensors: dict[str, torch.Tensor], row: int) -> int:
-    """Packed row `row`'s length up to its last real token (0 for a row of padding only)."""
-    real = (tensors["group_ids"][row] != -1).nonzero()
-    return int(real.max()) + 1 if len(real) else 0
+def real_lengths(tensors: dict[str, torch.Tensor]) -> list[int]:
+    """Each packed row's length up to its last real token (`group_ids` -1 marks padding; 0 for padding only)."""
+    group_ids = tensors["group_ids"]
+    positions = torch.arange(1, group_ids.shape[1] + 1)
+    return torch.where(group_ids != -1, positions, 0).amax(dim=1).tolist()
 
 
 def without_padding(row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Packed rows (ART pads every row to the batch's longest) cut after their last real token (`group_ids` -1
     marks padding). Padding is masked out of the loss but not out of the compute: every padded position goes
     through every layer, and attention grows with the square of the width (bench/train_step.py times the step)."""
-    real = (row["group_ids"] != -1).any(dim=0).nonzero()
-    width, end = row["group_ids"].shape[1], int(real.max()) + 1 if len(real) else 1
+    width, end = row["group_ids"].shape[1], max(real_lengths(row), default=0) or 1
     if end == width:
         return row
     return {k: v[:, :end] if v.dim() >= 2 and v.shape[1] == width else v for k, v in row.items()}
@@ -304,7 +304,7 @@ class LoraPolicy:
         total = float(weighed.sum())
         self.optimizer.zero_grad(set_to_none=True)
         loss_value, corrs, kls = 0.0, [], []
-        lengths = [real_length(batch, row) if weighed[row] > 0 else 0 for row in range(batch["tokens"].shape[0])]
+        lengths = [length if w > 0 else 0 for length, w in zip(real_lengths(batch), weighed.tolist(), strict=True)]
         for rows in micro_batches(lengths):
             micro = without_padding({k: v[rows] for k, v in batch.items()})
             ref = micro.pop("ref_logprobs", None)
@@ -326,8 +326,7 @@ class LoraPolicy:
         """`_token_logprobs` of every row (shifted as ART's loss expects), in micro-batches, with no graph."""
         width = tensors["tokens"].shape[1]
         out = torch.zeros(tensors["tokens"].shape, dtype=torch.float32)
-        lengths = [real_length(tensors, row) for row in range(tensors["tokens"].shape[0])]
-        for rows in micro_batches(lengths):
+        for rows in micro_batches(real_lengths(tensors)):
             micro = without_padding({k: tensors[k][rows] for k in ("tokens", "group_ids", "assistant_mask")})
             logprobs = self._token_logprobs(micro["tokens"], micro["group_ids"] != -1, micro["assistant_mask"])
             out[rows] = torch.nn.functional.pad(logprobs, (0, width - logprobs.shape[1]))
