@@ -10,6 +10,11 @@ groups_per_step groups carry a signal and the step's refill budget (`--max-refil
 - `--refill rollouts`: `--rollouts-per-group` more rollouts of each zero-variance group's own scenario, added to
   that group, which grows until it has a signal or the budget ends;
 - `--refill off` (or `--max-refill 0`): one round, the batch alone, as before refills existed.
+`--refill-ahead N` (scenarios mode) widens every round by N groups from the refill stream: the first round gathers
+them beside the batch, each later one N more than are missing. As DAPO's gen batch above its train batch, this pays
+where a round's wall time hardly grows with its rows (the CPU backend decodes 8 and 32 rows at about the same speed
+per row; docs/PERFORMANCE.md "serving"): a step finds its informative groups in fewer rounds, at the price of
+rollouts it may not train.
 Each round is one `gather_step` (ART's `gather_trajectory_groups`), so its failures count against
 `--max-failed-share` as the batch's do. Evaluation calls `gather_step` directly and never refills.
 
@@ -43,15 +48,17 @@ class Refill:
 
     mode: str = "off"
     budget: int = 0
+    ahead: int = 0  # groups each round draws beyond the missing ones (scenarios mode; the others ignore it)
 
     @classmethod
-    def of(cls, mode: str, max_refill: int | None, groups_per_step: int, rollouts_per_group: int) -> Refill:
-        """`--refill` and `--max-refill` as a step reads them: the default budget is two batches' worth, as
-        DAPO's max_num_gen_batches bounds its redraws; an off mode spends nothing."""
+    def of(cls, mode: str, max_refill: int | None, groups_per_step: int, rollouts_per_group: int,
+           ahead: int = 0) -> Refill:
+        """`--refill`, `--max-refill` and `--refill-ahead` as a step reads them: the default budget is two batches'
+        worth, as DAPO's max_num_gen_batches bounds its redraws; an off mode spends nothing."""
         if mode not in REFILL_MODES:
             raise ValueError(f"--refill must be one of {', '.join(REFILL_MODES)}")
         budget = 2 * groups_per_step * rollouts_per_group if max_refill is None else max_refill
-        return cls(mode, budget if mode != "off" else 0)
+        return cls(mode, budget if mode != "off" else 0, ahead if mode == "scenarios" else 0)
 
 
 def refill_stream(scenarios: list[Scenario], seed: int, step: int, batch: list[Scenario]) -> Iterator[Scenario]:
@@ -104,15 +111,20 @@ async def gather_refilled(
     step: int,
     desc: str = "gather",
 ) -> StepGroups:
-    """The step's batch, then refill rounds (see the module's docstring) until groups_per_step = len(batch) groups
-    carry a signal, the budget cannot pay for one more group's rollouts, or nothing is left to draw."""
-    drawn = StepGroups(await gather_step(batch, rollout, ctx, rollouts_per_group, limits, max_failed_share, desc),
-                       len(batch), rollouts_per_group, groups_drawn=len(batch))
+    """The step's batch (with `refill.ahead` refills beside it), then refill rounds (see the module's docstring)
+    until groups_per_step = len(batch) groups carry a signal, the budget cannot pay for one more group's
+    rollouts, or nothing is left to draw."""
     stream = refill_stream(pool, seed, step, batch)
+    extra = refill.ahead if refill.mode == "scenarios" else 0
+    ahead = list(islice(stream, min(extra, refill.budget // rollouts_per_group)))
+    drawn = StepGroups(await gather_step([*batch, *ahead], rollout, ctx, rollouts_per_group, limits,
+                                         max_failed_share, desc),
+                       len(batch), rollouts_per_group, groups_drawn=len(batch) + len(ahead),
+                       refill_rollouts=len(ahead) * rollouts_per_group, grown={s.id for s in ahead})
     by_id = {s.id: s for s in batch}
-    left, rounds = refill.budget, 0
+    left, rounds = refill.budget - drawn.refill_rollouts, 0
     while (missing := drawn.groups_per_step - sum(map(has_signal, drawn.groups))) > 0:
-        affordable = min(missing, left // rollouts_per_group)
+        affordable = min(missing + extra, left // rollouts_per_group)
         if refill.mode == "scenarios":
             scenarios = list(islice(stream, affordable))
         else:  # "rollouts": the zero-variance groups, first drawn first (none when off: its budget is 0)

@@ -108,6 +108,51 @@ def test_the_default_budget_is_two_batches_and_off_or_zero_spend_nothing():
     assert Refill.of("off", None, 4, 8).budget == 0 == Refill.of("scenarios", 0, 4, 8).budget
 
 
+class RoundSpy:
+    """Records the scenario ids of each gather round, then gathers them as usual."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import rollouts.refill
+
+        self.rounds: list[list[str]] = []
+        self.real = gather_step
+        monkeypatch.setattr(rollouts.refill, "gather_step", self)
+
+    async def __call__(self, scenarios: list[Scenario], *args: object) -> list[art.TrajectoryGroup]:
+        self.rounds.append([s.id for s in scenarios])
+        return await self.real(scenarios, *args)
+
+
+async def test_refill_ahead_gathers_refills_beside_the_batch_and_widens_each_round(monkeypatch):
+    spy = RoundSpy(monkeypatch)
+    batch = _flat(2)
+    stream = [s.id for s in refill_stream(FLAT_POOL, 0, 1, batch)]
+    drawn = await _gather(batch, Refill.of("scenarios", 24, 2, 4, ahead=2), pool=FLAT_POOL)
+    # Round 1: the batch and 2 refills at once; round 2: the 2 missing + 2 ahead; then the budget (24) is spent.
+    assert spy.rounds == [["b0", "b1", *stream[:2]], stream[2:6]]
+    assert drawn.refill_rollouts == 24 and drawn.groups_drawn == 8 and drawn.rollouts_spent == 32
+    assert drawn.metrics(trained=0)["groups_refilled"] == 6.0
+
+
+async def test_with_refill_ahead_a_step_whose_batch_has_a_signal_trains_the_batch_in_one_round(monkeypatch):
+    spy = RoundSpy(monkeypatch)
+    batch = [POOL[0], POOL[3]]  # varied: both carry a signal
+    drawn = await _gather(batch, Refill.of("scenarios", None, 2, 4, ahead=2))
+    assert len(spy.rounds) == 1 and len(spy.rounds[0]) == 4 and drawn.refill_rollouts == 8
+    assert _ids(drawn.informative()) == ["s00", "s03"]  # the batch first, whatever the refills scored
+
+
+def test_refill_ahead_is_for_scenario_refills_and_within_the_budget():
+    assert Refill.of("scenarios", None, 2, 4, ahead=3) == Refill("scenarios", 16, 3)
+    assert Refill.of("rollouts", None, 2, 4, ahead=3).ahead == 0 == Refill.of("off", None, 2, 4, ahead=3).ahead
+
+
+async def test_refill_ahead_never_spends_past_the_budget(monkeypatch):
+    spy = RoundSpy(monkeypatch)
+    drawn = await _gather(_flat(2), Refill.of("scenarios", 6, 2, 4, ahead=3), pool=FLAT_POOL)
+    assert [len(r) for r in spy.rounds] == [3] and drawn.refill_rollouts == 4  # one group fits in 6 rollouts
+
+
 async def test_refills_stop_when_the_stream_runs_out():
     pool = _flat(6)  # four of them are the batch: two left to draw
     drawn = await _gather(pool[:4], Refill("scenarios", 1000), pool=pool)
@@ -204,11 +249,12 @@ def test_the_refill_stream_is_a_function_of_seed_and_step_and_skips_the_batch():
 FLAT_POOL = [Scenario(id=s.id, prompt="", data={"kind": "flat"}) for s in POOL]
 
 
-async def _run_steps(cursor: Cursor, committed: int, last: int, k: int) -> dict[int, tuple[list[str], Cursor]]:
+async def _run_steps(cursor: Cursor, committed: int, last: int, k: int,
+                     ahead: int = 0) -> dict[int, tuple[list[str], Cursor]]:
     """Steps committed+1..last through the real pipeline, every group flat (each step spends its whole budget):
     each step's drawn scenario ids and the cursor it commits."""
     async def gather(step: int, batch: list[Scenario]) -> StepGroups:
-        return await _gather(batch, Refill("scenarios", 8), pool=FLAT_POOL, seed=5, step=step)
+        return await _gather(batch, Refill("scenarios", 8, ahead), pool=FLAT_POOL, seed=5, step=step)
 
     pipeline = StepPipeline(cursor, lambda c: c.take(FLAT_POOL, 3, 5), gather, committed=committed, last_step=last,
                             num_epochs=5, max_off_policy=k)
@@ -222,14 +268,14 @@ async def _run_steps(cursor: Cursor, committed: int, last: int, k: int) -> dict[
     return out
 
 
-@pytest.mark.parametrize("k", [0, 2])
-async def test_the_cursor_moves_by_groups_per_step_and_a_resumed_step_draws_the_same_refills(k):
-    whole = await _run_steps(Cursor(), 0, 6, k)
+@pytest.mark.parametrize("k, ahead", [(0, 0), (2, 0), (0, 1)])
+async def test_the_cursor_moves_by_groups_per_step_and_a_resumed_step_draws_the_same_refills(k, ahead):
+    whole = await _run_steps(Cursor(), 0, 6, k, ahead)
     assert [c for _, c in whole.values()] == [Cursor(0, 3 * s) for s in range(1, 7)]  # refills never move it
     order = [i for ids, _ in whole.values() for i in ids[:3]]
     assert len(order) == len(set(order)) == 18  # the cursor's pass: nothing repeated or skipped
     assert all(len(ids) == 5 and len(set(ids)) == 5 for ids, _ in whole.values())  # 3 + 8 // 4 refills each
-    resumed = await _run_steps(whole[2][1], 2, 6, k)  # killed after step 2's commit, resumed
+    resumed = await _run_steps(whole[2][1], 2, 6, k, ahead)  # killed after step 2's commit, resumed
     assert resumed == {s: whole[s] for s in range(3, 7)}  # the same batches and the same refill draws
 
 
@@ -243,10 +289,17 @@ def test_a_negative_max_refill_is_one_line_exit_2(capsys):
         config_from_args(["--experiment-name", "x", "--env", "toy", "--max-refill", "-3"])
 
 
+def test_a_negative_refill_ahead_is_one_line_exit_2(capsys):
+    assert main(["--experiment-name", "x", "--env", "toy", "--refill-ahead", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --refill-ahead must be 0 (draw only what is missing) or more"]
+
+
 def test_refill_flags_leave_the_config_hash_alone():
     plain = config_from_args(["--experiment-name", "x", "--env", "toy"])
-    assert (plain.refill, plain.max_refill) == ("scenarios", None)
-    other = config_from_args(["--experiment-name", "x", "--env", "toy", "--refill", "rollouts", "--max-refill", "9"])
+    assert (plain.refill, plain.max_refill, plain.refill_ahead) == ("scenarios", None, 0)
+    other = config_from_args(["--experiment-name", "x", "--env", "toy", "--refill", "rollouts", "--max-refill", "9",
+                              "--refill-ahead", "2"])
     assert other.config_hash() == plain.config_hash()  # a run resumes under its hash with refills changed
 
 

@@ -134,6 +134,7 @@ def _range_problems(c: ExperimentConfig) -> list[tuple[bool, str]]:
          f"--kl-reference {c.kl_reference} needs a KL term: give --kl-penalty-coef above 0"),
         (c.max_steps_off_policy >= 0, "--max-steps-off-policy must be 0 (synchronous) or more"),
         (c.max_refill is None or c.max_refill >= 0, "--max-refill must be 0 (no refills) or more"),
+        (c.refill_ahead >= 0, "--refill-ahead must be 0 (draw only what is missing) or more"),
         (c.lora_rank >= 1, "--lora-rank must be at least 1"),
         (c.gpu_memory_utilization is None or 0 < c.gpu_memory_utilization <= 1,
          "--gpu-memory-utilization must be in (0, 1]"),

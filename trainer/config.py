@@ -170,6 +170,10 @@ class ExperimentConfig:
     max_refill: int | None = setting(
         "rl", "extra rollouts a step may spend on refills (default: 2 x groups-per-step x rollouts-per-group; "
               "0: none)", None, hashed=False, metavar="N")
+    refill_ahead: int = setting(
+        "rl", "refill groups each gather round draws beyond the missing ones: the first round gathers N beside the "
+              "batch, each refill round N more than it needs, within --max-refill (--refill scenarios only)", 0,
+        hashed=False, metavar="N")
     # SFT
     sft_data: list[str] = setting(
         "sft", "SFT before RL: a .jsonl of OpenAI chat `messages` (optional `tools`), or a .jsonl/.parquet of "

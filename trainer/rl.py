@@ -56,7 +56,8 @@ async def rl_loop(the_run: Run, scenarios: list[Scenario], monitor: StepFigures)
     clock = PolicyClock(step)
     rollout = versioned(env.rollout, clock)
     run_ctx.client()  # made once here, so the per-step contexts below share one connection pool
-    refill = Refill.of(config.refill, config.max_refill, config.groups_per_step, config.rollouts_per_group)
+    refill = Refill.of(config.refill, config.max_refill, config.groups_per_step, config.rollouts_per_group,
+                       config.refill_ahead)
 
     def temperature_at(at: int) -> float:
         return schedule.at(at - sft_steps) if schedule else eval_settings.temperature
