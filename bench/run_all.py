@@ -47,6 +47,12 @@ BENCHES = [
           "envs/r2e/README.md's command (`train.py --experiment-name r2e-demo --env r2e`) in a fresh art path: "
           "SFT on the demonstrations of five bundled samples, GRPO on all six, the held-out sample (thermo) and the "
           "five demonstrated ones evaluated apart before training, after SFT and after RL."),
+    Bench("learning-r2e-small", ("bench/learning.py", "--env", "r2e-small"),
+          "Learning: r2e generated small repair tasks (SmolLM2-135M)",
+          "envs/r2e/README.md's generated-task command (`train.py --env r2e --r2e-tasks generated`) in a fresh art "
+          "path: SFT on the demonstrations of the 60 generated train tasks, GRPO on them, the 20 held-out tasks "
+          "and 4 demonstrated ones evaluated before training, after SFT and after RL, a REPL each (multi-turn: "
+          "look, edit, run the tests, FINAL)."),
     Bench("learning-planner", ("bench/learning.py", "--env", "planner"), "Learning: planner env (SmolLM2-135M)",
           "envs/planner/README.md's command (`train.py --env planner`, default weights, `--token-budget 1024`) in a "
           "fresh art path: SmolLM2-135M-Instruct is the planner and, adapter off, the frozen executor; 2 SFT epochs "
