@@ -314,4 +314,4 @@ class ServerThread:
 
 
 def new_api_key() -> str:
-    return secrets.token_urlsafe(24)
+    return secrets.token_hex(24)  # hex: never a leading '-' that a command line reads as a flag

@@ -44,7 +44,7 @@ class ServiceProcess:
                  env: Mapping[str, str] | None = None):
         self.module, self.args, self.startup_timeout = module, list(args), startup_timeout
         self.extra_env = dict(env or {})
-        self.token = token or secrets.token_urlsafe(16)
+        self.token = token or secrets.token_hex(16)  # hex: never a leading '-' that a command line reads as a flag
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None

@@ -150,7 +150,7 @@ def test_score_command_gives_forged_file_sets_nothing(r2e_cache, r2e_service, tm
     for name, files in {**_forged_sets(tmp_path / "sets"), "reference-fix": SAMPLES / R2E_SAMPLE / "fix"}.items():
         done = subprocess.run([sys.executable, "-m", "envs.r2e", "score", "--cache-dir", str(r2e_cache), "--dataset",
                                str(rows), "--instance-id", row.instance_id, "--files", str(files),
-                               "--url", r2e_service.url, "--token", r2e_service.token],
+                               "--url", r2e_service.url, f"--token={r2e_service.token}"],
                               capture_output=True, text=True, cwd=ROOT, timeout=120, env=subprocess_env())
         assert done.returncode == 0, done.stderr[-2000:]
         out = json.loads(done.stdout)
