@@ -89,7 +89,8 @@ SPEC = EnvSpec(
     # step size large enough to move the policy in 4 steps (refills keep each step's groups informative; each
     # round draws 2 groups more than it needs, as the CPU backend decodes 16 rows about as fast per row as 8).
     # Negative advantages count half (ART's advantage_balance): a failed script for a part the SFT'd model misses
-    # is often its script for a part it solves, and pushing that down at full weight made RL forget solved parts.
+    # is often its script for a part it solves, and pushing it down can make RL forget solved parts. Half weight
+    # has not stopped that in every run (README: runs C and D).
     # Evaluations are greedy: one rollout per held-out part then measures the policy, not the sampling noise.
     defaults={"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 640, "max_context_tokens": 1536,
               "temperature": 0.7, "lora_rank": 16, "sft_epochs": 3, "sft_learning_rate": 1e-3,
