@@ -43,7 +43,7 @@ def test_the_env_defaults_fill_only_what_neither_the_file_nor_the_command_line_g
     file = write(tmp_path / "exp.toml", "[sampling]\nmax_tokens = 300\n")
     config = config_from_args(["--config", file, "--experiment-name", "x", "--env", "gmsh", *flags(tmp_path)])
     assert config.max_tokens == 300  # gmsh's own default (640) does not override the file
-    assert config.groups_per_step == 2  # the file leaves it out: gmsh's default, not the global 4
+    assert config.refill_ahead == 2  # the file leaves it out: gmsh's default, not the global 0
 
 
 def test_a_list_flag_on_the_command_line_replaces_the_files_list(tmp_path):

@@ -60,7 +60,7 @@ def test_env_defaults_fill_only_the_flags_left_out(tmp_path):
     sft = tmp_path / "d.jsonl"
     sft.write_text('{"prompt": "p", "response": "r"}\n')
     gmsh = config_from_args(["--experiment-name", "x", "--sft-data", str(sft), "--gmsh-url", "http://h:1"])
-    assert (gmsh.env, gmsh.groups_per_step, gmsh.max_tokens, gmsh.sft_data) == ("gmsh", 2, 640, [str(sft)])
+    assert (gmsh.env, gmsh.refill_ahead, gmsh.max_tokens, gmsh.sft_data) == ("gmsh", 2, 640, [str(sft)])
     mine = config_from_args(["--experiment-name", "x", "--groups-per-step", "3", "--max-tokens", "100"])
     assert (mine.groups_per_step, mine.max_tokens, mine.rollouts_per_group) == (3, 100, 4)
     toy = config_from_args(["--experiment-name", "x", "--env", "toy"])

@@ -87,12 +87,13 @@ SPEC = EnvSpec(
     # The default env: sized for the embedded pretrained model on 2 CPU cores. SFT on its demonstrations first
     # (steps 1-3, a high LoRA step size: the model learns the few demonstrations by heart), then GRPO (4-7) with a
     # step size large enough to move the policy in 4 steps (refills keep each step's groups informative; each
-    # round draws 2 groups more than it needs, as the CPU backend decodes 16 rows about as fast per row as 8).
+    # round draws 2 groups more than it needs, as the CPU backend decodes 24 rows about as fast per row as 8).
+    # 4 groups a step, not 2: a step that trains on 2 parts moved the policy toward them and away from parts SFT
+    # solved (README: runs B and D forgot boxes and plates); 4 parts a step average that pull out.
     # Negative advantages count half (ART's advantage_balance): a failed script for a part the SFT'd model misses
-    # is often its script for a part it solves, and pushing it down can make RL forget solved parts. Half weight
-    # has not stopped that in every run (README: runs C and D).
+    # is often its script for a part it solves. Half weight alone did not stop the forgetting (README: run D).
     # Evaluations are greedy: one rollout per held-out part then measures the policy, not the sampling noise.
-    defaults={"groups_per_step": 2, "rollouts_per_group": 4, "max_tokens": 640, "max_context_tokens": 1536,
+    defaults={"groups_per_step": 4, "rollouts_per_group": 4, "max_tokens": 640, "max_context_tokens": 1536,
               "temperature": 0.7, "lora_rank": 16, "sft_epochs": 3, "sft_learning_rate": 1e-3,
               "learning_rate": 3e-4, "max_training_steps": 4, "eval_temperature": 0.0, "refill_ahead": 2,
               "advantage_balance": 0.5},
