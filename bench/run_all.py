@@ -42,7 +42,7 @@ BENCHES = [
           "`train.py` on the toy task (GRPO only), in a fresh art path."),
     Bench("learning-gmsh", ("bench/learning.py", "--env", "gmsh"), "Learning: the default run (gmsh, SmolLM2-135M)",
           "The README's first command (`train.py --experiment-name demo`, nothing else) in a fresh art path: convert "
-          "the model, write demonstrations, held-out eval, 3 SFT epochs, eval, 3 GRPO steps, eval."),
+          "the model, write demonstrations, held-out eval, 3 SFT epochs, eval, 4 GRPO steps of 4 groups, eval."),
     Bench("learning-r2e", ("bench/learning.py", "--env", "r2e"), "Learning: r2e samples (SmolLM2-135M)",
           "envs/r2e/README.md's command (`train.py --experiment-name r2e-demo --env r2e`) in a fresh art path: "
           "SFT on the demonstrations of five bundled samples, GRPO on all six, the held-out sample (thermo) and the "
