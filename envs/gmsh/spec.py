@@ -88,8 +88,8 @@ SPEC = EnvSpec(
     # (steps 1-3, a high LoRA step size: the model learns the few demonstrations by heart), then GRPO (4-7) with a
     # step size large enough to move the policy in 4 steps (refills keep each step's groups informative; each
     # round draws 2 groups more than it needs, as the CPU backend decodes 24 rows about as fast per row as 8).
-    # 4 groups a step, not 2: a step that trains on 2 parts moved the policy toward them and away from parts SFT
-    # solved (README: runs B and D forgot boxes and plates); 4 parts a step average that pull out.
+    # 4 groups a step, not 2: a step that trained on 2 parts pulled the policy toward them and away from parts SFT
+    # solved (README: runs B and D forgot boxes and plates); an update averaged over 4 parts pulls less.
     # Negative advantages count half (ART's advantage_balance): a failed script for a part the SFT'd model misses
     # is often its script for a part it solves. Half weight alone did not stop the forgetting (README: run D).
     # Evaluations are greedy: one rollout per held-out part then measures the policy, not the sampling noise.
